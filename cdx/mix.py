@@ -1,0 +1,136 @@
+"""Dynamic film mixes (Divide-and-Remaster recipe) from dialogue, music and effects pools.
+
+Every example draws fresh clips and mixes them at film-like loudness: dialogue −17 LUFS,
+music −24, effects −21 (each jittered), dialogue near the centre, music wide, effects as
+panned events, sometimes with a stem missing (dialogue-free stretches, no score).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdx import CDX_STEMS
+from demix import data
+from demix.registry import register_dataset
+
+
+@dataclass(frozen=True)
+class FilmMixConfig:
+    """Where the pools come from and how the film mixes are made."""
+
+    data_root: str = ""  # "" → $DEMIX_DATA or ../shared/data
+    cache_dir: str = "runs/cache"
+    split: str = "train"
+    sample_rate: int = 44100
+    segment_seconds: float = 3.0
+    dialogue_lufs: float = -17.0
+    music_lufs: float = -24.0
+    effects_lufs: float = -21.0
+    jitter_db: float = 3.0
+    p_silent_dialogue: float = 0.1
+    p_silent_music: float = 0.1
+    p_silent_effects: float = 0.1
+    p_reverb: float = 0.3
+    epoch_size: int = 1_000_000
+
+
+class FilmMixDataset(torch.utils.data.Dataset):
+    """Map-style dataset of dynamic film mixes: item i is reproducible from (seed, i).
+
+    Returns ``(mix[c, t], stems[s, c, t])`` float32 tensors with s = len(CDX_STEMS), c = 2.
+    """
+
+    stems = CDX_STEMS
+
+    def __init__(self, config: FilmMixConfig, seed: int = 0):
+        self.config = config
+        self.seed = seed
+        root = Path(config.data_root) if config.data_root else data.default_data_root()
+        if not (root / "MANIFEST.csv").exists():
+            raise FileNotFoundError(f"{root}: no MANIFEST.csv (development data not found)")
+        cache = Path(config.cache_dir)
+        rate = config.sample_rate
+
+        def pool(kinds, channels, prefix=None):
+            rows = data.read_manifest(
+                root, kinds, config.split, trainable_only=True, path_prefix=prefix
+            )
+            return data.ClipPool([r.path for r in rows], rate, cache, channels)
+
+        self.speech = pool(["speech"], 1)
+        self.music = pool(["music"], 2)
+        self.effects = pool(["effects"], 1)
+        rir_rows = data.read_manifest(root, ["rir"], None, trainable_only=True)
+        self.rirs = [data.audio.read(r.path, rate)[0][0] for r in rir_rows]
+
+    def __len__(self) -> int:
+        return self.config.epoch_size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        mix, stems = self.make(rng)
+        return torch.from_numpy(mix), torch.from_numpy(stems)
+
+    def make(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One example: (mix [2, t], stems [3, 2, t]) float32."""
+        cfg = self.config
+        rate = cfg.sample_rate
+        n = int(round(cfg.segment_seconds * rate))
+
+        def jitter(target: float) -> float:
+            return target + rng.uniform(-cfg.jitter_db, cfg.jitter_db)
+
+        # Dialogue: one or two utterances near the centre, sometimes with pauses or reverb.
+        dialogue = np.zeros((2, n), np.float32)
+        if rng.random() >= cfg.p_silent_dialogue:
+            voice = self.speech.random_crop(rng, n, loop=False)
+            if rng.random() < 0.3:  # a pause inside the segment
+                a = int(rng.integers(n))
+                voice[:, a : a + int(rng.integers(n // 4, n // 2))] = 0.0
+            if self.rirs and rng.random() < cfg.p_reverb:
+                rir = self.rirs[int(rng.integers(len(self.rirs)))]
+                voice = data.reverb(voice, rir, rng.uniform(0.1, 0.5))
+            voice = data.random_eq(voice, rng, rate, 4.0)
+            dialogue = data.pan_mono(voice, rng.uniform(-0.15, 0.15))
+            dialogue = data.set_loudness(dialogue, rate, jitter(cfg.dialogue_lufs))
+
+        music = np.zeros((2, n), np.float32)
+        if rng.random() >= cfg.p_silent_music:
+            music = self.music.random_crop(rng, n)
+            if rng.random() < 0.5:
+                music = data.random_eq(music, rng, rate, 6.0)
+            music = data.set_loudness(music, rate, jitter(cfg.music_lufs))
+
+        effects = np.zeros((2, n), np.float32)
+        if rng.random() >= cfg.p_silent_effects:
+            if rng.random() < 0.3:  # a bed (rain, sea, room tone...) under events
+                bed = self.effects.random_crop(rng, n, loop=True)
+                effects += data.pan_mono(bed, rng.uniform(-0.5, 0.5)) * rng.uniform(0.2, 0.6)
+            for _ in range(int(rng.integers(1, 5))):
+                event = self.effects.random_crop(rng, n, loop=False)
+                if rng.random() < 0.5:  # a short event somewhere in the segment
+                    keep = int(rng.integers(n // 8, n))
+                    a = int(rng.integers(n - keep + 1))
+                    mask = np.zeros(n, np.float32)
+                    mask[a : a + keep] = np.hanning(keep).astype(np.float32) ** 0.1
+                    event = event * mask
+                effects += data.pan_mono(event, rng.uniform(-1, 1)) * rng.uniform(0.3, 1.0)
+            effects = data.set_loudness(effects, rate, jitter(cfg.effects_lufs))
+
+        stems = np.stack([dialogue, music, effects]).astype(np.float32)
+        gain = 10.0 ** (rng.uniform(-6.0, 3.0) / 20.0)
+        stems *= gain
+        peak = np.abs(stems.sum(0)).max()
+        if peak > 0.99:
+            stems *= 0.99 / peak
+        return stems.sum(0), stems
+
+
+@register_dataset("cdx.film_mix", FilmMixConfig)
+def film_mix(config: FilmMixConfig, seed: int = 0) -> FilmMixDataset:
+    """Registered training source: dynamic film mixes."""
+    return FilmMixDataset(config, seed)

@@ -1,0 +1,13 @@
+"""demix: a cinematic demixer with one band-split backbone and two heads (film, music).
+
+Quick start::
+
+    from demix import Separator
+    sep = Separator.from_pretrained("demix-small")
+    stems = sep.separate(mix, sample_rate, head="film")   # {name: Tensor[c, t]}, sum == mix
+"""
+
+from demix.separator import SeparationError, Separator
+
+__version__ = "0.1.0"
+__all__ = ["Separator", "SeparationError", "__version__"]

@@ -1,0 +1,361 @@
+"""Audio input/output at the edges of demix: any format in, the same rate and layout out.
+
+- wav, flac, ogg/opus, mp3, aiff are read through soundfile (libsndfile);
+- m4a/aac and the audio of video containers (mp4, mov, mkv, ...) through ffmpeg: a system
+  ``ffmpeg`` if present, else the binary bundled by the ``imageio-ffmpeg`` wheel;
+- wav (16/24-bit integer, 32-bit float) and flac (16/24-bit) are written, atomically.
+
+Arrays are float32 shaped [c, t] (channels first), as everywhere in demix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+MAX_CHANNELS = 8
+SOUNDFILE_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}
+FFMPEG_EXTENSIONS = {".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".wma", ".m4v"}
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+
+# soundfile subtype → our bit-depth name; anything else (mp3, vorbis, opus, ffmpeg) → "24".
+_SUBTYPE_BITS = {
+    "PCM_16": "16",
+    "PCM_U8": "16",
+    "PCM_S8": "16",
+    "PCM_24": "24",
+    "PCM_32": "24",
+    "FLOAT": "32f",
+    "DOUBLE": "32f",
+}
+_BITS_SUBTYPE = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+
+
+class AudioError(Exception):
+    """A file that cannot be read or written; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file holds: ``frames`` samples per channel at ``sample_rate``."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    bit_depth: str  # "16", "24" or "32f": the depth to write stems at by default
+    backend: str  # "soundfile" or "ffmpeg"
+
+    @property
+    def seconds(self) -> float:
+        """Duration in seconds."""
+        return self.frames / self.sample_rate
+
+
+def ffmpeg_executable() -> str:
+    """Path of an ffmpeg binary: the system one, else the imageio-ffmpeg wheel's."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no ffmpeg"
+        raise AudioError(f"ffmpeg is not available ({exc}); install imageio-ffmpeg") from exc
+
+
+def _check(path: Path, sample_rate: int, channels: int, frames: int) -> None:
+    if channels < 1 or channels > MAX_CHANNELS:
+        raise AudioError(f"{path}: {channels} channels (demix handles 1 to {MAX_CHANNELS})")
+    if sample_rate <= 0:
+        raise AudioError(f"{path}: invalid sample rate {sample_rate}")
+    if frames <= 0:
+        raise AudioError(f"{path}: no audio (zero length)")
+
+
+def _ffprobe(path: Path) -> AudioInfo:
+    """Stream parameters of a container through ``ffmpeg -i`` (imageio-ffmpeg has no ffprobe)."""
+    exe = ffmpeg_executable()
+    # Decode the first audio stream to raw float32 and count it: exact frame counts from a
+    # header are unreliable for compressed containers. Reading is streamed (constant memory).
+    proc = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    text = proc.stderr
+    audio_lines = [ln for ln in text.splitlines() if "Audio:" in ln and "Stream #" in ln]
+    if not audio_lines:
+        reason = text.strip().splitlines()[-1] if text.strip() else "not a media file"
+        if "Invalid data" in text or "could not find codec" in text.lower():
+            reason = "not a readable audio or video file"
+        elif "Stream #" in text:
+            reason = "no audio stream"
+        raise AudioError(f"{path}: {reason}")
+    line = audio_lines[0]
+    rate = 0
+    for part in line.split(","):
+        part = part.strip()
+        if part.endswith(" Hz"):
+            rate = int(part[:-3])
+    channels = _ffmpeg_channels(line)
+    frames = 0
+    for block in _ffmpeg_blocks(path, rate, channels, 1 << 16):
+        frames += block.shape[1]
+    _check(path, rate, channels, frames)
+    return AudioInfo(path, rate, channels, frames, "24", "ffmpeg")
+
+
+def _ffmpeg_channels(line: str) -> int:
+    layouts = {
+        "mono": 1,
+        "stereo": 2,
+        "2.1": 3,
+        "3.0": 3,
+        "quad": 4,
+        "4.0": 4,
+        "5.0": 5,
+        "5.1": 6,
+        "5.0(side)": 5,
+        "5.1(side)": 6,
+        "6.1": 7,
+        "7.1": 8,
+        "7.1(wide)": 8,
+    }
+    for part in line.split(","):
+        part = part.strip()
+        if part in layouts:
+            return layouts[part]
+        if part.endswith("channels"):
+            return int(part.split()[0])
+    return 2
+
+
+def _ffmpeg_blocks(
+    path: Path, sample_rate: int, channels: int, block_frames: int
+) -> Iterator[np.ndarray]:
+    cmd = [
+        ffmpeg_executable(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-ac",
+        str(channels),
+        "-ar",
+        str(sample_rate),
+        "-",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        bytes_per_block = block_frames * channels * 4
+        while True:
+            data = proc.stdout.read(bytes_per_block)
+            if not data:
+                break
+            usable = len(data) - len(data) % (channels * 4)
+            block = np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels).T
+            yield np.ascontiguousarray(block)
+        proc.wait()
+        if proc.returncode != 0:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise AudioError(f"{path}: ffmpeg failed ({err[-1] if err else proc.returncode})")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def info(path: str | os.PathLike) -> AudioInfo:
+    """Read a file's sample rate, channel count, length and bit depth without decoding it all.
+
+    Raises:
+        AudioError: the file is missing, empty, not audio, or has 0 or more than 8 channels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() in FFMPEG_EXTENSIONS:
+        return _ffprobe(path)
+    try:
+        meta = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
+        if path.suffix.lower() not in SOUNDFILE_EXTENSIONS:
+            return _ffprobe(path)
+        raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from exc
+    _check(path, meta.samplerate, meta.channels, meta.frames)
+    return AudioInfo(
+        path,
+        meta.samplerate,
+        meta.channels,
+        meta.frames,
+        _SUBTYPE_BITS.get(meta.subtype, "24"),
+        "soundfile",
+    )
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text.replace("Error opening ", "").split(": ", 1)[-1]
+
+
+def iter_blocks(
+    path: str | os.PathLike, block_frames: int = 1 << 18, meta: AudioInfo | None = None
+) -> Iterator[np.ndarray]:
+    """Yield the file's audio as float32 blocks [c, t_block], in order, in constant memory.
+
+    Raises:
+        AudioError: unreadable or truncated data, or NaN/Inf samples.
+    """
+    meta = meta or info(path)
+    path = Path(path)
+    if meta.backend == "ffmpeg":
+        blocks = _ffmpeg_blocks(path, meta.sample_rate, meta.channels, block_frames)
+    else:
+        blocks = _soundfile_blocks(path, block_frames)
+    offset = 0
+    for block in blocks:
+        if not np.isfinite(block).all():
+            bad = offset + int(np.argmax(~np.isfinite(block).all(axis=0)))
+            raise AudioError(f"{path}: NaN or infinite sample at {bad / meta.sample_rate:.3f} s")
+        offset += block.shape[1]
+        yield block
+
+
+def _soundfile_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                data = f.read(block_frames, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                yield np.ascontiguousarray(data.T)
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"{path}: truncated or corrupt audio ({_short(exc)})") from exc
+
+
+def read(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode a whole file to float32 [c, t]; resample to ``sample_rate`` if given.
+
+    Returns:
+        (audio, sample_rate) with audio shaped [c, t].
+    """
+    meta = info(path)
+    audio = np.concatenate(list(iter_blocks(path, meta=meta)), axis=1)
+    if sample_rate is not None and sample_rate != meta.sample_rate:
+        return resample(audio, meta.sample_rate, sample_rate), sample_rate
+    return audio, meta.sample_rate
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample float32 [c, t] between rates (soxr, high quality)."""
+    if from_rate == to_rate:
+        return audio
+    out = soxr.resample(np.ascontiguousarray(audio.T), from_rate, to_rate, quality="HQ")
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def subtype_for(fmt: str, bit_depth: str) -> str:
+    """soundfile subtype for ``fmt`` ("wav"/"flac") at ``bit_depth`` ("16"/"24"/"32f")."""
+    if bit_depth not in _BITS_SUBTYPE:
+        raise AudioError(f"unknown bit depth {bit_depth!r} (choose 16, 24 or 32f)")
+    if fmt == "flac" and bit_depth == "32f":
+        raise AudioError("flac stores 16- or 24-bit integers only: use --bit-depth 16/24 or wav")
+    if fmt not in ("wav", "flac"):
+        raise AudioError(f"unknown output format {fmt!r} (choose wav or flac)")
+    return _BITS_SUBTYPE[bit_depth]
+
+
+class AtomicWriter:
+    """Write a sound file block by block under a temporary name; rename it on ``commit``.
+
+    A crash, an exception or Ctrl-C before ``commit`` leaves no file under the final name.
+    """
+
+    def __init__(self, path: Path, sample_rate: int, channels: int, fmt: str, bit_depth: str):
+        self.path = Path(path)
+        subtype = subtype_for(fmt, bit_depth)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.clipped = 0
+        self.is_int = bit_depth != "32f"
+        self._file = sf.SoundFile(
+            tmp, "w", samplerate=sample_rate, channels=channels, format=fmt.upper(), subtype=subtype
+        )
+
+    def write(self, block: np.ndarray) -> None:
+        """Append float32 [c, t]."""
+        if self.is_int:
+            over = np.abs(block) > 1.0
+            if over.any():
+                self.clipped += int(over.sum())
+                block = np.clip(block, -1.0, 1.0)
+        self._file.write(np.ascontiguousarray(block.T))
+
+    def commit(self) -> None:
+        """Close and move the file to its final name (atomic on one filesystem)."""
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        with contextlib.suppress(Exception):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+def write(
+    path: str | os.PathLike,
+    audio: np.ndarray,
+    sample_rate: int,
+    fmt: str | None = None,
+    bit_depth: str = "24",
+) -> None:
+    """Write float32 [c, t] to ``path`` atomically (format from ``fmt`` or the extension)."""
+    path = Path(path)
+    fmt = fmt or path.suffix.lower().lstrip(".")
+    writer = AtomicWriter(path, sample_rate, audio.shape[0], fmt, bit_depth)
+    try:
+        writer.write(np.asarray(audio, dtype=np.float32))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def describe(meta: AudioInfo) -> str:
+    """One-line summary of a file for logs."""
+    return json.dumps(
+        {
+            "path": str(meta.path),
+            "sample_rate": meta.sample_rate,
+            "channels": meta.channels,
+            "seconds": round(meta.seconds, 3),
+        }
+    )

@@ -1,0 +1,179 @@
+"""Command line: ``demix separate``, ``demix train``, ``demix info`` (thin layer over the library).
+
+Exit status: 0 when every input succeeded, 1 when any failed, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from demix import audio
+
+DEMO_SECONDS = 12.0
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]"
+
+
+def _expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders expanded (recursively) to the audio/video files inside."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in audio.AUDIO_EXTENSIONS
+            )
+            if not found:
+                print(f"demix: {p}: folder holds no audio files", file=sys.stderr)
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def _parse_stems(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [s.strip() for s in text.replace("+", ",").split(",") if s.strip()]
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    """Separate every input; one line per failure, a summary at the end."""
+    from demix.separator import SeparationError, Separator
+
+    inputs = list(args.inputs)
+    out_dir = Path(args.output)
+    if args.demo:
+        from demix.demo import write_demo_clip
+
+        demo = write_demo_clip(out_dir / "demo-input" / "demo_film.wav", DEMO_SECONDS)
+        print(f"demo clip (generated): {demo}")
+        inputs.append(str(demo))
+    if not inputs:
+        print("demix separate: no inputs (give files or folders, or --demo)", file=sys.stderr)
+        return 2
+    try:
+        sep = Separator.from_pretrained(args.model, device=args.device)
+        sep.plan(args.head, _parse_stems(args.stems))  # validate before touching any file
+    except (SeparationError, ValueError) as exc:
+        print(f"demix: {exc}", file=sys.stderr)
+        return 2
+    files = _expand_inputs(inputs)
+    ok, failed = [], []
+    started = time.time()
+    for i, path in enumerate(files, 1):
+        label = f"[{i}/{len(files)}] {path.name}"
+        bar = tqdm(
+            total=1,
+            desc=label,
+            unit="s",
+            dynamic_ncols=True,
+            bar_format=_BAR,
+            disable=args.quiet,
+            leave=True,
+            file=sys.stderr,
+        )
+
+        def progress(done_seconds: float, total_seconds: float, bar=bar) -> None:
+            bar.total = round(total_seconds, 1)
+            bar.n = round(done_seconds, 1)
+            bar.refresh()
+
+        t0 = time.time()
+        try:
+            written = sep.separate_file(
+                path,
+                out_dir,
+                head=args.head,
+                stems=_parse_stems(args.stems),
+                fmt=args.format,
+                bit_depth=args.bit_depth,
+                overwrite=args.overwrite,
+                progress=progress,
+            )
+        except (audio.AudioError, SeparationError, OSError) as exc:
+            bar.close()
+            failed.append(path)
+            print(f"demix: error: {exc}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                f"demix: interrupted while separating {path}; no partial stems were kept",
+                file=sys.stderr,
+            )
+            return 130
+        bar.close()
+        ok.append(path)
+        folder = next(iter(written.values())).parent
+        print(f"{path} -> {folder}/ ({', '.join(written)}) in {time.time() - t0:.1f} s")
+    print(
+        f"done: {len(ok)} separated, {len(failed)} failed, {time.time() - started:.1f} s; "
+        f"stems in {out_dir}/"
+    )
+    return 0 if not failed and files else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a model's metadata: heads, stems, sample rate, training provenance."""
+    import json
+
+    from demix.separator import SeparationError, Separator, available_models
+
+    try:
+        sep = Separator.from_pretrained(args.model)
+    except (SeparationError, ValueError) as exc:
+        print(f"demix: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"embedded": available_models(), **sep.metadata}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``demix`` argument parser."""
+    parser = argparse.ArgumentParser(prog="demix", description="Cinematic demixer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("separate", help="separate audio/video files into stems")
+    p.add_argument("inputs", nargs="*", help="audio/video files or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder: OUT/<track>/<stem>.ext")
+    p.add_argument("--head", default="film", help="film, music or both (default film)")
+    p.add_argument("--stems", help="comma-separated stems to keep; the others go to 'rest'")
+    p.add_argument("--format", default="wav", choices=["wav", "flac"])
+    p.add_argument("--bit-depth", choices=["16", "24", "32f"], help="default: the input's")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
+    p.add_argument("--overwrite", action="store_true", help="replace existing stems")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also separate a generated film clip (speech, music, effects)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_separate)
+    t = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
+    t.set_defaults(func=None)
+    i = sub.add_parser("info", help="show a model's metadata")
+    i.add_argument("--model", default="demix-small")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``demix`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":
+        from demix.train import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Task-agnostic training data plumbing: manifests, decoded clip pools, loudness, augmentation.
+
+Decoding compressed audio is the slowest part of dynamic mixing, so every pool is decoded
+once, resampled to the model's rate and cached as one float16 array (``<cache>/<key>.npy``
+plus an index), memory-mapped by every data worker. Arrays are float32 [c, t] in use.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+from tqdm import tqdm
+
+from demix import audio
+
+# Licences a shipped model may be trained on. NC (non-commercial) material is evaluation-only.
+TRAINABLE_LICENSES = ("CC0", "CC-BY-3.0", "CC-BY-4.0", "Apache-2.0", "MIT", "public domain")
+
+
+def default_data_root() -> Path:
+    """The development data folder: ``$DEMIX_DATA`` or ``../shared/data`` beside the project."""
+    env = os.environ.get("DEMIX_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def license_is_trainable(license_name: str) -> bool:
+    """True for licences that allow training a shipped model (never NC)."""
+    if "NC" in license_name.upper().split("-"):
+        return False
+    return any(license_name.startswith(ok) for ok in TRAINABLE_LICENSES)
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One file of a manifest (``path`` absolute)."""
+
+    path: Path
+    kind: str
+    split: str
+    group: str
+    license: str
+    seconds: float
+
+
+def read_manifest(
+    root: Path,
+    kinds: Iterable[str] | None = None,
+    split: str | None = None,
+    trainable_only: bool = False,
+    path_prefix: str | None = None,
+) -> list[ManifestRow]:
+    """Rows of ``root/MANIFEST.csv`` filtered by kind, split, licence and path prefix."""
+    kinds = set(kinds) if kinds is not None else None
+    rows = []
+    with open(root / "MANIFEST.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if kinds is not None and r["kind"] not in kinds:
+                continue
+            if split is not None and r["split"] != split:
+                continue
+            if trainable_only and not license_is_trainable(r["license"]):
+                continue
+            if path_prefix is not None and not r["path"].startswith(path_prefix):
+                continue
+            rows.append(
+                ManifestRow(
+                    root / r["path"],
+                    r["kind"],
+                    r["split"],
+                    r["group"],
+                    r["license"],
+                    float(r["seconds"]),
+                )
+            )
+    return rows
+
+
+class ClipPool:
+    """Decoded clips at one sample rate, cached as float16 and memory-mapped.
+
+    Args:
+        paths: audio files of the pool.
+        sample_rate: rate every clip is resampled to.
+        cache_dir: where the decoded cache lives (built on first use).
+        channels: 1 (mixed down) or 2 (mono clips duplicated).
+        min_seconds: clips shorter than this are dropped.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        sample_rate: int,
+        cache_dir: Path,
+        channels: int = 1,
+        min_seconds: float = 0.05,
+    ):
+        paths = sorted(Path(p) for p in paths)
+        if not paths:
+            raise ValueError("empty clip pool")
+        key = hashlib.sha1(
+            json.dumps([[str(p) for p in paths], sample_rate, channels]).encode()
+        ).hexdigest()[:16]
+        self.sample_rate = sample_rate
+        self.channels = channels
+        data_file = Path(cache_dir) / f"pool-{key}.npy"
+        index_file = Path(cache_dir) / f"pool-{key}.json"
+        if not index_file.exists():
+            self._build(paths, data_file, index_file, min_seconds)
+        index = json.loads(index_file.read_text())
+        self.names: list[str] = index["names"]
+        self.offsets = np.asarray(index["offsets"], dtype=np.int64)  # [clips + 1]
+        self.data = np.load(data_file, mmap_mode="r")  # [channels, total] float16
+
+    def _build(
+        self, paths: Sequence[Path], data_file: Path, index_file: Path, min_seconds: float
+    ) -> None:
+        data_file.parent.mkdir(parents=True, exist_ok=True)
+        clips, names = [], []
+        for p in tqdm(paths, desc=f"decoding pool ({len(paths)} files)", leave=False):
+            wav, _ = audio.read(p, self.sample_rate)
+            if self.channels == 1:
+                wav = wav.mean(axis=0, keepdims=True)
+            elif wav.shape[0] == 1:
+                wav = np.repeat(wav, 2, axis=0)
+            else:
+                wav = wav[:2]
+            if wav.shape[1] < min_seconds * self.sample_rate:
+                continue
+            peak = float(np.abs(wav).max())
+            if peak > 1.0:
+                wav = wav / peak
+            clips.append(wav.astype(np.float16))
+            names.append(str(p))
+        offsets = np.cumsum([0] + [c.shape[1] for c in clips]).tolist()
+        tmp = data_file.with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate(clips, axis=1))
+        os.replace(tmp, data_file)
+        index_file.write_text(json.dumps({"names": names, "offsets": offsets}))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def clip(self, i: int) -> np.ndarray:
+        """Whole clip ``i`` as float32 [channels, t]."""
+        return np.asarray(self.data[:, self.offsets[i] : self.offsets[i + 1]], dtype=np.float32)
+
+    def length(self, i: int) -> int:
+        """Length of clip ``i`` in samples."""
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def random_crop(self, rng: np.random.Generator, samples: int, loop: bool = True) -> np.ndarray:
+        """A random excerpt of ``samples`` from a random clip, float32 [channels, samples].
+
+        Short clips are looped (``loop``) or placed at a random offset in silence.
+        """
+        i = int(rng.integers(len(self)))
+        n = self.length(i)
+        if n >= samples:
+            start = int(rng.integers(n - samples + 1))
+            base = int(self.offsets[i]) + start
+            return np.asarray(self.data[:, base : base + samples], dtype=np.float32)
+        clip = self.clip(i)
+        if loop:
+            reps = -(-samples // n) + 1
+            tiled = np.tile(clip, (1, reps))
+            start = int(rng.integers(n))
+            return tiled[:, start : start + samples]
+        out = np.zeros((self.channels, samples), dtype=np.float32)
+        start = int(rng.integers(samples - n + 1))
+        out[:, start : start + n] = clip
+        return out
+
+
+_METERS: dict[int, pyloudnorm.Meter] = {}
+
+
+def loudness_lufs(x: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness (ITU-R BS.1770, pyloudnorm) of float32 [c, t]; -inf for silence."""
+    meter = _METERS.setdefault(sample_rate, pyloudnorm.Meter(sample_rate))
+    if x.shape[1] < int(0.4 * sample_rate):
+        x = np.pad(x, ((0, 0), (0, int(0.4 * sample_rate) - x.shape[1])))
+    with np.errstate(divide="ignore"):
+        value = meter.integrated_loudness(np.ascontiguousarray(x.T.astype(np.float64)))
+    return float(value)
+
+
+def set_loudness(x: np.ndarray, sample_rate: int, target_lufs: float) -> np.ndarray:
+    """Scale ``x`` [c, t] to ``target_lufs``; silent input is returned unchanged."""
+    current = loudness_lufs(x, sample_rate)
+    if not np.isfinite(current):
+        return x
+    return x * np.float32(10.0 ** ((target_lufs - current) / 20.0))
+
+
+def pan_mono(x: np.ndarray, pan: float) -> np.ndarray:
+    """Constant-power pan of mono [1, t] to stereo [2, t]; ``pan`` in [-1 (left), 1 (right)]."""
+    angle = (pan + 1.0) * np.pi / 4.0
+    return np.concatenate([x * np.cos(angle), x * np.sin(angle)], axis=0).astype(np.float32)
+
+
+def random_eq(
+    x: np.ndarray, rng: np.random.Generator, sample_rate: int, max_gain_db: float = 6.0
+) -> np.ndarray:
+    """Random smooth spectral tilt/bump (a few dB) applied in the frequency domain."""
+    spec = np.fft.rfft(x, axis=-1)
+    freqs = np.fft.rfftfreq(x.shape[-1], 1.0 / sample_rate)
+    log_f = np.log2(np.maximum(freqs, 20.0) / 1000.0)
+    tilt = rng.uniform(-1, 1) * max_gain_db / 4.0 * log_f
+    centre, width = rng.uniform(-3, 3.5), rng.uniform(0.5, 2.0)
+    bump = rng.uniform(-1, 1) * max_gain_db * np.exp(-0.5 * ((log_f - centre) / width) ** 2)
+    gain = 10.0 ** (np.clip(tilt + bump, -max_gain_db * 2, max_gain_db * 2) / 20.0)
+    return np.fft.irfft(spec * gain, n=x.shape[-1], axis=-1).astype(np.float32)
+
+
+def lowpass(x: np.ndarray, sample_rate: int, cutoff_hz: float) -> np.ndarray:
+    """Brick-wall low-pass (frequency domain) with a short cosine transition."""
+    spec = np.fft.rfft(x, axis=-1)
+    freqs = np.fft.rfftfreq(x.shape[-1], 1.0 / sample_rate)
+    ramp = np.clip((cutoff_hz * 1.1 - freqs) / (cutoff_hz * 0.1), 0.0, 1.0)
+    return np.fft.irfft(spec * (0.5 - 0.5 * np.cos(np.pi * ramp)), n=x.shape[-1], axis=-1).astype(
+        np.float32
+    )
+
+
+def reverb(x: np.ndarray, rir: np.ndarray, wet: float) -> np.ndarray:
+    """Convolve [c, t] with a mono room impulse response [t_rir]; mix ``wet`` in [0, 1]."""
+    n = x.shape[-1]
+    size = 1 << int(np.ceil(np.log2(n + len(rir))))
+    rir = rir / (np.sqrt(np.sum(rir**2)) + 1e-8)
+    wet_sig = np.fft.irfft(np.fft.rfft(x, size, axis=-1) * np.fft.rfft(rir, size), size, axis=-1)[
+        ..., :n
+    ]
+    return ((1 - wet) * x + wet * wet_sig).astype(np.float32)

@@ -1,0 +1,385 @@
+"""The public separation API: ``Separator.from_pretrained(...).separate(...)``.
+
+Everything a user calls goes through one streaming pipeline (``Separator.stream``):
+
+1. input blocks [c, t] at the file's rate are resampled (soxr, streaming) to the model's rate;
+2. channels are mapped to the model's stereo input: stereo as is, mono duplicated, and
+   layouts with more than two channels (5.1, 7.1, ...) separated channel by channel as dual
+   mono, so the centre (dialogue) channel is treated on its own rather than folded down;
+3. ``iter_separate`` (the one chunked overlap-add routine) runs the model;
+4. stems are mapped back to the input's layout and resampled to the input's rate;
+5. **stems sum to the mix**: per head, the residual (mix − Σ stems) is added evenly to every
+   stem (the least-squares correction, also used in training), so the stems add back to the
+   input to float precision (the "null test");
+6. "selected stems + rest": ``rest`` = mix − Σ selected, i.e. the sum of the others.
+
+Memory is bounded by the chunk length, not the input's length.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soxr
+import torch
+
+from demix import audio, models  # noqa: F401 - models registers the architectures
+from demix.checkpoint import load_checkpoint
+from demix.separate import iter_separate
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+BOTH = "both"
+
+
+class SeparationError(ValueError):
+    """A request that cannot be served (unknown head or stem, bad input)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to output: per head, the stems asked for (``rest`` added when it is a subset)."""
+
+    heads: tuple[str, ...]
+    selected: dict[str, tuple[str, ...]]
+    outputs: tuple[str, ...]
+    rest_names: dict[str, str | None]
+
+
+def available_models() -> list[str]:
+    """Names of the checkpoints embedded in the package."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
+
+
+class _Resampler:
+    """Streaming resampler over [c, t] blocks (identity when the rates match)."""
+
+    def __init__(self, from_rate: int, to_rate: int, channels: int):
+        self.stream = None
+        if from_rate != to_rate:
+            self.stream = soxr.ResampleStream(
+                from_rate, to_rate, channels, dtype="float32", quality="HQ"
+            )
+        self.channels = channels
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.stream is None:
+            return block
+        out = self.stream.resample_chunk(np.ascontiguousarray(block.T), last=last)
+        return np.ascontiguousarray(out.reshape(-1, self.channels).T)
+
+
+class Separator:
+    """A loaded model plus the chunking settings used to run it.
+
+    Args:
+        model: a registered separation model (``heads``, ``sample_rate``, ``segment_samples``).
+        metadata: the checkpoint metadata (shown by ``describe``).
+        device: "cpu" or "cuda".
+        overlap_seconds: overlap between consecutive chunks.
+        batch_size: chunks per model call.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        metadata: dict | None = None,
+        device: str = "cpu",
+        overlap_seconds: float = 1.0,
+        batch_size: int = 4,
+    ):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SeparationError("--device cuda asked for, but no CUDA device is available")
+        self.model = model.to(device).eval()
+        self.metadata = metadata or {}
+        self.device = device
+        self.sample_rate: int = model.sample_rate
+        self.heads: dict[str, tuple[str, ...]] = dict(model.heads)
+        self.chunk_samples: int = model.segment_samples
+        overlap = int(round(overlap_seconds * self.sample_rate))
+        self.hop_samples: int = max(self.chunk_samples - overlap, 1)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str = "demix-small", device: str = "cpu", **kwargs
+    ) -> Separator:
+        """Load an embedded model by name (``demix-small``) or a checkpoint file by path.
+
+        Nothing is downloaded: names resolve to files shipped inside the package.
+        """
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = PRETRAINED_DIR / f"{name_or_path}.safetensors"
+            if not path.exists():
+                known = ", ".join(available_models()) or "none"
+                raise SeparationError(
+                    f"unknown model {name_or_path!r} (embedded: {known}; "
+                    "or give the path of a .safetensors checkpoint)"
+                )
+        elif not path.exists():
+            raise SeparationError(f"{path}: no such checkpoint")
+        model, meta = load_checkpoint(path, device)
+        return cls(model, meta, device, **kwargs)
+
+    # ----------------------------------------------------------------- planning
+    def plan(self, head: str = "film", stems: Sequence[str] | None = None) -> Plan:
+        """Resolve ``head`` ("film", "music" or "both") and a stem selection to outputs.
+
+        Raises:
+            SeparationError: unknown head, or a stem that none of the heads has.
+        """
+        if head == BOTH:
+            heads = tuple(self.heads)
+        elif head in self.heads:
+            heads = (head,)
+        else:
+            raise SeparationError(
+                f"unknown head {head!r} (choose {', '.join(self.heads)} or {BOTH})"
+            )
+        wanted = list(dict.fromkeys(stems)) if stems else None
+        if wanted is not None:
+            known = {s for h in heads for s in self.heads[h]}
+            unknown = [s for s in wanted if s not in known]
+            if unknown:
+                raise SeparationError(
+                    f"unknown stem(s) {', '.join(unknown)} for head {head} "
+                    f"(choose from {', '.join(s for h in heads for s in self.heads[h])})"
+                )
+        selected, rest_names, outputs = {}, {}, []
+        for h in heads:
+            chosen = tuple(s for s in self.heads[h] if wanted is None or s in wanted)
+            if wanted is not None and not chosen:
+                continue  # head both: this head contributes nothing asked for
+            selected[h] = chosen
+            partial = len(chosen) < len(self.heads[h])
+            rest_names[h] = ("rest" if len(heads) == 1 else f"{h}_rest") if partial else None
+            outputs += list(chosen) + ([rest_names[h]] if partial else [])
+        return Plan(tuple(selected), selected, tuple(outputs), rest_names)
+
+    # ----------------------------------------------------------------- the pipeline
+    def _model_fn(self, heads: tuple[str, ...]):
+        def run(x: torch.Tensor) -> torch.Tensor:  # [b, 2, t] → [b, S_total, 2, t]
+            out = self.model(x, heads=list(heads))
+            return torch.cat([out[h] for h in heads], dim=1)
+
+        return run
+
+    def stream(
+        self,
+        blocks: Iterable[np.ndarray],
+        sample_rate: int,
+        channels: int,
+        head: str = "film",
+        stems: Sequence[str] | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Separate a stream of input blocks [c, t]; yields {output: block [c, t]} in order.
+
+        The yielded blocks of each output concatenate to exactly the input's length.
+        """
+        plan = self.plan(head, stems)
+        if not 1 <= channels <= audio.MAX_CHANNELS:
+            raise SeparationError(f"{channels} channels (demix handles 1 to {audio.MAX_CHANNELS})")
+        model_channels = self.model.channels
+        n_stems = sum(len(self.heads[h]) for h in plan.heads)
+        down = _Resampler(sample_rate, self.sample_rate, channels)
+        up = _Resampler(self.sample_rate, sample_rate, n_stems * channels)
+        pending: deque[np.ndarray] = deque()  # input at the file's rate awaiting its stems
+        counts = {"in": 0}
+
+        def to_model(x: np.ndarray) -> torch.Tensor:  # [c, t] → [g, 2, t]
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            if channels == model_channels:
+                return t[None]
+            if channels < model_channels:  # mono: duplicate
+                return t.expand(model_channels, -1)[None]
+            return t[:, None].expand(-1, model_channels, -1)  # each channel as dual mono
+
+        def model_blocks() -> Iterator[torch.Tensor]:
+            for block in blocks:
+                block = np.asarray(block, dtype=np.float32)
+                if block.ndim != 2 or block.shape[0] != channels:
+                    raise SeparationError(f"block shape {block.shape}, expected ({channels}, t)")
+                if not np.isfinite(block).all():
+                    raise SeparationError("input contains NaN or infinite samples")
+                pending.append(block)
+                counts["in"] += block.shape[1]
+                yield to_model(down(block))
+            yield to_model(down(np.zeros((channels, 0), np.float32), last=True))
+
+        def from_model(y: torch.Tensor) -> np.ndarray:  # [g, S, 2, t] → [S*c, t]
+            if channels == model_channels:
+                y = y[0]
+            else:
+                y = y.mean(dim=2).transpose(0, 1)  # [S, g, t]; g == c (or 1 for mono)
+            return y.reshape(-1, y.shape[-1]).numpy()
+
+        emitted = 0
+
+        def finish(stems_block: np.ndarray) -> dict[str, np.ndarray]:
+            nonlocal emitted
+            n = stems_block.shape[1]
+            mix = _take(pending, n, channels)
+            emitted += n
+            stems_block = stems_block.reshape(n_stems, channels, n)
+            outputs: dict[str, np.ndarray] = {}
+            offset = 0
+            for h in plan.heads:
+                names = self.heads[h]
+                est = stems_block[offset : offset + len(names)]
+                offset += len(names)
+                est = est + (mix - est.sum(axis=0)) / len(names)  # stems sum to the mix
+                chosen = plan.selected[h]
+                for i, name in enumerate(names):
+                    if name in chosen:
+                        outputs[name] = est[i]
+                if plan.rest_names[h]:
+                    picked = sum(outputs[s] for s in chosen)
+                    outputs[plan.rest_names[h]] = mix - picked
+            return {k: outputs[k].astype(np.float32) for k in plan.outputs}
+
+        model_fn = self._model_fn(plan.heads)
+        for region in iter_separate(
+            model_fn,
+            model_blocks(),
+            self.chunk_samples,
+            self.hop_samples,
+            self.batch_size,
+            self.device,
+        ):
+            back = up(from_model(region))
+            # Never emit beyond the input received so far (resampler rounding at the end).
+            back = back[:, : max(counts["in"] - emitted, 0)]
+            if back.shape[1]:
+                yield finish(back)
+        tail = up(np.zeros((n_stems * channels, 0), np.float32), last=True)
+        missing = counts["in"] - emitted
+        if missing > 0:  # pad/trim the resampler's last samples to the exact input length
+            tail = tail[:, :missing]
+            if tail.shape[1] < missing:
+                tail = np.pad(tail, ((0, 0), (0, missing - tail.shape[1])))
+            yield finish(tail)
+
+    # ----------------------------------------------------------------- conveniences
+    def separate(
+        self,
+        mix: torch.Tensor | np.ndarray,
+        sample_rate: int,
+        head: str = "film",
+        stems: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Separate an in-memory signal.
+
+        Args:
+            mix: [c, t] or [t] (mono); any sample rate. The caller's tensor is not modified.
+            sample_rate: the rate of ``mix``; stems come back at the same rate.
+            head: "film", "music" or "both".
+            stems: a subset of the head's stems; the output then adds ``rest``.
+
+        Returns:
+            {name: Tensor[c, t]} (or [t] for 1-D input); the stems of each head sum to ``mix``.
+        """
+        x = mix.detach().to("cpu", torch.float32).numpy() if torch.is_tensor(mix) else mix
+        x = np.array(x, dtype=np.float32, copy=True)
+        flat = x.ndim == 1
+        if flat:
+            x = x[None]
+        if x.ndim != 2:
+            raise SeparationError(f"mix must be [c, t] or [t], got shape {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise SeparationError("mix has zero length")
+        parts: dict[str, list[np.ndarray]] = {}
+        for out in self.stream([x], sample_rate, x.shape[0], head, stems):
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v)
+        result = {k: torch.from_numpy(np.concatenate(v, axis=1)) for k, v in parts.items()}
+        return {k: v[0] for k, v in result.items()} if flat else result
+
+    def separate_file(
+        self,
+        path: str | os.PathLike,
+        out_dir: str | os.PathLike,
+        head: str = "film",
+        stems: Sequence[str] | None = None,
+        fmt: str = "wav",
+        bit_depth: str | None = None,
+        overwrite: bool = False,
+        progress=None,
+    ) -> dict[str, Path]:
+        """Separate one file into ``out_dir/<track>/<stem>.<fmt>``, streaming, atomically.
+
+        Args:
+            path: input audio or video file.
+            out_dir: output root; the track folder is created inside it.
+            head, stems: as in ``separate``.
+            fmt: "wav" or "flac".
+            bit_depth: "16", "24" or "32f"; default keeps the input's depth.
+            overwrite: replace existing stems (otherwise refuse).
+            progress: optional callable(seconds_done, seconds_total).
+
+        Returns:
+            {stem name: written path}.
+
+        Raises:
+            audio.AudioError, SeparationError: with a message naming the file and the reason.
+        """
+        path = Path(path)
+        meta = audio.info(path)
+        plan = self.plan(head, stems)
+        depth = bit_depth or meta.bit_depth
+        audio.subtype_for(fmt, depth)  # validate before doing any work
+        track_dir = Path(out_dir) / path.stem
+        targets = {name: track_dir / f"{name}.{fmt}" for name in plan.outputs}
+        for target in targets.values():
+            if target.resolve() == path.resolve():
+                raise SeparationError(f"{path}: output would overwrite the input")
+            if target.exists() and not overwrite:
+                raise SeparationError(f"{target}: exists (use --overwrite to replace it)")
+        try:
+            track_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SeparationError(
+                f"{track_dir}: cannot create output folder ({exc.strerror})"
+            ) from exc
+        if not os.access(track_dir, os.W_OK):
+            raise SeparationError(f"{track_dir}: output folder is not writable")
+        writers = {
+            name: audio.AtomicWriter(t, meta.sample_rate, meta.channels, fmt, depth)
+            for name, t in targets.items()
+        }
+        done = 0
+        try:
+            blocks = audio.iter_blocks(path, meta=meta)
+            for out in self.stream(blocks, meta.sample_rate, meta.channels, head, stems):
+                for name, block in out.items():
+                    writers[name].write(block)
+                done += next(iter(out.values())).shape[1]
+                if progress is not None:
+                    progress(done / meta.sample_rate, meta.seconds)
+            for w in writers.values():
+                w.commit()
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        return targets
+
+
+def _take(pending: deque[np.ndarray], n: int, channels: int) -> np.ndarray:
+    """Pop exactly ``n`` samples [c, n] from the front of a queue of blocks."""
+    out = np.empty((channels, n), np.float32)
+    filled = 0
+    while filled < n:
+        block = pending[0]
+        k = min(n - filled, block.shape[1])
+        out[:, filled : filled + k] = block[:, :k]
+        filled += k
+        if k == block.shape[1]:
+            pending.popleft()
+        else:
+            pending[0] = block[:, k:]
+    return out

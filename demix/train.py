@@ -1,0 +1,260 @@
+"""Training entry point: ``demix train CONFIG [--set key=value ...]`` or ``python -m demix.train``.
+
+Multi-task: every step draws one batch from each configured source (e.g. film mixes for the
+film head, music mixes for the music head) and sums their losses; the backbone is shared.
+Runs are resumable exactly: the data source is indexed by (seed, example index), and the
+model, EMA, optimiser and step are checkpointed together in the run folder.
+
+Run folder layout: ``last.safetensors`` (raw weights), ``ema.safetensors`` (the model to
+ship), ``state.pt`` (optimiser + step, tensors only), ``log.csv``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from demix import models  # noqa: F401 - registers the models
+from demix.checkpoint import load_checkpoint, save_checkpoint
+from demix.config import from_dict, load_yaml, to_dict
+from demix.losses import project_to_mix, separation_loss
+from demix.registry import build_model, dataset_entry, model_config_cls
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One training data source feeding one head."""
+
+    name: str  # registered dataset, e.g. "cdx.film_mix"
+    head: str  # head trained on it, e.g. "film"
+    weight: float = 1.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run."""
+
+    sources: tuple[SourceConfig, ...]
+    model: str = "bandsplit"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = "runs/demix-small"
+    batch_size: int = 4
+    steps: int = 100_000
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    grad_clip: float = 5.0
+    ema_decay: float = 0.999
+    stft_loss_weight: float = 1.0
+    seed: int = 0
+    num_workers: int = 1
+    threads: int = 0  # 0: torch's default
+    autocast_bf16: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 10
+    max_minutes: float = 0.0  # stop cleanly after this long (0: no limit)
+    device: str = "cpu"
+    info: dict[str, Any] = field(default_factory=dict)  # provenance stored in checkpoints
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM so the loop checkpoints and exits cleanly."""
+
+    requested = False
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_sources(cfg: TrainConfig) -> list[tuple[SourceConfig, torch.utils.data.Dataset]]:
+    """Instantiate every registered data source of the run."""
+    out = []
+    for i, src in enumerate(cfg.sources):
+        entry = dataset_entry(src.name)
+        ds_config = from_dict(entry.config_cls, src.config, f"sources[{i}].config")
+        out.append((src, entry.factory(ds_config, cfg.seed + 1000 * i)))
+    return out
+
+
+def build_run_model(cfg: TrainConfig, sources) -> torch.nn.Module:
+    """The model with one head per source head, stems taken from the data sources."""
+    heads = {}
+    for src, ds in sources:
+        heads[src.head] = tuple(ds.stems)
+    model_cfg = dict(cfg.model_config)
+    model_cfg["heads"] = heads
+    from_dict(model_config_cls(cfg.model), model_cfg, "model_config")  # validate early
+    return build_model(cfg.model, model_cfg)
+
+
+def _loader(ds, cfg: TrainConfig, start_step: int):
+    indices = range(start_step * cfg.batch_size, len(ds))
+    return iter(
+        torch.utils.data.DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            sampler=indices,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            prefetch_factor=4 if cfg.num_workers else None,
+        )
+    )
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    sources = build_sources(cfg)
+    model = build_run_model(cfg, sources).to(cfg.device)
+    ema = build_run_model(cfg, sources).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if (run / "state.pt").exists():
+        loaded, _ = load_checkpoint(run / "last.safetensors", cfg.device)
+        model.load_state_dict(loaded.state_dict())
+        loaded, _ = load_checkpoint(run / "ema.safetensors", cfg.device)
+        ema.load_state_dict(loaded.state_dict())
+        state = torch.load(run / "state.pt", map_location=cfg.device, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+        print(f"resumed {run} at step {step}", file=sys.stderr)
+    else:
+        ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"model {cfg.model}: {n_params / 1e6:.2f} M parameters, heads "
+        f"{ {h: list(s) for h, s in model.heads.items()} }",
+        file=sys.stderr,
+    )
+
+    loaders = [_loader(ds, cfg, step) for _, ds in sources]
+    log_path = run / "log.csv"
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(
+            ["step", "seconds", "examples_per_second", "lr"]
+            + [f"loss_{s.head}" for s, _ in sources]
+        )
+
+    def checkpoint() -> None:
+        info = dict(cfg.info, steps=step, run_dir=str(run))
+        save_checkpoint(run / "last.safetensors", model, cfg.model, info)
+        save_checkpoint(run / "ema.safetensors", ema, cfg.model, info)
+        tmp = run / "state.pt.tmp"
+        torch.save({"optimizer": opt.state_dict(), "step": step, "rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, run / "state.pt")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: setattr(_Stop, "requested", True))
+    started = time.time()
+    window_start, window_examples = time.time(), 0
+    running = [0.0] * len(sources)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not sys.stderr.isatty(),
+    )
+    model.train()
+    while step < cfg.steps and not _Stop.requested:
+        lr = _lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        losses = []
+        for i, ((src, _), loader) in enumerate(zip(sources, loaders)):
+            mix, stems = next(loader)
+            mix, stems = mix.to(cfg.device), stems.to(cfg.device)
+            with torch.autocast(
+                torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
+            ):
+                est = model(mix, heads=[src.head])[src.head]
+            est = project_to_mix(est.float(), mix)
+            loss = separation_loss(est, stems, cfg.stft_loss_weight)
+            (src.weight * loss).backward()
+            losses.append(loss.item())
+            running[i] = 0.9 * running[i] + 0.1 * losses[-1] if step else losses[-1]
+            window_examples += mix.shape[0]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        bar.update(1)
+        bar.set_postfix({s.head: f"{r:.4f}" for (s, _), r in zip(sources, running)})
+        if step % cfg.log_every == 0:
+            now = time.time()
+            rate = window_examples / (now - window_start)
+            log.writerow(
+                [step, round(now - started, 1), round(rate, 2), f"{lr:.2e}"]
+                + [f"{x:.5f}" for x in losses]
+            )
+            log_file.flush()
+            if not sys.stderr.isatty():
+                print(
+                    f"step {step} ex/s {rate:.2f} lr {lr:.2e} "
+                    + " ".join(f"{s.head} {r:.4f}" for (s, _), r in zip(sources, running)),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            window_start, window_examples = now, 0
+        if step % cfg.checkpoint_every == 0:
+            checkpoint()
+        if cfg.max_minutes and time.time() - started > cfg.max_minutes * 60:
+            break
+    checkpoint()
+    bar.close()
+    log_file.close()
+    print(f"stopped at step {step}; checkpoints in {run}", file=sys.stderr)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``demix train CONFIG [--set key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="demix train", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="training config (YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (dotted key)",
+    )
+    args = parser.parse_args(argv)
+    cfg = load_yaml(TrainConfig, args.config, args.overrides)
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
