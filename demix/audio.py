@@ -88,8 +88,8 @@ def _check(path: Path, sample_rate: int, channels: int, frames: int) -> None:
 def _ffprobe(path: Path) -> AudioInfo:
     """Stream parameters of a container through ``ffmpeg -i`` (imageio-ffmpeg has no ffprobe)."""
     exe = ffmpeg_executable()
-    # Decode the first audio stream to raw float32 and count it: exact frame counts from a
-    # header are unreliable for compressed containers. Reading is streamed (constant memory).
+    # The header's duration gives the length (for progress bars); the exact length is what
+    # the streamed decode yields.
     proc = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
     text = proc.stderr
     audio_lines = [ln for ln in text.splitlines() if "Audio:" in ln and "Stream #" in ln]
@@ -107,11 +107,24 @@ def _ffprobe(path: Path) -> AudioInfo:
         if part.endswith(" Hz"):
             rate = int(part[:-3])
     channels = _ffmpeg_channels(line)
-    frames = 0
-    for block in _ffmpeg_blocks(path, rate, channels, 1 << 16):
-        frames += block.shape[1]
+    frames = _ffmpeg_duration_frames(text, rate)
+    if frames <= 0:  # no usable duration in the header: count by decoding (streamed)
+        frames = sum(b.shape[1] for b in _ffmpeg_blocks(path, rate, channels, 1 << 16))
     _check(path, rate, channels, frames)
     return AudioInfo(path, rate, channels, frames, "24", "ffmpeg")
+
+
+def _ffmpeg_duration_frames(text: str, sample_rate: int) -> int:
+    """Frames from ffmpeg's "Duration: HH:MM:SS.ss" line (an estimate: used for progress)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Duration:"):
+            value = line.split(",")[0].split()[1]
+            if value == "N/A":
+                return 0
+            h, m, sec = value.split(":")
+            return int(round((int(h) * 3600 + int(m) * 60 + float(sec)) * sample_rate))
+    return 0
 
 
 def _ffmpeg_channels(line: str) -> int:
@@ -206,6 +219,13 @@ def info(path: str | os.PathLike) -> AudioInfo:
             return _ffprobe(path)
         raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from exc
     _check(path, meta.samplerate, meta.channels, meta.frames)
+    for line in meta.extra_info.splitlines():
+        # libsndfile reads a cut-off wav/aiff up to where the data stops, noting the
+        # header's size "(should be N)": refuse rather than separate half a file silently.
+        if _header_overstates(line):
+            raise AudioError(
+                f"{path}: truncated file (the header promises more audio than the file holds)"
+            )
     return AudioInfo(
         path,
         meta.samplerate,
@@ -214,6 +234,21 @@ def info(path: str | os.PathLike) -> AudioInfo:
         _SUBTYPE_BITS.get(meta.subtype, "24"),
         "soundfile",
     )
+
+
+def _header_overstates(line: str) -> bool:
+    """True for libsndfile's "data : N (should be M)" note with N > M (a cut-off file).
+
+    Streamed writers leave placeholder sizes (0 or 0xFFFFFFFF) that are not truncation.
+    """
+    if not line.startswith(("data", "SSND")) or "(should be" not in line:
+        return False
+    try:
+        header = int(line.split(":", 1)[1].split("(")[0])
+        actual = int(line.split("should be", 1)[1].strip(" )"))
+    except ValueError:
+        return False
+    return actual < header < 0xFFFFFFF0
 
 
 def _short(exc: Exception) -> str:
@@ -242,6 +277,8 @@ def iter_blocks(
             raise AudioError(f"{path}: NaN or infinite sample at {bad / meta.sample_rate:.3f} s")
         offset += block.shape[1]
         yield block
+    if offset == 0:
+        raise AudioError(f"{path}: no audio (zero length)")
 
 
 def _soundfile_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
@@ -288,34 +325,63 @@ def subtype_for(fmt: str, bit_depth: str) -> str:
     return _BITS_SUBTYPE[bit_depth]
 
 
+def temporary_path(path: Path) -> Path:
+    """A new hidden temporary file beside ``path`` (same filesystem, so a rename is atomic),
+    with the permissions a plain ``open`` would give it (umask honoured, not mkstemp's 0600).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
 class AtomicWriter:
     """Write a sound file block by block under a temporary name; rename it on ``commit``.
 
     A crash, an exception or Ctrl-C before ``commit`` leaves no file under the final name.
+    Integer formats are quantised here, rounding to nearest (libsndfile's own float to
+    integer conversion truncates, which biases the stems and breaks the null test by up to
+    one step per stem); samples beyond full scale are clipped and counted in ``clipped``.
     """
 
     def __init__(self, path: Path, sample_rate: int, channels: int, fmt: str, bit_depth: str):
         self.path = Path(path)
         subtype = subtype_for(fmt, bit_depth)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.bits = {"PCM_16": 16, "PCM_24": 24}.get(subtype, 0)
         self.clipped = 0
-        self.is_int = bit_depth != "32f"
-        self._file = sf.SoundFile(
-            tmp, "w", samplerate=sample_rate, channels=channels, format=fmt.upper(), subtype=subtype
-        )
+        self.tmp = temporary_path(self.path)
+        try:
+            self._file = sf.SoundFile(
+                str(self.tmp),
+                "w",
+                samplerate=sample_rate,
+                channels=channels,
+                format=fmt.upper(),
+                subtype=subtype,
+            )
+        except Exception as exc:  # noqa: BLE001 - libsndfile refuses rate/channels/format
+            self.tmp.unlink(missing_ok=True)
+            raise AudioError(
+                f"{self.path}: cannot write {fmt} at {sample_rate} Hz, "
+                f"{channels} channels ({_short(exc)})"
+            ) from exc
 
     def write(self, block: np.ndarray) -> None:
         """Append float32 [c, t]."""
-        if self.is_int:
-            over = np.abs(block) > 1.0
-            if over.any():
-                self.clipped += int(over.sum())
-                block = np.clip(block, -1.0, 1.0)
-        self._file.write(np.ascontiguousarray(block.T))
+        if not self.bits:
+            self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
+            return
+        full_scale = float(1 << (self.bits - 1))
+        ints = np.rint(np.asarray(block, dtype=np.float64) * full_scale)
+        self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
+        ints = np.clip(ints, -full_scale, full_scale - 1)  # +1.0 itself maps to the top code
+        if self.bits == 16:
+            data = ints.astype(np.int16)
+        else:  # soundfile maps int32 to 24-bit by keeping the top 24 bits
+            data = ints.astype(np.int32) << 8
+        self._file.write(np.ascontiguousarray(data.T))
 
     def commit(self) -> None:
         """Close and move the file to its final name (atomic on one filesystem)."""

@@ -66,6 +66,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         return 2
     files = _expand_inputs(inputs)
     ok, failed = [], []
+    tracks: dict[str, Path] = {}  # track folder name → the input that uses it
     started = time.time()
     for i, path in enumerate(files, 1):
         label = f"[{i}/{len(files)}] {path.name}"
@@ -86,6 +87,16 @@ def cmd_separate(args: argparse.Namespace) -> int:
             bar.refresh()
 
         t0 = time.time()
+        first = tracks.setdefault(path.stem, path)
+        if first != path:
+            bar.close()
+            failed.append(path)
+            print(
+                f"demix: error: {path}: its stems would go to {out_dir / path.stem}/, already "
+                f"used by {first} in this batch (separate it with another -o)",
+                file=sys.stderr,
+            )
+            continue
         try:
             written = sep.separate_file(
                 path,
@@ -101,6 +112,14 @@ def cmd_separate(args: argparse.Namespace) -> int:
             bar.close()
             failed.append(path)
             print(f"demix: error: {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+            bar.close()
+            failed.append(path)
+            print(
+                f"demix: error: {path}: unexpected failure ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
+            )
             continue
         except KeyboardInterrupt:
             bar.close()

@@ -58,6 +58,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         return dict(value)
     if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if annotation is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if annotation in (int, float, str, bool) and not isinstance(value, annotation):

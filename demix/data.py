@@ -241,3 +241,13 @@ def reverb(x: np.ndarray, rir: np.ndarray, wet: float) -> np.ndarray:
         ..., :n
     ]
     return ((1 - wet) * x + wet * wet_sig).astype(np.float32)
+
+
+def overdrive(
+    x: np.ndarray, drive: float, sample_rate: int, cabinet_hz: float = 5000.0
+) -> np.ndarray:
+    """Guitar-amp style distortion: tanh waveshaping with gain ``drive``, then a cabinet
+    low-pass. Output peak is normalised to the input's."""
+    peak = float(np.abs(x).max()) + 1e-9
+    y = np.tanh(drive * x / peak) / np.tanh(drive)
+    return lowpass(y * peak, sample_rate, cabinet_hz)

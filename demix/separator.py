@@ -347,12 +347,14 @@ class Separator:
             ) from exc
         if not os.access(track_dir, os.W_OK):
             raise SeparationError(f"{track_dir}: output folder is not writable")
-        writers = {
-            name: audio.AtomicWriter(t, meta.sample_rate, meta.channels, fmt, depth)
-            for name, t in targets.items()
-        }
+        writers: dict[str, audio.AtomicWriter] = {}
+        committed: list[Path] = []
         done = 0
         try:
+            for name, target in targets.items():
+                writers[name] = audio.AtomicWriter(
+                    target, meta.sample_rate, meta.channels, fmt, depth
+                )
             blocks = audio.iter_blocks(path, meta=meta)
             for out in self.stream(blocks, meta.sample_rate, meta.channels, head, stems):
                 for name, block in out.items():
@@ -360,11 +362,15 @@ class Separator:
                 done += next(iter(out.values())).shape[1]
                 if progress is not None:
                     progress(done / meta.sample_rate, meta.seconds)
-            for w in writers.values():
-                w.commit()
+            for name, writer in writers.items():
+                writer.commit()
+                committed.append(targets[name])
         except BaseException:
-            for w in writers.values():
-                w.abort()
+            # All or nothing: drop temporaries and any stem of this track already renamed.
+            for writer in writers.values():
+                writer.abort()
+            for target in committed:
+                target.unlink(missing_ok=True)
             raise
         return targets
 

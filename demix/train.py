@@ -104,6 +104,13 @@ def build_run_model(cfg: TrainConfig, sources) -> torch.nn.Module:
     return build_model(cfg.model, model_cfg)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: data workers ignore it so that the main
+    # process can checkpoint, then shut them down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loader(ds, cfg: TrainConfig, start_step: int):
     indices = range(start_step * cfg.batch_size, len(ds))
     return iter(
@@ -114,6 +121,7 @@ def _loader(ds, cfg: TrainConfig, start_step: int):
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
             prefetch_factor=4 if cfg.num_workers else None,
+            worker_init_fn=_ignore_stop_signals if cfg.num_workers else None,
         )
     )
 

@@ -149,6 +149,10 @@ class MusicMixDataset(torch.utils.data.Dataset):
             if not present[s]:
                 continue
             x = self._real_or_synth(stem, sketch, n, rng)
+            if stem == "guitar" and rng.random() < 0.6:  # rock guitars are mostly driven
+                x = data.overdrive(x, rng.uniform(3, 40), rate, rng.uniform(3500, 7000))
+            elif stem == "bass" and rng.random() < 0.2:
+                x = data.overdrive(x, rng.uniform(1.5, 6), rate, rng.uniform(2000, 5000))
             if x.shape[0] == 1:
                 spread = 0.1 if stem in ("bass", "vocals", "drums") else 0.7
                 x = data.pan_mono(x, rng.uniform(-spread, spread))

@@ -240,6 +240,7 @@ class BandSplitModel(nn.Module):
                 cfg.n_fft,
                 cfg.hop_samples,
                 window=self.window,
+                pad_mode="constant",  # any length works (reflect needs t > n_fft / 2)
                 return_complex=True,
             )
             spec = spec.reshape(b, c, *spec.shape[-2:])  # [b, c, f, n]

@@ -1,0 +1,1 @@
+"""Evaluation and benchmark scripts for demix (``python -m eval.<name>``)."""

@@ -1,0 +1,430 @@
+"""``demix separate`` end to end: run as a subprocess with a tiny checkpoint on generated files.
+
+Each run pays for importing torch (a few seconds here), so the tests share runs where they
+check different properties of the same command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cdx import CDX_STEMS
+from mdx import MDX_STEMS
+
+RATE = 44100
+LSB = {"PCM_16": 2.0**-15, "PCM_24": 2.0**-23}
+FLOAT_TOLERANCE = 1e-5
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # One torch thread: on a small machine shared with other jobs, two threads fighting for
+    # two cores are several times slower than one.
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _command(checkpoint: Path, *args: object) -> list[str]:
+    cli = [sys.executable, "-m", "demix.cli", "separate"]
+    return [*cli, *map(str, args), "--model", str(checkpoint), "-q"]
+
+
+def run_cli(checkpoint: Path, *args: object) -> subprocess.CompletedProcess:
+    """Run ``demix separate ARGS --model CHECKPOINT -q``; no run may end in a traceback."""
+    result = subprocess.run(
+        _command(checkpoint, *args), capture_output=True, text=True, env=_env(), timeout=300
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def write_input(
+    path: Path,
+    seconds: float = 1.0,
+    sample_rate: int = RATE,
+    channels: int = 2,
+    subtype: str = "PCM_24",
+    seed: int = 0,
+) -> Path:
+    """Write seeded noise (well inside full scale) as a sound file and return its path."""
+    rng = np.random.default_rng(seed)
+    mix = np.clip(0.2 * rng.standard_normal((int(seconds * sample_rate), channels)), -0.9, 0.9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, mix.astype(np.float32), sample_rate, subtype=subtype)
+    return path
+
+
+def load(path: Path) -> np.ndarray:
+    """The file's samples as float64 [c, t] (exact for 16/24-bit integers and 32-bit float)."""
+    samples, _ = sf.read(path, dtype="float64", always_2d=True)
+    return samples.T
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of the file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def listing(folder: Path) -> set[str]:
+    """Names in ``folder``, hidden temporary files included."""
+    return set(os.listdir(folder))
+
+
+def assert_like_input(stem: Path, source: Path, subtype: str | None = None) -> None:
+    """A stem has the input's sample rate, channels and length (and depth unless given)."""
+    out, src = sf.info(str(stem)), sf.info(str(source))
+    assert (out.samplerate, out.channels, out.frames) == (src.samplerate, src.channels, src.frames)
+    assert out.subtype == (subtype or src.subtype)
+
+
+def assert_sums_to(stems: list[Path], source: Path) -> None:
+    """Stems add back to the input, within the quantisation of the stems' bit depth.
+
+    libsndfile floors floats to wav integers (up to one step per stem), and the separator's
+    float32 sum adds up to about one more step at 24 bits; 32-bit float stems must be tight.
+    """
+    subtype = sf.info(str(stems[0])).subtype
+    tolerance = FLOAT_TOLERANCE if subtype == "FLOAT" else (len(stems) + 1) * LSB[subtype]
+    error = np.abs(sum(load(p) for p in stems) - load(source)).max()
+    assert error <= tolerance, f"stems differ from the input by {error:.3g} > {tolerance:.3g}"
+
+
+def stem_paths(track: Path, names: tuple[str, ...] | list[str], ext: str = "wav") -> list[Path]:
+    """``track/<name>.<ext>`` for each name."""
+    return [track / f"{name}.{ext}" for name in names]
+
+
+# ------------------------------------------------------------------ the default film run
+
+
+@dataclass(frozen=True)
+class FilmRun:
+    """One default ``demix separate`` of a 24-bit stereo file, checked by several tests."""
+
+    result: subprocess.CompletedProcess
+    source: Path
+    track: Path
+    digest_before: str
+
+
+@pytest.fixture(scope="module")
+def film_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> FilmRun:
+    folder = tmp_path_factory.mktemp("film")
+    source = write_input(folder / "scene.wav", seconds=1.5, subtype="PCM_24")
+    before = digest(source)
+    result = run_cli(tiny_checkpoint, source, "-o", folder / "out")
+    return FilmRun(result, source, folder / "out" / "scene", before)
+
+
+def test_film_stems_have_the_input_rate_layout_length_and_depth(film_run: FilmRun) -> None:
+    assert film_run.result.returncode == 0, film_run.result.stderr
+    assert listing(film_run.track) == {f"{s}.wav" for s in CDX_STEMS}
+    for stem in stem_paths(film_run.track, CDX_STEMS):
+        assert_like_input(stem, film_run.source, subtype="PCM_24")
+
+
+def test_film_stems_sum_to_the_input_within_24_bit_quantisation(film_run: FilmRun) -> None:
+    assert film_run.result.returncode == 0, film_run.result.stderr
+    assert_sums_to(stem_paths(film_run.track, CDX_STEMS), film_run.source)
+
+
+def test_the_input_is_never_modified(film_run: FilmRun) -> None:
+    assert film_run.result.returncode == 0, film_run.result.stderr
+    assert digest(film_run.source) == film_run.digest_before
+
+
+# ------------------------------------------------------------------ stem selection and heads
+
+
+def test_one_stem_plus_rest_adds_back_to_the_input(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "scene.wav", subtype="PCM_16")
+    result = run_cli(
+        tiny_checkpoint, source, "-o", tmp_path / "out", "--stems", "dialogue", "--bit-depth", "32f"
+    )
+    assert result.returncode == 0, result.stderr
+    track = tmp_path / "out" / "scene"
+    assert listing(track) == {"dialogue.wav", "rest.wav"}
+    stems = stem_paths(track, ["dialogue", "rest"])
+    for stem in stems:
+        assert_like_input(stem, source, subtype="FLOAT")
+    assert_sums_to(stems, source)
+
+
+def test_music_head_with_a_stem_subset(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "song.wav", subtype="PCM_16")
+    result = run_cli(
+        tiny_checkpoint,
+        source,
+        "-o",
+        tmp_path / "out",
+        "--head",
+        "music",
+        "--stems",
+        "vocals,drums",
+    )
+    assert result.returncode == 0, result.stderr
+    track = tmp_path / "out" / "song"
+    assert listing(track) == {"vocals.wav", "drums.wav", "rest.wav"}
+    stems = stem_paths(track, ["vocals", "drums", "rest"])
+    for stem in stems:
+        assert_like_input(stem, source)
+    assert_sums_to(stems, source)
+
+
+def test_both_heads_write_all_nine_stems(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "trailer.wav")
+    result = run_cli(
+        tiny_checkpoint, source, "-o", tmp_path / "out", "--head", "both", "--bit-depth", "32f"
+    )
+    assert result.returncode == 0, result.stderr
+    track = tmp_path / "out" / "trailer"
+    assert listing(track) == {f"{s}.wav" for s in (*CDX_STEMS, *MDX_STEMS)}
+    for stem in stem_paths(track, (*CDX_STEMS, *MDX_STEMS)):
+        assert_like_input(stem, source, subtype="FLOAT")
+    assert_sums_to(stem_paths(track, CDX_STEMS), source)  # each head on its own
+    assert_sums_to(stem_paths(track, MDX_STEMS), source)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_any_rate_and_layout_in_same_out(tiny_checkpoint: Path, tmp_path: Path, fmt: str) -> None:
+    sources = [
+        write_input(
+            tmp_path / "in" / "mono48k.wav", sample_rate=48000, channels=1, subtype="PCM_16"
+        ),
+        write_input(tmp_path / "in" / "surround51.wav", channels=6, subtype="PCM_24"),
+    ]
+    before = [digest(s) for s in sources]
+    result = run_cli(tiny_checkpoint, *sources, "-o", tmp_path / "out", "--format", fmt)
+    assert result.returncode == 0, result.stderr
+    for source in sources:
+        track = tmp_path / "out" / source.stem
+        assert listing(track) == {f"{s}.{fmt}" for s in CDX_STEMS}
+        stems = stem_paths(track, CDX_STEMS, fmt)
+        for stem in stems:
+            assert sf.info(str(stem)).format == fmt.upper()
+            assert_like_input(stem, source)
+        assert_sums_to(stems, source)
+    assert [digest(s) for s in sources] == before
+
+
+# ------------------------------------------------------------------ failures
+
+
+def _bad_inputs(folder: Path) -> list[Path]:
+    """One file for each way an input can be unusable (names are all distinct)."""
+    corrupt = write_input(folder / "full.flac", subtype="PCM_16")
+    (folder / "corrupt.flac").write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])
+    corrupt.unlink()
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "notes.wav").write_text("these are not samples\n" * 20)
+    sf.write(folder / "silent.wav", np.zeros((0, 2), np.float32), RATE, subtype="PCM_16")
+    nan = np.full((RATE, 2), 0.1, np.float32)
+    nan[RATE // 2, 1] = np.nan
+    sf.write(folder / "nan.wav", nan, RATE, subtype="FLOAT")
+    sf.write(folder / "ten_channels.wav", np.zeros((1000, 10), np.float32), RATE)
+    names = [
+        "corrupt.flac",
+        "empty.wav",
+        "notes.wav",
+        "missing.wav",
+        "silent.wav",
+        "nan.wav",
+        "ten_channels.wav",
+    ]
+    return [folder / name for name in names]
+
+
+def test_bad_inputs_fail_one_line_each_and_the_good_file_is_separated(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    good = write_input(folder / "good.wav")
+    bad = _bad_inputs(folder)
+    out = tmp_path / "out"
+    result = run_cli(tiny_checkpoint, *bad[:3], good, *bad[3:], "-o", out)
+
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    for path in bad:
+        naming = [line for line in lines if str(path) in line]
+        assert len(naming) == 1, f"{path.name}: {naming}"
+    assert len(lines) == len(bad), result.stderr
+    for stem in stem_paths(out / "good", CDX_STEMS):
+        assert_like_input(stem, good)
+    for path in bad:  # nothing was left behind for a failed input, not even a temporary file
+        track = out / path.stem
+        assert not track.exists() or listing(track) == set()
+
+
+def test_unknown_stem_is_a_usage_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "scene.wav")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--stems", "dialogue,kazoo")
+    assert result.returncode == 2
+    assert "kazoo" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_head_is_a_usage_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "scene.wav")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--head", "opera")
+    assert result.returncode == 2
+    assert "opera" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _earlier_take(track: Path) -> Path:
+    track.mkdir(parents=True)
+    existing = track / "dialogue.wav"
+    existing.write_bytes(b"an earlier take")
+    os.utime(existing, (1_000_000_000, 1_000_000_000))
+    return existing
+
+
+def test_existing_output_is_refused_without_overwrite(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "scene.wav")
+    existing = _earlier_take(tmp_path / "out" / "scene")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out")
+    assert result.returncode == 1
+    assert str(existing) in result.stderr
+    assert "--overwrite" in result.stderr
+    assert existing.read_bytes() == b"an earlier take"
+    assert existing.stat().st_mtime == 1_000_000_000
+    assert listing(existing.parent) == {"dialogue.wav"}  # no other stem written either
+
+
+def test_existing_output_is_replaced_with_overwrite(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "scene.wav")
+    existing = _earlier_take(tmp_path / "out" / "scene")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert listing(existing.parent) == {f"{s}.wav" for s in CDX_STEMS}
+    for stem in stem_paths(existing.parent, CDX_STEMS):
+        assert_like_input(stem, source)
+
+
+def test_output_folder_that_cannot_be_created(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "scene.wav")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file where a folder should go")
+    result = run_cli(tiny_checkpoint, source, "-o", blocker / "out")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert str(blocker) in lines[0]
+    assert blocker.read_text() == "a regular file where a folder should go"
+
+
+def test_folder_input_is_expanded_to_its_audio_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "reel"
+    first = write_input(folder / "first.wav", seed=1)
+    second = write_input(folder / "sub" / "second.flac", channels=1, subtype="PCM_16", seed=2)
+    (folder / "notes.txt").write_text("not audio, and not meant to be")
+    (folder / "sub" / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a picture either")
+    result = run_cli(tiny_checkpoint, folder, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert listing(tmp_path / "out") == {"first", "second"}
+    for source in (first, second):
+        stems = stem_paths(tmp_path / "out" / source.stem, CDX_STEMS)
+        for stem in stems:
+            assert_like_input(stem, source)
+        assert_sums_to(stems, source)
+
+
+# ------------------------------------------------------------------ interrupted runs
+
+
+@pytest.fixture(scope="module")
+def long_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two minutes of noise: separating it takes long enough to interrupt mid-write."""
+    return write_input(tmp_path_factory.mktemp("long") / "feature.wav", 120.0, subtype="PCM_16")
+
+
+def _default_sigint() -> None:
+    # A child inherits an ignored SIGINT (e.g. from a backgrounded shell); Python only turns
+    # SIGINT into KeyboardInterrupt when it starts with the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start_and_wait_for_partial_stems(
+    checkpoint: Path, source: Path, out: Path
+) -> tuple[subprocess.Popen, Path]:
+    """Start the CLI and return once a temporary stem holds some written samples."""
+    proc = subprocess.Popen(
+        _command(checkpoint, source, "-o", out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=_default_sigint,
+    )
+    track = out / source.stem
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            sizes = [(track / n).stat().st_size for n in os.listdir(track) if n.endswith(".tmp")]
+        except OSError:
+            sizes = []
+        if any(size > 1 << 16 for size in sizes):
+            return proc, track
+        time.sleep(0.02)
+    proc.kill()
+    _, stderr = proc.communicate()
+    found = sorted(listing(track)) if track.is_dir() else "no track folder"
+    pytest.fail(f"no partial temporary stem appeared ({found}; exit {proc.returncode}): {stderr}")
+
+
+def test_ctrl_c_leaves_no_stem_and_no_temporary_file(
+    tiny_checkpoint: Path, long_input: Path, tmp_path: Path
+) -> None:
+    proc, track = _start_and_wait_for_partial_stems(tiny_checkpoint, long_input, tmp_path)
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+    assert listing(track) == set()
+
+
+def test_kill_leaves_no_file_under_a_final_stem_name(
+    tiny_checkpoint: Path, long_input: Path, tmp_path: Path
+) -> None:
+    proc, track = _start_and_wait_for_partial_stems(tiny_checkpoint, long_input, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not any((track / f"{s}.wav").exists() for s in CDX_STEMS)
+    assert all(name.startswith(".") and name.endswith(".tmp") for name in listing(track))
+
+
+# ------------------------------------------------------------------ demo
+
+
+def test_demo_separates_the_generated_clip(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_cli(tiny_checkpoint, "--demo", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    clip = tmp_path / "demo-input" / "demo_film.wav"
+    meta = sf.info(str(clip))
+    assert (meta.samplerate, meta.channels, meta.subtype) == (RATE, 2, "PCM_24")
+    assert meta.frames == 12 * RATE
+    stems = stem_paths(tmp_path / "demo_film", CDX_STEMS)
+    for stem in stems:
+        assert_like_input(stem, clip)
+    assert_sums_to(stems, clip)

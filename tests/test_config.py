@@ -1,0 +1,34 @@
+"""YAML configs: unknown keys are errors; dotted overrides."""
+
+import pytest
+
+from demix.config import ConfigError, load_yaml, to_dict
+from demix.models import BandSplitConfig
+from demix.train import TrainConfig
+
+
+def test_load_with_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  - {name: cdx.film_mix, head: film}\nbatch_size: 2\n")
+    cfg = load_yaml(TrainConfig, path, ["batch_size=8", "model_config.dim=32", "lr=3e-4"])
+    assert cfg.batch_size == 8 and cfg.lr == pytest.approx(3e-4)
+    assert cfg.model_config == {"dim": 32}
+    assert cfg.sources[0].head == "film"
+    assert to_dict(cfg)["sources"][0]["name"] == "cdx.film_mix"
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sources: []\nbatchsize: 2\n")
+    with pytest.raises(ConfigError, match="batchsize"):
+        load_yaml(TrainConfig, path)
+    path.write_text("sources:\n  - {name: x, head: film, colour: red}\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_yaml(TrainConfig, path)
+
+
+def test_type_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dim: many\n")
+    with pytest.raises(ConfigError, match="dim"):
+        load_yaml(BandSplitConfig, path)

@@ -1,0 +1,90 @@
+"""The Separator API: sum-to-mix, selection + rest, rates and layouts, no mutation."""
+
+import numpy as np
+import pytest
+import torch
+
+from cdx import CDX_STEMS
+from demix import SeparationError, Separator
+from demix.data import default_data_root
+from mdx import MDX_STEMS
+
+DATA = default_data_root()
+
+
+@pytest.fixture(scope="module")
+def sep(tiny_checkpoint):
+    return Separator.from_pretrained(str(tiny_checkpoint))
+
+
+@pytest.mark.parametrize(
+    ("channels", "rate"), [(1, 44100), (2, 48000), (6, 48000), (8, 22050), (2, 16000)]
+)
+def test_stems_sum_to_mix_any_rate_and_layout(sep, channels, rate):
+    rng = np.random.default_rng(channels)
+    mix = (0.1 * rng.standard_normal((channels, int(2.5 * rate) + 7))).astype(np.float32)
+    out = sep.separate(mix, rate, head="film")
+    assert list(out) == list(CDX_STEMS)
+    for v in out.values():
+        assert v.shape == mix.shape
+    total = sum(v.numpy() for v in out.values())
+    assert np.abs(total - mix).max() < 1e-5
+
+
+def test_selected_plus_rest_and_both_heads(sep):
+    mix = torch.randn(2, 44100) * 0.1
+    before = mix.clone()
+    out = sep.separate(mix, 44100, head="music", stems=["vocals", "drums"])
+    assert list(out) == ["drums", "vocals", "rest"]
+    torch.testing.assert_close(out["drums"] + out["vocals"] + out["rest"], mix, atol=1e-5, rtol=0)
+    assert torch.equal(mix, before)  # the caller's tensor is untouched
+    both = sep.separate(mix, 44100, head="both")
+    assert list(both) == list(CDX_STEMS) + list(MDX_STEMS)
+    picked = sep.separate(mix, 44100, head="both", stems=["dialogue", "bass"])
+    assert list(picked) == ["dialogue", "film_rest", "bass", "music_rest"]
+
+
+def test_mono_vector_in_mono_vector_out(sep):
+    mix = np.random.default_rng(0).standard_normal(30000).astype(np.float32) * 0.1
+    out = sep.separate(mix, 32000, head="film", stems=["dialogue"])
+    assert out["dialogue"].shape == (30000,)
+    np.testing.assert_allclose((out["dialogue"] + out["rest"]).numpy(), mix, atol=1e-5)
+
+
+def test_errors(sep):
+    mix = np.zeros((2, 1000), np.float32)
+    with pytest.raises(SeparationError, match="kazoo"):
+        sep.separate(mix, 44100, stems=["kazoo"])
+    with pytest.raises(SeparationError, match="karaoke"):
+        sep.separate(mix, 44100, head="karaoke")
+    with pytest.raises(SeparationError, match="channels"):
+        sep.separate(np.zeros((9, 1000), np.float32), 44100)
+    with pytest.raises(SeparationError, match="zero length"):
+        sep.separate(np.zeros((2, 0), np.float32), 44100)
+    bad = mix.copy()
+    bad[0, 10] = np.nan
+    with pytest.raises(SeparationError, match="NaN"):
+        sep.separate(bad, 44100)
+    with pytest.raises(SeparationError, match="unknown model"):
+        Separator.from_pretrained("no-such-model")
+
+
+def test_silence_in_silence_out(sep):
+    out = sep.separate(np.zeros((2, 44100), np.float32), 44100, head="both")
+    assert all(float(v.abs().max()) == 0.0 for v in out.values())
+
+
+@pytest.mark.skipif(
+    not (DATA / "MANIFEST.csv").exists(), reason=f"development data not found at {DATA}"
+)
+def test_sum_to_mix_on_real_audio(sep):
+    from demix import audio
+
+    song = sorted((DATA / "music" / "macleod").glob("*.ogg"))[0]
+    mix, rate = audio.read(song)
+    mix = mix[:, : 6 * rate]
+    out = sep.separate(mix, rate, head="both")
+    film = sum(out[s].numpy() for s in CDX_STEMS)
+    music = sum(out[s].numpy() for s in MDX_STEMS)
+    assert np.abs(film - mix).max() < 1e-5
+    assert np.abs(music - mix).max() < 1e-5
