@@ -105,3 +105,32 @@ def load_checkpoint(
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.to(device).eval(), meta
+
+
+def export_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, info_update: dict[str, Any] | None = None
+) -> None:
+    """Copy a checkpoint (e.g. a run's EMA weights) to ``dst`` with extra provenance merged
+    into its ``info`` (measured metrics, model card summary)."""
+    model, meta = load_checkpoint(src)
+    info = dict(meta["info"], **(info_update or {}))
+    save_checkpoint(dst, model, meta["model"], info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m demix.checkpoint SRC DST [--info FILE.json]``: export a checkpoint."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m demix.checkpoint", description=main.__doc__)
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--info", help="JSON file whose keys are merged into the metadata info")
+    args = parser.parse_args(argv)
+    update = json.loads(Path(args.info).read_text()) if args.info else {}
+    export_checkpoint(args.src, args.dst, update)
+    print(f"wrote {args.dst} ({Path(args.dst).stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

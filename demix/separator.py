@@ -100,8 +100,10 @@ class Separator:
         self.sample_rate: int = model.sample_rate
         self.heads: dict[str, tuple[str, ...]] = dict(model.heads)
         self.chunk_samples: int = model.segment_samples
-        overlap = int(round(overlap_seconds * self.sample_rate))
-        self.hop_samples: int = max(self.chunk_samples - overlap, 1)
+        # At most half a chunk of overlap: a short-chunk model must not degenerate into one
+        # model call per sample.
+        overlap = min(int(round(overlap_seconds * self.sample_rate)), self.chunk_samples // 2)
+        self.hop_samples: int = self.chunk_samples - overlap
         self.batch_size = batch_size
 
     @classmethod

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="demix-small")
     p.add_argument("--film-items", type=int, default=16)
     p.add_argument("--music-seconds", type=float, default=20.0)
+    p.add_argument("--json", help="also write the table as JSON (for checkpoint metadata)")
     args = p.parse_args(argv)
     root = default_data_root()
     if not (root / "MANIFEST.csv").exists():
@@ -123,6 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- |")
     for stem, (m, i, n) in table.items():
         print(f"| {stem} | {n} | {m:.2f} | {i:.2f} | {m - i:+.2f} |")
+    if args.json:
+        import json
+
+        record = {
+            "dev_si_sdr_db": {
+                s: {"model": round(m, 2), "identity": round(i, 2), "items": n}
+                for s, (m, i, n) in table.items()
+            },
+            "dev_set": f"eval.dev: {args.film_items} film mixtures x 10 s (seed {FILM_SEED}), "
+            f"mdb songs {args.music_seconds:g}-s excerpts",
+        }
+        Path(args.json).write_text(json.dumps(record, indent=2))
     return 0
 
 

@@ -88,3 +88,8 @@ def test_sum_to_mix_on_real_audio(sep):
     music = sum(out[s].numpy() for s in MDX_STEMS)
     assert np.abs(film - mix).max() < 1e-5
     assert np.abs(music - mix).max() < 1e-5
+
+
+def test_short_chunk_model_keeps_a_sane_hop(tiny_checkpoint):
+    short = Separator.from_pretrained(str(tiny_checkpoint), overlap_seconds=10.0)
+    assert short.hop_samples == short.chunk_samples - short.chunk_samples // 2
