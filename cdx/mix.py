@@ -75,8 +75,15 @@ class FilmMixDataset(torch.utils.data.Dataset):
         mix, stems = self.make(rng)
         return torch.from_numpy(mix), torch.from_numpy(stems)
 
-    def make(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One example: (mix [2, t], stems [3, 2, t]) float32."""
+    def make(
+        self, rng: np.random.Generator, provenance: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One example: (mix [2, t], stems [3, 2, t]) float32.
+
+        ``provenance``, if given, is filled with the clips used and the loudness targets.
+        """
+        used: dict[str, list] = {"dialogue": [], "music": [], "effects": []}
+        targets: dict[str, float] = {}
         cfg = self.config
         rate = cfg.sample_rate
         n = int(round(cfg.segment_seconds * rate))
@@ -87,7 +94,7 @@ class FilmMixDataset(torch.utils.data.Dataset):
         # Dialogue: one or two utterances near the centre, sometimes with pauses or reverb.
         dialogue = np.zeros((2, n), np.float32)
         if rng.random() >= cfg.p_silent_dialogue:
-            voice = self.speech.random_crop(rng, n, loop=False)
+            voice = self.speech.random_crop(rng, n, loop=False, record=used["dialogue"])
             if rng.random() < 0.3:  # a pause inside the segment
                 a = int(rng.integers(n))
                 voice[:, a : a + int(rng.integers(n // 4, n // 2))] = 0.0
@@ -96,22 +103,24 @@ class FilmMixDataset(torch.utils.data.Dataset):
                 voice = data.reverb(voice, rir, rng.uniform(0.1, 0.5))
             voice = data.random_eq(voice, rng, rate, 4.0)
             dialogue = data.pan_mono(voice, rng.uniform(-0.15, 0.15))
-            dialogue = data.set_loudness(dialogue, rate, jitter(cfg.dialogue_lufs))
+            targets["dialogue"] = jitter(cfg.dialogue_lufs)
+            dialogue = data.set_loudness(dialogue, rate, targets["dialogue"])
 
         music = np.zeros((2, n), np.float32)
         if rng.random() >= cfg.p_silent_music:
-            music = self.music.random_crop(rng, n)
+            music = self.music.random_crop(rng, n, record=used["music"])
             if rng.random() < 0.5:
                 music = data.random_eq(music, rng, rate, 6.0)
-            music = data.set_loudness(music, rate, jitter(cfg.music_lufs))
+            targets["music"] = jitter(cfg.music_lufs)
+            music = data.set_loudness(music, rate, targets["music"])
 
         effects = np.zeros((2, n), np.float32)
         if rng.random() >= cfg.p_silent_effects:
             if rng.random() < 0.3:  # a bed (rain, sea, room tone...) under events
-                bed = self.effects.random_crop(rng, n, loop=True)
+                bed = self.effects.random_crop(rng, n, loop=True, record=used["effects"])
                 effects += data.pan_mono(bed, rng.uniform(-0.5, 0.5)) * rng.uniform(0.2, 0.6)
             for _ in range(int(rng.integers(1, 5))):
-                event = self.effects.random_crop(rng, n, loop=False)
+                event = self.effects.random_crop(rng, n, loop=False, record=used["effects"])
                 if rng.random() < 0.5:  # a short event somewhere in the segment
                     keep = int(rng.integers(n // 8, n))
                     a = int(rng.integers(n - keep + 1))
@@ -119,7 +128,8 @@ class FilmMixDataset(torch.utils.data.Dataset):
                     mask[a : a + keep] = np.hanning(keep).astype(np.float32) ** 0.1
                     event = event * mask
                 effects += data.pan_mono(event, rng.uniform(-1, 1)) * rng.uniform(0.3, 1.0)
-            effects = data.set_loudness(effects, rate, jitter(cfg.effects_lufs))
+            targets["effects"] = jitter(cfg.effects_lufs)
+            effects = data.set_loudness(effects, rate, targets["effects"])
 
         stems = np.stack([dialogue, music, effects]).astype(np.float32)
         gain = 10.0 ** (rng.uniform(-6.0, 3.0) / 20.0)
@@ -127,6 +137,8 @@ class FilmMixDataset(torch.utils.data.Dataset):
         peak = np.abs(stems.sum(0)).max()
         if peak > 0.99:
             stems *= 0.99 / peak
+        if provenance is not None:
+            provenance.update(clips=used, loudness_targets_lufs=targets)
         return stems.sum(0), stems
 
 

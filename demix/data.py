@@ -158,12 +158,17 @@ class ClipPool:
         """Length of clip ``i`` in samples."""
         return int(self.offsets[i + 1] - self.offsets[i])
 
-    def random_crop(self, rng: np.random.Generator, samples: int, loop: bool = True) -> np.ndarray:
+    def random_crop(
+        self, rng: np.random.Generator, samples: int, loop: bool = True, record: list | None = None
+    ) -> np.ndarray:
         """A random excerpt of ``samples`` from a random clip, float32 [channels, samples].
 
-        Short clips are looped (``loop``) or placed at a random offset in silence.
+        Short clips are looped (``loop``) or placed at a random offset in silence. When
+        ``record`` is given, the clip's file name is appended to it (provenance).
         """
         i = int(rng.integers(len(self)))
+        if record is not None:
+            record.append(Path(self.names[i]).name)
         n = self.length(i)
         if n >= samples:
             start = int(rng.integers(n - samples + 1))

@@ -1,0 +1,230 @@
+"""Benchmarks on evaluation sets: ``python -m eval film|music|speech --model M --set D --out D``.
+
+Every item is separated through the public ``Separator`` (no private shortcut) and by each
+anchor available, scored, and appended to ``OUT/scores.csv`` (long format: one row per item,
+system, stem and metric). Runs are resumable: (item, system) pairs already in the CSV are
+skipped. ``OUT/summary.md`` and PNG plots are regenerated from the CSV at the end.
+
+Systems: the model under test (film: its film head; music: its music head; speech: its film
+head's dialogue and, as the seed experiment, its music head's vocals), identity (the mix as
+every stem: the floor) and the oracle ideal ratio mask from the true stems (a ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from demix import Separator
+from eval import metrics
+from eval.sets import SetItem, load_set
+
+Estimates = dict[str, np.ndarray]
+System = Callable[[SetItem], Estimates]
+
+
+def identity(item: SetItem) -> Estimates:
+    """The mix as every stem."""
+    return {stem: item.mix for stem in item.stems}
+
+
+def oracle_irm(item: SetItem, n_fft: int = 2048, hop: int = 512) -> Estimates:
+    """Ideal ratio mask |S_i|² / Σ_j |S_j|² from the true stems, applied to the mix STFT."""
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+
+    def stft(x: np.ndarray) -> torch.Tensor:
+        return torch.stft(
+            torch.from_numpy(x.astype(np.float64)), n_fft, hop, window=window, return_complex=True
+        )
+
+    specs = {k: stft(v) for k, v in item.stems.items()}
+    power = {k: s.abs() ** 2 for k, s in specs.items()}
+    total = sum(power.values()) + 1e-12
+    mix = stft(item.mix)
+    n = item.mix.shape[-1]
+    return {
+        k: torch.istft(mix * (p / total), n_fft, hop, window=window, length=n).numpy()
+        for k, p in power.items()
+    }
+
+
+def model_system(sep: Separator, head: str, rename: dict[str, str] | None = None) -> System:
+    """The model's ``head`` through ``Separator.separate``; ``rename`` maps its stems to the
+    set's stem names (e.g. dialogue → speech)."""
+    rename = rename or {}
+
+    def run(item: SetItem) -> Estimates:
+        out = sep.separate(item.mix, item.sample_rate, head=head)
+        est = {rename.get(k, k): v.numpy() for k, v in out.items()}
+        return {k: v for k, v in est.items() if k in item.stems}
+
+    return run
+
+
+def score(task: str, item: SetItem, est: Estimates) -> list[tuple[str, str, float]]:
+    """(stem, metric, value) rows for one item and system."""
+    rows = []
+    stems = [s for s in item.stems if s in est]
+    for stem in stems:
+        ref = item.stems[stem]
+        rows.append((stem, "si_sdr", metrics.si_sdr(ref, est[stem])))
+        rows.append((stem, "global_sdr", metrics.global_sdr(ref, est[stem])))
+        if task == "speech" and stem == "speech":
+            rows.append(
+                (stem, "si_sdr_improvement", metrics.si_sdr_improvement(ref, est[stem], item.mix))
+            )
+            rows.append((stem, "estoi", metrics.estoi(ref, est[stem], item.sample_rate)))
+            rows.append((stem, "pesq_wb", metrics.pesq_wb(ref, est[stem], item.sample_rate)))
+    if task == "music" and stems:
+        bss = metrics.bss_eval_v4(
+            [item.stems[s] for s in stems], [est[s] for s in stems], item.sample_rate
+        )
+        for i, stem in enumerate(stems):
+            for name in ("sdr", "sir", "sar", "isr"):
+                rows.append((stem, f"bss_{name}", float(bss[name][i])))
+    return rows
+
+
+def systems_for(task: str, sep: Separator, model_name: str) -> dict[str, System]:
+    """The systems run on ``task``'s set."""
+    out: dict[str, System] = {}
+    if task == "film":
+        out[model_name] = model_system(sep, "film")
+    elif task == "music":
+        out[model_name] = model_system(sep, "music")
+    else:
+        if "film" in sep.heads:
+            out[f"{model_name}:film-dialogue"] = model_system(sep, "film", {"dialogue": "speech"})
+        if "music" in sep.heads:
+            out[f"{model_name}:music-vocals"] = model_system(sep, "music", {"vocals": "speech"})
+    out["identity"] = identity
+    out["oracle-irm"] = oracle_irm
+    return out
+
+
+def run_benchmark(
+    task: str, sep: Separator, model_name: str, set_dir: Path, out_dir: Path, progress: bool = True
+) -> pd.DataFrame:
+    """Separate and score every item of ``set_dir``; append to ``out_dir/scores.csv``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "scores.csv"
+    done: set[tuple[str, str]] = set()
+    if csv_path.exists():
+        old = pd.read_csv(csv_path)
+        done = set(zip(old["item"], old["system"]))
+    systems = systems_for(task, sep, model_name)
+    items = list(load_set(set_dir))
+    if not items:
+        raise SystemExit(f"{set_dir}: no items in a known layout (DnR, MUSDB, speech)")
+    for item in tqdm(items, desc=f"{task} benchmark", disable=not progress):
+        rows = []
+        for name, system in systems.items():
+            if (item.name, name) in done:
+                continue
+            for stem, metric, value in score(task, item, system(item)):
+                rows.append(
+                    {
+                        "item": item.name,
+                        "system": name,
+                        "stem": stem,
+                        "metric": metric,
+                        "value": value,
+                        **{
+                            f"meta_{k}": v
+                            for k, v in item.meta.items()
+                            if isinstance(v, str | int | float)
+                        },
+                    }
+                )
+        if rows:  # one append per item: an interrupted run resumes at the next item
+            frame = pd.DataFrame(rows)
+            frame.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
+    scores = pd.read_csv(csv_path)
+    write_summary(task, scores, out_dir)
+    return scores
+
+
+def write_summary(task: str, scores: pd.DataFrame, out_dir: Path) -> None:
+    """``summary.md`` (mean and median per system × stem × metric; speech also per SNR and
+    noise type) and PNG plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    valid = scores.dropna(subset=["value"])
+    lines = [
+        f"# {task} benchmark",
+        "",
+        f"{scores['item'].nunique()} items; NaN scores (silent references) excluded: "
+        f"{int(scores['value'].isna().sum())}.",
+        "",
+    ]
+    table = valid.groupby(["metric", "stem", "system"])["value"].agg(["mean", "median", "count"])
+    lines.append(table.round(2).reset_index().to_markdown(index=False))
+    if task == "speech" and "meta_snr_db" in valid:
+        for key in ("meta_snr_db", "meta_noise_type"):
+            pivot = valid[valid["metric"].isin(["si_sdr", "estoi", "pesq_wb"])].pivot_table(
+                index=["metric", "system"], columns=key, values="value", aggfunc="mean"
+            )
+            lines += [
+                "",
+                f"## mean by {key.removeprefix('meta_')}",
+                "",
+                pivot.round(2).to_markdown(),
+            ]
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+
+    main_metric = "global_sdr" if task == "music" else "si_sdr"
+    subset = valid[valid["metric"] == main_metric]
+    if task == "speech" and "meta_snr_db" in subset:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for system, group in subset.groupby("system"):
+            curve = group.groupby("meta_snr_db")["value"].mean()
+            ax.plot(curve.index, curve.values, marker="o", label=system)
+        ax.set_xlabel("input SNR (dB)")
+        ax.set_ylabel("speech SI-SDR (dB)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    else:
+        stems = sorted(subset["stem"].unique())
+        systems = sorted(subset["system"].unique())
+        fig, axes = plt.subplots(1, len(stems), figsize=(3 * len(stems), 4), squeeze=False)
+        for ax, stem in zip(axes[0], stems):
+            data = [
+                subset[(subset["stem"] == stem) & (subset["system"] == s)]["value"] for s in systems
+            ]
+            ax.boxplot(data, tick_labels=systems)
+            ax.set_title(stem)
+            ax.tick_params(axis="x", rotation=60, labelsize=7)
+        axes[0][0].set_ylabel(f"{main_metric} (dB)")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{task}_{main_metric}.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m eval film|music|speech``."""
+    p = argparse.ArgumentParser(prog="python -m eval")
+    p.add_argument("task", choices=["film", "music", "speech"])
+    p.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
+    p.add_argument("--set", required=True, dest="set_dir", help="evaluation set folder")
+    p.add_argument("--out", required=True, help="results folder (resumable)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    sep = Separator.from_pretrained(args.model, device=args.device)
+    name = Path(args.model).stem
+    scores = run_benchmark(args.task, sep, name, Path(args.set_dir), Path(args.out))
+    print((Path(args.out) / "summary.md").read_text())
+    return 0 if len(scores) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Evaluation sets: seeded builders from the dev split of ``../shared/data``, and one reader.
+
+``python -m eval.sets build film|speech|music|all --out DIR [--seed N]``
+
+Layouts written (and read back by ``load_set``; users' own copies of these layouts work too):
+
+- film, DnR layout: ``DIR/<id>/{mix,speech,music,sfx}.wav`` + ``meta.json`` (what went in);
+- speech in noise: ``DIR/<id>/{mix,speech,noise}.wav`` + ``meta.json`` (SNR, noise type);
+- music, MUSDB18-HQ layout: ``DIR/<song>/{mixture,<stem>...}.wav``.
+
+Files are 32-bit float wav, so the sets are bit-exact inputs to every system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from demix import audio, data
+
+FILM_SEED = 17
+SPEECH_SEED = 23
+SNRS_DB = (-5, 0, 5, 10, 15, 20)
+NOISE_TYPES = ("esc10", "demand", "music", "pink")
+DNR_NAMES = {"speech": "dialogue", "music": "music", "sfx": "effects"}
+
+
+@dataclass
+class SetItem:
+    """One mixture and its references, float32 [c, t] at ``sample_rate``."""
+
+    name: str
+    mix: np.ndarray
+    stems: dict[str, np.ndarray]
+    sample_rate: int
+    meta: dict = field(default_factory=dict)
+
+
+def _write_item(folder: Path, arrays: dict[str, np.ndarray], rate: int, meta: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, x in arrays.items():
+        audio.write(folder / f"{name}.wav", x, rate, "wav", "32f")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def build_film_set(
+    out: Path,
+    count: int = 48,
+    seconds: float = 10.0,
+    seed: int = FILM_SEED,
+    root: Path | None = None,
+) -> list[Path]:
+    """DnR-recipe film mixtures from dev speech, dev music and ESC-10 fold 4."""
+    from cdx.mix import FilmMixConfig, FilmMixDataset
+
+    cfg = FilmMixConfig(
+        data_root=str(root or ""),
+        split="dev",
+        segment_seconds=seconds,
+        p_silent_dialogue=0.0,
+        p_silent_music=0.0,
+        p_silent_effects=0.0,
+    )
+    ds = FilmMixDataset(cfg, seed=seed)
+    folders = []
+    for i in range(count):
+        provenance: dict = {}
+        mix, stems = ds.make(np.random.default_rng([seed, i]), provenance)
+        folder = Path(out) / f"film-{i:03d}"
+        arrays = {"mix": mix, "speech": stems[0], "music": stems[1], "sfx": stems[2]}
+        _write_item(folder, arrays, cfg.sample_rate, {"seed": seed, "index": i, **provenance})
+        folders.append(folder)
+    return folders
+
+
+def _noise_sources(root: Path, rate: int) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Dev noises per type: ESC-10 fold 4, DEMAND (Valentini noisy − clean), dev music,
+    and generated pink noise."""
+    sources: dict[str, list[tuple[str, np.ndarray]]] = {}
+    rows = data.read_manifest(root, ["effects"], "dev")
+    sources["esc10"] = [(r.path.name, audio.read(r.path, rate)[0].mean(0)) for r in rows]
+    demand = []
+    for clean in sorted((root / "paired" / "valentini" / "clean").glob("*")):
+        noisy = root / "paired" / "valentini" / "noisy" / clean.name
+        c, _ = audio.read(clean, rate)
+        n, _ = audio.read(noisy, rate)
+        length = min(c.shape[1], n.shape[1])
+        demand.append((clean.name, (n[:, :length] - c[:, :length]).mean(0)))
+    sources["demand"] = demand
+    rows = data.read_manifest(root, ["music"], "dev")
+    sources["music"] = [(r.path.name, audio.read(r.path, rate)[0].mean(0)) for r in rows]
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal(rate * 30)
+    spec = np.fft.rfft(white) / np.sqrt(np.maximum(np.fft.rfftfreq(len(white), 1 / rate), 20))
+    sources["pink"] = [("pink", np.fft.irfft(spec, len(white)).astype(np.float32))]
+    return sources
+
+
+def build_speech_set(
+    out: Path,
+    utterances: int = 8,
+    seed: int = SPEECH_SEED,
+    root: Path | None = None,
+    sample_rate: int = 44100,
+) -> list[Path]:
+    """Dev utterances in dev noises at SNR −5…20 dB (one folder per utterance×noise×SNR)."""
+    root = root or data.default_data_root()
+    rng = np.random.default_rng(seed)
+    speech_rows = data.read_manifest(root, ["speech"], "dev")
+    chosen = rng.choice(len(speech_rows), size=min(utterances, len(speech_rows)), replace=False)
+    noises = _noise_sources(root, sample_rate)
+    folders = []
+    for u in sorted(int(c) for c in chosen):
+        row = speech_rows[u]
+        speech, _ = audio.read(row.path, sample_rate)
+        speech = np.repeat(speech.mean(0, keepdims=True), 2, axis=0)
+        speech = data.set_loudness(speech, sample_rate, -23.0)
+        n = speech.shape[1]
+        for noise_type in NOISE_TYPES:
+            name, clip = noises[noise_type][int(rng.integers(len(noises[noise_type])))]
+            reps = -(-n // len(clip))
+            start = int(rng.integers(len(clip)))
+            noise = np.tile(clip, reps + 1)[start : start + n]
+            noise = np.repeat(noise[None], 2, axis=0).astype(np.float32)
+            for snr in SNRS_DB:
+                gain = np.sqrt(np.sum(speech**2) / (np.sum(noise**2) * 10 ** (snr / 10) + 1e-12))
+                scaled = (noise * gain).astype(np.float32)
+                mix = speech + scaled
+                peak = float(np.abs(mix).max())
+                scale = 0.95 / peak if peak > 0.95 else 1.0
+                folder = Path(out) / f"{row.path.stem}-{noise_type}-{snr:+d}dB"
+                _write_item(
+                    folder,
+                    {"mix": mix * scale, "speech": speech * scale, "noise": scaled * scale},
+                    sample_rate,
+                    {
+                        "utterance": str(row.path.relative_to(root)),
+                        "speaker": row.group,
+                        "noise_type": noise_type,
+                        "noise_file": name,
+                        "snr_db": snr,
+                    },
+                )
+                folders.append(folder)
+    return folders
+
+
+def build_music_set(out: Path, root: Path | None = None) -> list[Path]:
+    """The dev multitrack songs (stems/mdb, stems/musdb-fixtures) in MUSDB layout;
+    mixture = sum of the stems (evaluation only: NC licence)."""
+    root = root or data.default_data_root()
+    folders = []
+    for song in sorted((root / "stems" / "mdb").iterdir()) + sorted(
+        (root / "stems" / "musdb-fixtures").iterdir()
+    ):
+        stems = {}
+        rate = 44100
+        for f in sorted(song.glob("*.flac")):
+            x, rate = audio.read(f)
+            stems[f.stem] = np.repeat(x, 2, axis=0) if x.shape[0] == 1 else x
+        length = min(s.shape[1] for s in stems.values())
+        stems = {k: v[:, :length] for k, v in stems.items()}
+        folder = Path(out) / song.name
+        _write_item(
+            folder,
+            {"mixture": sum(stems.values()), **stems},
+            rate,
+            {"source": str(song.relative_to(root))},
+        )
+        folders.append(folder)
+    return folders
+
+
+def load_set(path: Path) -> Iterator[SetItem]:
+    """Read every item of a set folder in any of the three layouts (sorted by name)."""
+    for folder in sorted(p for p in Path(path).iterdir() if p.is_dir()):
+        meta = (
+            json.loads((folder / "meta.json").read_text())
+            if (folder / "meta.json").exists()
+            else {}
+        )
+        files = {f.stem: f for f in folder.iterdir() if f.suffix.lower() in (".wav", ".flac")}
+        if "mixture" in files:  # MUSDB
+            mix, rate = audio.read(files.pop("mixture"))
+            stems = {k: audio.read(f, rate)[0] for k, f in sorted(files.items())}
+        elif "mix" in files and "sfx" in files:  # DnR
+            mix, rate = audio.read(files["mix"])
+            stems = {DNR_NAMES[k]: audio.read(files[k], rate)[0] for k in DNR_NAMES}
+        elif "mix" in files and "speech" in files:  # speech in noise
+            mix, rate = audio.read(files["mix"])
+            stems = {
+                "speech": audio.read(files["speech"], rate)[0],
+                "noise": audio.read(files["noise"], rate)[0],
+            }
+        else:
+            continue
+        yield SetItem(folder.name, mix, stems, rate, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m eval.sets build film|speech|music|all --out DIR``."""
+    p = argparse.ArgumentParser(prog="python -m eval.sets")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("which", choices=["film", "speech", "music", "all"])
+    p.add_argument("--out", required=True, help="root folder; each set goes in OUT/<set>")
+    p.add_argument("--count", type=int, default=48, help="film mixtures")
+    p.add_argument("--utterances", type=int, default=8, help="speech-in-noise utterances")
+    args = p.parse_args(argv)
+    root = data.default_data_root()
+    if not (root / "MANIFEST.csv").exists():
+        print(f"no development data at {root}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    builders = {
+        "film": lambda folder: build_film_set(folder, args.count),
+        "speech": lambda folder: build_speech_set(folder, args.utterances),
+        "music": build_music_set,
+    }
+    for which in builders if args.which == "all" else [args.which]:
+        made = builders[which](out / which)
+        print(f"{which}: {len(made)} items in {out / which}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
