@@ -92,8 +92,10 @@ def score(task: str, item: SetItem, est: Estimates) -> list[tuple[str, str, floa
     return rows
 
 
-def systems_for(task: str, sep: Separator, model_name: str) -> dict[str, System]:
-    """The systems run on ``task``'s set."""
+def systems_for(
+    task: str, sep: Separator, model_name: str, anchors: bool = True
+) -> dict[str, System]:
+    """The systems run on ``task``'s set (speech-enhancement anchors on film and speech)."""
     out: dict[str, System] = {}
     if task == "film":
         out[model_name] = model_system(sep, "film")
@@ -106,11 +108,33 @@ def systems_for(task: str, sep: Separator, model_name: str) -> dict[str, System]
             out[f"{model_name}:music-vocals"] = model_system(sep, "music", {"vocals": "speech"})
     out["identity"] = identity
     out["oracle-irm"] = oracle_irm
+    if task in ("film", "speech") and anchors:
+        from eval.anchors import available_anchors
+
+        ready, missing = available_anchors()
+        for name, why in missing.items():
+            print(f"anchor {name} skipped: {why}", file=sys.stderr)
+        target = "dialogue" if task == "film" else "speech"
+        for name, anchor in ready.items():
+            out[name] = _speech_anchor(anchor, target)
     return out
 
 
+def _speech_anchor(anchor, target: str) -> System:
+    def run(item: SetItem) -> Estimates:
+        return {target: anchor(item.mix, item.sample_rate)}
+
+    return run
+
+
 def run_benchmark(
-    task: str, sep: Separator, model_name: str, set_dir: Path, out_dir: Path, progress: bool = True
+    task: str,
+    sep: Separator,
+    model_name: str,
+    set_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+    anchors: bool = True,
 ) -> pd.DataFrame:
     """Separate and score every item of ``set_dir``; append to ``out_dir/scores.csv``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +143,7 @@ def run_benchmark(
     if csv_path.exists():
         old = pd.read_csv(csv_path)
         done = set(zip(old["item"], old["system"]))
-    systems = systems_for(task, sep, model_name)
+    systems = systems_for(task, sep, model_name, anchors)
     items = list(load_set(set_dir))
     if not items:
         raise SystemExit(f"{set_dir}: no items in a known layout (DnR, MUSDB, speech)")
@@ -218,10 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", required=True, dest="set_dir", help="evaluation set folder")
     p.add_argument("--out", required=True, help="results folder (resumable)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-anchors", action="store_true", help="skip DFN3 / RNNoise / Conv-TasNet")
     args = p.parse_args(argv)
     sep = Separator.from_pretrained(args.model, device=args.device)
     name = Path(args.model).stem
-    scores = run_benchmark(args.task, sep, name, Path(args.set_dir), Path(args.out))
+    scores = run_benchmark(
+        args.task, sep, name, Path(args.set_dir), Path(args.out), anchors=not args.no_anchors
+    )
     print((Path(args.out) / "summary.md").read_text())
     return 0 if len(scores) else 1
 

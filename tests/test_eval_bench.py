@@ -53,7 +53,9 @@ def test_benchmark_end_to_end_and_resumable(tmp_path, tiny_checkpoint):
     build_film_set(tmp_path / "set", count=2, seconds=2.0)
     sep = Separator.from_pretrained(str(tiny_checkpoint))
     out = tmp_path / "out"
-    scores = run_benchmark("film", sep, "tiny", tmp_path / "set", out, progress=False)
+    scores = run_benchmark(
+        "film", sep, "tiny", tmp_path / "set", out, progress=False, anchors=False
+    )
     assert set(scores["system"]) == {"tiny", "identity", "oracle-irm"}
     assert set(scores["stem"]) == {"dialogue", "music", "effects"}
     assert len(scores) == 2 * 3 * 3 * 2  # items × systems × stems × metrics
@@ -62,7 +64,7 @@ def test_benchmark_end_to_end_and_resumable(tmp_path, tiny_checkpoint):
     assert oracle.mean() > ident.mean() + 5
     assert (out / "summary.md").read_text().count("oracle-irm") >= 3
     assert (out / "film_si_sdr.png").stat().st_size > 1000
-    again = run_benchmark("film", sep, "tiny", tmp_path / "set", out, progress=False)
+    again = run_benchmark("film", sep, "tiny", tmp_path / "set", out, progress=False, anchors=False)
     assert len(again) == len(scores)  # nothing recomputed
     assert len(pd.read_csv(out / "scores.csv")) == len(scores)
 
@@ -72,3 +74,19 @@ def test_oracle_mask_reconstructs_the_mix(tmp_path):
     item = next(load_set(tmp_path))
     est = oracle_irm(item)
     assert abs(sum(est.values()) - item.mix).max() < 1e-4
+
+
+def test_speech_anchors_improve_a_noisy_utterance(tmp_path):
+    from eval.anchors import available_anchors
+    from eval.metrics import si_sdr
+
+    build_speech_set(tmp_path, utterances=1)
+    ready, missing = available_anchors()
+    if not ready:
+        pytest.skip(f"no speech anchor installed: {missing}")
+    item = next(i for i in load_set(tmp_path) if i.name.endswith("esc10-+0dB"))
+    base = si_sdr(item.stems["speech"], item.mix)
+    for name, anchor in ready.items():
+        est = anchor(item.mix, item.sample_rate)
+        assert est.shape == item.mix.shape
+        assert si_sdr(item.stems["speech"], est) > base + 3, name
