@@ -154,6 +154,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the Gradio demo (the app lives in ``apps``; imported only for this command)."""
+    try:
+        from apps.demo import Limits, launch
+    except ImportError as exc:
+        print(f"demix demo needs the app extra: pip install 'demix[app]' ({exc})", file=sys.stderr)
+        return 2
+    launch(
+        args.model,
+        args.host,
+        args.port,
+        args.share,
+        Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``demix`` argument parser."""
     parser = argparse.ArgumentParser(prog="demix", description="Cinematic demixer.")
@@ -177,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_separate)
     t = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
     t.set_defaults(func=None)
+    d = sub.add_parser("demo", help="start the Gradio demo in a local web server")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("--share", action="store_true", help="also create a public Gradio link")
+    d.add_argument("--model", default="demix-small")
+    d.add_argument("--max-upload-mb", type=float, default=200.0)
+    d.add_argument("--max-seconds", type=float, default=600.0, help="longest accepted input")
+    d.set_defaults(func=cmd_demo)
     i = sub.add_parser("info", help="show a model's metadata")
     i.add_argument("--model", default="demix-small")
     i.set_defaults(func=cmd_info)

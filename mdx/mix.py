@@ -118,9 +118,12 @@ class MusicMixDataset(torch.utils.data.Dataset):
         if stem == "bass":
             return synth.render_part(sketch, "bass", seconds, rate, rng)[None]
         if stem == "vocals":
-            if real and self.vocal_phrases is not None and rng.random() < 0.5:
+            # Real voices transfer to real songs better than the formant synthesiser: half of
+            # the vocals are recorded speech, a quarter sung phrases, a quarter synthetic.
+            choice = rng.random()
+            if choice < 0.25 and self.vocal_phrases is not None:
                 return self.vocal_phrases.random_crop(rng, n)
-            if real and self.speech is not None:
+            if choice < 0.75 and self.speech is not None:
                 return self.speech.random_crop(rng, n, loop=False)
             return synth.render_voice(sketch, seconds, rate, rng)[None]
         if stem == "guitar":
