@@ -245,12 +245,16 @@ class Separator:
             return {k: outputs[k].astype(np.float32) for k in plan.outputs}
 
         model_fn = self._model_fn(plan.heads)
+        # Each chunk carries one signal per channel beyond stereo: keep the number of signals
+        # per model call (and so the peak memory) the same as for a stereo input.
+        groups = 1 if channels <= model_channels else channels
+        chunks_per_call = max(1, self.batch_size // groups)
         for region in iter_separate(
             model_fn,
             model_blocks(),
             self.chunk_samples,
             self.hop_samples,
-            self.batch_size,
+            chunks_per_call,
             self.device,
         ):
             back = up(from_model(region))
