@@ -153,6 +153,12 @@ class DemoApp:
             )
         return meta
 
+    def _forget_old_jobs(self, keep: int = 4) -> None:
+        """Delete all but the ``keep`` most recent job folders (temporary files are bounded)."""
+        jobs = sorted((self.root / "jobs").glob("*"), key=lambda p: p.stat().st_mtime)
+        for old in jobs[: max(len(jobs) - keep, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+
     def demo_clip(self) -> Path:
         """Generate the bundled demo clip inside the app folder."""
         from demix.demo import write_demo_clip
@@ -172,6 +178,7 @@ class DemoApp:
         source = Path(upload)
         meta = self._check(source)
         track = _label(source.name)
+        self._forget_old_jobs()
         folder = self.root / "jobs" / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         job = Job(folder, track, meta.sample_rate, meta.channels)
@@ -340,9 +347,7 @@ def build_demo(
             remix_audio = gr.Audio(
                 label="Remix", type="filepath", interactive=False, elem_id="remix-audio"
             )
-        download = gr.File(
-            label="Download all stems (zip)", interactive=False, elem_id="download"
-        )
+        download = gr.File(label="Download all stems (zip)", interactive=False, elem_id="download")
 
         def on_head(h):
             return gr.CheckboxGroup(choices=head_stems[h], value=head_stems[h])
@@ -447,12 +452,15 @@ def launch(
     port: int = 7860,
     share: bool = False,
     limits: Limits | None = None,
+    compare: list[str] | None = None,
 ) -> None:
     """Start the demo server (no browser window is opened)."""
     root = Path(tempfile.mkdtemp(prefix="demix-demo-"))
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # uploads stay in the app folder
     separator = Separator.from_pretrained(model)
     others = {name: Separator.from_pretrained(name) for name in available_models() if name != model}
+    for path in compare or []:  # checkpoints to compare against, by file name
+        others[Path(path).stem] = Separator.from_pretrained(path)
     demo = build_demo(separator, limits, root, others)
     atexit.register(demo.demix_app.cleanup)
     demo.queue(default_concurrency_limit=1).launch(

@@ -167,6 +167,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.port,
         args.share,
         Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds),
+        args.compare,
     )
     return 0
 
@@ -201,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="demix-small")
     d.add_argument("--max-upload-mb", type=float, default=200.0)
     d.add_argument("--max-seconds", type=float, default=600.0, help="longest accepted input")
+    d.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="another model to offer for A/B comparison (repeatable)",
+    )
     d.set_defaults(func=cmd_demo)
     i = sub.add_parser("info", help="show a model's metadata")
     i.add_argument("--model", default="demix-small")

@@ -148,3 +148,24 @@ def test_in_a_real_browser(served, tmp_path):
         ]
         page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
         browser.close()
+
+
+def test_second_model_for_ab_and_bounded_job_folders(tiny_checkpoint, tmp_path):
+    sep = Separator.from_pretrained(str(tiny_checkpoint))
+    other = Separator.from_pretrained("demix-small")
+    app = DemoApp(sep, Limits(), tmp_path / "root", others={"demix-small": other})
+    clip = write_demo_clip(tmp_path / "clip.wav", 3.0)
+    job = app.separate(clip, "film", ["dialogue"], compare_model="demix-small")
+    assert list(job.tracks) == [
+        "original",
+        "dialogue",
+        "rest",
+        "demix-small:dialogue",
+        "demix-small:rest",
+    ]
+    *_, text = app.compare(job, "dialogue", "demix-small:dialogue")
+    assert "demix-small:dialogue" in text
+    assert "clip/demix-small_dialogue.wav" in zipfile.ZipFile(app.zip(job)).namelist()
+    for _ in range(5):
+        app.separate(clip, "film", ["dialogue"])
+    assert len(list((app.root / "jobs").iterdir())) == 5  # the 4 previous jobs + the current
