@@ -40,22 +40,14 @@ class Item:
 def film_items(count: int, seconds: float = 10.0, root: Path | None = None) -> list[Item]:
     """Seeded film mixtures from the dev split (same recipe as training, dev pools)."""
     from cdx import CDX_STEMS
-    from cdx.mix import FilmMixConfig, FilmMixDataset
+    from eval.sets import dev_film_mixer
 
-    cfg = FilmMixConfig(
-        data_root=str(root or ""),
-        split="dev",
-        segment_seconds=seconds,
-        p_silent_dialogue=0.0,
-        p_silent_music=0.0,
-        p_silent_effects=0.0,
-    )
-    ds = FilmMixDataset(cfg, seed=FILM_SEED)
+    ds = dev_film_mixer(seconds, FILM_SEED, root)
     items = []
     for i in range(count):
         mix, stems = ds.make(np.random.default_rng([FILM_SEED, i]))
         items.append(
-            Item(f"film-{i:03d}", "film", mix, dict(zip(CDX_STEMS, stems)), cfg.sample_rate)
+            Item(f"film-{i:03d}", "film", mix, dict(zip(CDX_STEMS, stems)), ds.config.sample_rate)
         )
     return items
 

@@ -49,14 +49,8 @@ def _write_item(folder: Path, arrays: dict[str, np.ndarray], rate: int, meta: di
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
-def build_film_set(
-    out: Path,
-    count: int = 48,
-    seconds: float = 10.0,
-    seed: int = FILM_SEED,
-    root: Path | None = None,
-) -> list[Path]:
-    """DnR-recipe film mixtures from dev speech, dev music and ESC-10 fold 4."""
+def dev_film_mixer(seconds: float, seed: int, root: Path | None = None):
+    """The film mixer on the dev pools, every stem always present (evaluation mixtures)."""
     from cdx.mix import FilmMixConfig, FilmMixDataset
 
     cfg = FilmMixConfig(
@@ -67,14 +61,25 @@ def build_film_set(
         p_silent_music=0.0,
         p_silent_effects=0.0,
     )
-    ds = FilmMixDataset(cfg, seed=seed)
+    return FilmMixDataset(cfg, seed=seed)
+
+
+def build_film_set(
+    out: Path,
+    count: int = 48,
+    seconds: float = 10.0,
+    seed: int = FILM_SEED,
+    root: Path | None = None,
+) -> list[Path]:
+    """DnR-recipe film mixtures from dev speech, dev music and ESC-10 fold 4."""
+    ds = dev_film_mixer(seconds, seed, root)
     folders = []
     for i in range(count):
         provenance: dict = {}
         mix, stems = ds.make(np.random.default_rng([seed, i]), provenance)
         folder = Path(out) / f"film-{i:03d}"
         arrays = {"mix": mix, "speech": stems[0], "music": stems[1], "sfx": stems[2]}
-        _write_item(folder, arrays, cfg.sample_rate, {"seed": seed, "index": i, **provenance})
+        _write_item(folder, arrays, ds.config.sample_rate, {"seed": seed, "index": i, **provenance})
         folders.append(folder)
     return folders
 
