@@ -11,7 +11,6 @@ Arrays are float32 shaped [c, t] (channels first), as everywhere in demix.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -413,15 +412,3 @@ def write(
     except BaseException:
         writer.abort()
         raise
-
-
-def describe(meta: AudioInfo) -> str:
-    """One-line summary of a file for logs."""
-    return json.dumps(
-        {
-            "path": str(meta.path),
-            "sample_rate": meta.sample_rate,
-            "channels": meta.channels,
-            "seconds": round(meta.seconds, 3),
-        }
-    )

@@ -100,8 +100,8 @@ def build_run_model(cfg: TrainConfig, sources) -> torch.nn.Module:
         heads[src.head] = tuple(ds.stems)
     model_cfg = dict(cfg.model_config)
     model_cfg["heads"] = heads
-    from_dict(model_config_cls(cfg.model), model_cfg, "model_config")  # validate early
-    return build_model(cfg.model, model_cfg)
+    config = from_dict(model_config_cls(cfg.model), model_cfg, "model_config")
+    return build_model(cfg.model, config)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:

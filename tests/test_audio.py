@@ -75,6 +75,24 @@ def run_ffmpeg(*args: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def mux_with_video(wav: Path, path: Path, audio_codec: str) -> None:
+    """Write ``path`` with a tiny video stream first and ``wav``'s audio as stream #0:1."""
+    run_ffmpeg(
+        *VIDEO,
+        "-i",
+        str(wav),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "mpeg4",
+        "-c:a",
+        audio_codec,
+        str(path),
+    )
+
+
 # ------------------------------------------------------------------ round trips
 
 
@@ -129,20 +147,7 @@ def test_ffmpeg_containers_round_trip(tmp_path: Path, ext: str, channels: int) -
     if ext == "m4a":
         run_ffmpeg("-i", str(wav), "-c:a", "aac", str(path))
     else:  # a tiny video stream first, so that the audio is not stream #0
-        run_ffmpeg(
-            *VIDEO,
-            "-i",
-            str(wav),
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "mpeg4",
-            "-c:a",
-            "aac",
-            str(path),
-        )
+        mux_with_video(wav, path, "aac")
 
     slack = LOSSY_SLACK_SECONDS * sample_rate
     meta = audio.info(path)
@@ -426,20 +431,7 @@ def test_container_with_an_empty_audio_stream_raises_audio_error(tmp_path: Path)
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros((0, 2), np.float32), RATE, subtype="PCM_16")
     path = tmp_path / "no_sound.mkv"
-    run_ffmpeg(
-        *VIDEO,
-        "-i",
-        str(silent),
-        "-map",
-        "0:v",
-        "-map",
-        "1:a",
-        "-c:v",
-        "mpeg4",
-        "-c:a",
-        "pcm_s16le",
-        str(path),
-    )
+    mux_with_video(silent, path, "pcm_s16le")
     with pytest.raises(audio.AudioError) as err:
         audio.read(path)
     assert str(path) in str(err.value)

@@ -267,19 +267,17 @@ def test_bad_inputs_fail_one_line_each_and_the_good_file_is_separated(
         assert not track.exists() or listing(track) == set()
 
 
-def test_unknown_stem_is_a_usage_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "name"),
+    [("--stems", "dialogue,kazoo", "kazoo"), ("--head", "opera", "opera")],
+)
+def test_unknown_stem_or_head_is_a_usage_error(
+    tiny_checkpoint: Path, tmp_path: Path, option: str, value: str, name: str
+) -> None:
     source = write_input(tmp_path / "scene.wav")
-    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--stems", "dialogue,kazoo")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", option, value)
     assert result.returncode == 2
-    assert "kazoo" in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_unknown_head_is_a_usage_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    source = write_input(tmp_path / "scene.wav")
-    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--head", "opera")
-    assert result.returncode == 2
-    assert "opera" in result.stderr
+    assert name in result.stderr
     assert not (tmp_path / "out").exists()
 
 
