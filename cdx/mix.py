@@ -2,7 +2,17 @@
 
 Every example draws fresh clips and mixes them at film-like loudness: dialogue −17 LUFS,
 music −24, effects −21 (each jittered), dialogue near the centre, music wide, effects as
-panned events, sometimes with a stem missing (dialogue-free stretches, no score).
+panned events and beds, sometimes with a stem missing (dialogue-free stretches, no score).
+
+Beyond the recipe, for real films and for speech in noise:
+- songs: part of the music is a six-stem music mix (``mdx.mix``) with **sung vocals**, which
+  belong to music (its vocals are always sung, never plain speech, so speech is always
+  dialogue);
+- bandwidth: speech here is recorded at 16 kHz, so dialogue often gets its empty top octave
+  filled by spectral folding, and whole mixes are sometimes low-passed, so that "nothing above
+  8 kHz" never identifies dialogue;
+- level: some dialogue is mixed far quieter or louder than the recipe (speech in noise);
+- rooms: recorded and synthetic impulse responses; stationary noise beds (hiss, rumble).
 """
 
 from __future__ import annotations
@@ -35,6 +45,15 @@ class FilmMixConfig:
     p_silent_music: float = 0.1
     p_silent_effects: float = 0.1
     p_reverb: float = 0.3
+    p_song: float = 0.3  # music is a song with sung vocals (mdx.mix)
+    song_sung_phrases: int = 120  # pool sizes of the song mixer (as mdx.music_mix's defaults,
+    song_soundfont_songs: int = 80  # so that both share one cache)
+    p_wide_snr: float = 0.25  # dialogue level drawn from a wider range
+    wide_snr_db: tuple[float, float] = (-12.0, 6.0)  # offset to dialogue_lufs
+    speech_bandwidth_hz: float = 8000.0
+    p_fold_bandwidth: float = 0.5
+    p_lowpass_mix: float = 0.1
+    p_noise_bed: float = 0.15
     epoch_size: int = 1_000_000
 
 
@@ -66,6 +85,22 @@ class FilmMixDataset(torch.utils.data.Dataset):
         self.effects = pool(["effects"], 1)
         rir_rows = data.read_manifest(root, ["rir"], None, trainable_only=True)
         self.rirs = [data.audio.read(r.path, rate)[0][0] for r in rir_rows]
+        self.songs = None
+        if config.p_song > 0:
+            from mdx.mix import MusicMixConfig, MusicMixDataset
+
+            self.songs = MusicMixDataset(
+                MusicMixConfig(
+                    data_root=config.data_root,
+                    cache_dir=config.cache_dir,
+                    split=config.split,
+                    sample_rate=rate,
+                    segment_seconds=config.segment_seconds,
+                    sung_phrases=config.song_sung_phrases,
+                    soundfont_songs=config.song_soundfont_songs,
+                ),
+                seed,
+            )
 
     def __len__(self) -> int:
         return self.config.epoch_size
@@ -98,17 +133,31 @@ class FilmMixDataset(torch.utils.data.Dataset):
             if rng.random() < 0.3:  # a pause inside the segment
                 a = int(rng.integers(n))
                 voice[:, a : a + int(rng.integers(n // 4, n // 2))] = 0.0
-            if self.rirs and rng.random() < cfg.p_reverb:
-                rir = self.rirs[int(rng.integers(len(self.rirs)))]
-                voice = data.reverb(voice, rir, rng.uniform(0.1, 0.5))
+            if rng.random() < cfg.p_fold_bandwidth:
+                voice = data.fold_bandwidth(
+                    voice, rate, cfg.speech_bandwidth_hz, float(rng.uniform(-20, -6))
+                )
+            if rng.random() < cfg.p_reverb:
+                voice = data.reverb(voice, self._room(rng), rng.uniform(0.1, 0.5))
             voice = data.random_eq(voice, rng, rate, 4.0)
             dialogue = data.pan_mono(voice, rng.uniform(-0.15, 0.15))
-            targets["dialogue"] = jitter(cfg.dialogue_lufs)
+            if rng.random() < cfg.p_wide_snr:
+                targets["dialogue"] = cfg.dialogue_lufs + rng.uniform(*cfg.wide_snr_db)
+            else:
+                targets["dialogue"] = jitter(cfg.dialogue_lufs)
             dialogue = data.set_loudness(dialogue, rate, targets["dialogue"])
 
         music = np.zeros((2, n), np.float32)
         if rng.random() >= cfg.p_silent_music:
-            music = self.music.random_crop(rng, n, record=used["music"])
+            if self.songs is not None and rng.random() < cfg.p_song:
+                song_info: dict[str, str] = {}
+                music, _ = self.songs.make(
+                    rng, n, sung_only=True, p_vocals=0.8, provenance=song_info
+                )
+                vocals = song_info.get("vocals")
+                used["music"].append(f"song (vocals: {vocals})" if vocals else "song")
+            else:
+                music = self.music.random_crop(rng, n, record=used["music"])
             if rng.random() < 0.5:
                 music = data.random_eq(music, rng, rate, 6.0)
             targets["music"] = jitter(cfg.music_lufs)
@@ -128,10 +177,15 @@ class FilmMixDataset(torch.utils.data.Dataset):
                     mask[a : a + keep] = np.hanning(keep).astype(np.float32) ** 0.1
                     event = event * mask
                 effects += data.pan_mono(event, rng.uniform(-1, 1)) * rng.uniform(0.3, 1.0)
+            if rng.random() < cfg.p_noise_bed:  # hiss, hum-free rumble, air conditioning...
+                noise = data.colored_noise(n, float(rng.uniform(0.0, 2.0)), rng)[None]
+                effects += np.repeat(noise, 2, 0) * np.float32(rng.uniform(0.02, 0.2))
             targets["effects"] = jitter(cfg.effects_lufs)
             effects = data.set_loudness(effects, rate, targets["effects"])
 
         stems = np.stack([dialogue, music, effects]).astype(np.float32)
+        if rng.random() < cfg.p_lowpass_mix:  # a band-limited delivery: every stem alike
+            stems = data.lowpass(stems, rate, float(rng.uniform(4000, 16000)))
         gain = 10.0 ** (rng.uniform(-6.0, 3.0) / 20.0)
         stems *= gain
         peak = np.abs(stems.sum(0)).max()
@@ -140,6 +194,12 @@ class FilmMixDataset(torch.utils.data.Dataset):
         if provenance is not None:
             provenance.update(clips=used, loudness_targets_lufs=targets)
         return stems.sum(0), stems
+
+    def _room(self, rng: np.random.Generator) -> np.ndarray:
+        """A recorded RIR, or (half the time, or when none exist) a synthetic one."""
+        if self.rirs and rng.random() < 0.5:
+            return self.rirs[int(rng.integers(len(self.rirs)))]
+        return data.synthetic_rir(self.config.sample_rate, float(rng.uniform(0.2, 1.2)), rng)
 
 
 @register_dataset("cdx.film_mix", FilmMixConfig)

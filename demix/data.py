@@ -11,7 +11,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,45 +107,81 @@ class ClipPool:
         paths = sorted(Path(p) for p in paths)
         if not paths:
             raise ValueError("empty clip pool")
-        key = hashlib.sha1(
-            json.dumps([[str(p) for p in paths], sample_rate, channels]).encode()
-        ).hexdigest()[:16]
+        key = json.dumps([[str(p) for p in paths], sample_rate, channels])
+
+        def decoded() -> Iterable[tuple[str, np.ndarray]]:
+            for p in tqdm(paths, desc=f"decoding pool ({len(paths)} files)", leave=False):
+                wav, _ = audio.read(p, sample_rate)
+                if wav.shape[1] >= min_seconds * sample_rate:
+                    yield str(p), wav
+
+        self._open(key, decoded, sample_rate, Path(cache_dir), channels)
+
+    @classmethod
+    def rendered(
+        cls,
+        key: str,
+        render: Callable[[], Iterable[tuple[str, np.ndarray]]],
+        sample_rate: int,
+        cache_dir: Path,
+        channels: int = 1,
+    ) -> ClipPool:
+        """A pool of generated clips, built once by ``render()`` and cached under ``key``.
+
+        ``render`` yields ``(name, clip [c, t])`` at ``sample_rate``; ``key`` must change
+        whenever what ``render`` produces changes (include a version and the seed).
+        """
+        pool = cls.__new__(cls)
+        pool._open(key, render, sample_rate, Path(cache_dir), channels)
+        return pool
+
+    def _open(
+        self,
+        key: str,
+        produce: Callable[[], Iterable[tuple[str, np.ndarray]]],
+        sample_rate: int,
+        cache_dir: Path,
+        channels: int,
+    ) -> None:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         self.sample_rate = sample_rate
         self.channels = channels
-        data_file = Path(cache_dir) / f"pool-{key}.npy"
-        index_file = Path(cache_dir) / f"pool-{key}.json"
+        data_file = cache_dir / f"pool-{digest}.npy"
+        index_file = cache_dir / f"pool-{digest}.json"
         if not index_file.exists():
-            self._build(paths, data_file, index_file, min_seconds)
+            self._build(produce(), data_file, index_file)
         index = json.loads(index_file.read_text())
         self.names: list[str] = index["names"]
         self.offsets = np.asarray(index["offsets"], dtype=np.int64)  # [clips + 1]
         self.data = np.load(data_file, mmap_mode="r")  # [channels, total] float16
 
     def _build(
-        self, paths: Sequence[Path], data_file: Path, index_file: Path, min_seconds: float
+        self, clips_in: Iterable[tuple[str, np.ndarray]], data_file: Path, index_file: Path
     ) -> None:
         data_file.parent.mkdir(parents=True, exist_ok=True)
         clips, names = [], []
-        for p in tqdm(paths, desc=f"decoding pool ({len(paths)} files)", leave=False):
-            wav, _ = audio.read(p, self.sample_rate)
+        for name, wav in clips_in:
             if self.channels == 1:
                 wav = wav.mean(axis=0, keepdims=True)
             elif wav.shape[0] == 1:
                 wav = np.repeat(wav, 2, axis=0)
             else:
                 wav = wav[:2]
-            if wav.shape[1] < min_seconds * self.sample_rate:
-                continue
             peak = float(np.abs(wav).max())
             if peak > 1.0:
                 wav = wav / peak
             clips.append(wav.astype(np.float16))
-            names.append(str(p))
+            names.append(name)
+        if not clips:
+            raise ValueError(f"{data_file.name}: the pool produced no clips")
         offsets = np.cumsum([0] + [c.shape[1] for c in clips]).tolist()
-        tmp = data_file.with_suffix(".tmp.npy")
+        # Unique temporary names: several processes may build the same pool at once.
+        tmp = data_file.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, np.concatenate(clips, axis=1))
         os.replace(tmp, data_file)
-        index_file.write_text(json.dumps({"names": names, "offsets": offsets}))
+        tmp_index = index_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp_index.write_text(json.dumps({"names": names, "offsets": offsets}))
+        os.replace(tmp_index, index_file)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -256,3 +292,47 @@ def overdrive(
     peak = float(np.abs(x).max()) + 1e-9
     y = np.tanh(drive * x / peak) / np.tanh(drive)
     return lowpass(y * peak, sample_rate, cabinet_hz)
+
+
+def synthetic_rir(sample_rate: int, rt60_s: float, rng: np.random.Generator) -> np.ndarray:
+    """A room impulse response [t]: exponentially decaying noise with a ``rt60_s`` decay,
+    a direct path and a few early reflections. Complements the handful of recorded RIRs."""
+    n = max(int(rt60_s * sample_rate), 16)
+    t = np.arange(n) / sample_rate
+    tail = rng.normal(0.0, 1.0, n) * 10.0 ** (-3.0 * t / rt60_s)
+    tail[: int(0.005 * sample_rate)] = 0.0  # reflections arrive after the direct path
+    rir = 0.3 * tail / (np.sqrt(np.sum(tail**2)) + 1e-9)
+    rir[0] = 1.0
+    for _ in range(4):
+        rir[int(rng.uniform(0.003, 0.03) * sample_rate)] += rng.uniform(-0.5, 0.5)
+    return rir.astype(np.float32)
+
+
+def fold_bandwidth(x: np.ndarray, sample_rate: int, cutoff_hz: float, gain_db: float) -> np.ndarray:
+    """Fill the empty band above ``cutoff_hz`` of a band-limited signal [c, t] with a mirror
+    image of the band below it (spectral folding, as in zero-stuffing upsampling), attenuated
+    by ``gain_db`` at the cutoff and rolling off further above it.
+
+    Speech here is recorded at 16 kHz: without this, a model learns that nothing above 8 kHz
+    is ever dialogue and sends the sibilants of full-band dialogue to effects.
+    """
+    n = x.shape[-1]
+    spec = np.fft.rfft(x, axis=-1)
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    bin_hz = freqs[1]
+    above = (freqs > cutoff_hz) & (freqs < 2.0 * cutoff_hz)
+    source = np.clip(np.round((2.0 * cutoff_hz - freqs[above]) / bin_hz).astype(int), 0, None)
+    octaves = np.log2(freqs[above] / cutoff_hz)
+    gain = 10.0 ** ((gain_db - 12.0 * octaves) / 20.0)
+    spec[..., above] += spec[..., source] * gain
+    return np.fft.irfft(spec, n=n, axis=-1).astype(np.float32)
+
+
+def colored_noise(samples: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise [samples] with a 1/f^exponent power spectrum (0 white, 1 pink, 2 brown), unit RMS."""
+    spec = np.fft.rfft(rng.normal(0.0, 1.0, samples))
+    freqs = np.fft.rfftfreq(samples)
+    spec[1:] /= freqs[1:] ** (exponent / 2.0)
+    spec[0] = 0.0
+    out = np.fft.irfft(spec, n=samples)
+    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)

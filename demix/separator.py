@@ -73,6 +73,26 @@ class _Resampler:
         return np.ascontiguousarray(out.reshape(-1, self.channels).T)
 
 
+def checkpoint_path(name_or_path: str | Path) -> Path:
+    """The checkpoint file behind an embedded model name (``demix-small``) or a path.
+
+    Raises:
+        SeparationError: unknown name or missing file.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRETRAINED_DIR / f"{name_or_path}.safetensors"
+        if not path.exists():
+            known = ", ".join(available_models()) or "none"
+            raise SeparationError(
+                f"unknown model {name_or_path!r} (embedded: {known}; "
+                "or give the path of a .safetensors checkpoint)"
+            )
+    elif not path.exists():
+        raise SeparationError(f"{path}: no such checkpoint")
+    return path
+
+
 class Separator:
     """A loaded model plus the chunking settings used to run it.
 
@@ -114,18 +134,7 @@ class Separator:
 
         Nothing is downloaded: names resolve to files shipped inside the package.
         """
-        path = Path(name_or_path)
-        if not path.suffix:
-            path = PRETRAINED_DIR / f"{name_or_path}.safetensors"
-            if not path.exists():
-                known = ", ".join(available_models()) or "none"
-                raise SeparationError(
-                    f"unknown model {name_or_path!r} (embedded: {known}; "
-                    "or give the path of a .safetensors checkpoint)"
-                )
-        elif not path.exists():
-            raise SeparationError(f"{path}: no such checkpoint")
-        model, meta = load_checkpoint(path, device)
+        model, meta = load_checkpoint(checkpoint_path(name_or_path), device)
         return cls(model, meta, device, **kwargs)
 
     # ----------------------------------------------------------------- planning

@@ -40,6 +40,7 @@ class SourceConfig:
     name: str  # registered dataset, e.g. "cdx.film_mix"
     head: str  # head trained on it, e.g. "film"
     weight: float = 1.0
+    batch_size: int = 0  # examples per step from this source (0: the run's batch_size)
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,6 +52,7 @@ class TrainConfig:
     model: str = "bandsplit"
     model_config: dict[str, Any] = field(default_factory=dict)
     run_dir: str = "runs/demix-small"
+    init_from: str = ""  # checkpoint whose weights start a new run (fine-tuning)
     batch_size: int = 4
     steps: int = 100_000
     lr: float = 1e-3
@@ -111,12 +113,13 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _loader(ds, cfg: TrainConfig, start_step: int):
-    indices = range(start_step * cfg.batch_size, len(ds))
+def _loader(ds, src: SourceConfig, cfg: TrainConfig, start_step: int):
+    batch_size = src.batch_size or cfg.batch_size
+    indices = range(start_step * batch_size, len(ds))
     return iter(
         torch.utils.data.DataLoader(
             ds,
-            batch_size=cfg.batch_size,
+            batch_size=batch_size,
             sampler=indices,
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
@@ -150,6 +153,10 @@ def train(cfg: TrainConfig) -> Path:
         torch.set_rng_state(state["rng"])
         print(f"resumed {run} at step {step}", file=sys.stderr)
     else:
+        if cfg.init_from:
+            loaded, _ = load_checkpoint(Path(cfg.init_from), cfg.device)
+            model.load_state_dict(loaded.state_dict())
+            print(f"initialised from {cfg.init_from}", file=sys.stderr)
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
@@ -159,7 +166,7 @@ def train(cfg: TrainConfig) -> Path:
         file=sys.stderr,
     )
 
-    loaders = [_loader(ds, cfg, step) for _, ds in sources]
+    loaders = [_loader(ds, src, cfg, step) for src, ds in sources]
     log_path = run / "log.csv"
     new_log = not log_path.exists()
     log_file = open(log_path, "a", newline="")

@@ -13,6 +13,8 @@ every stem: the floor) and the oracle ideal ratio mask from the true stems (a ce
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +25,18 @@ import torch
 from tqdm import tqdm
 
 from demix import Separator
+from demix.separator import checkpoint_path
 from eval import metrics
 from eval.sets import SetItem, load_set
 
 Estimates = dict[str, np.ndarray]
 System = Callable[[SetItem], Estimates]
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """First 12 hex digits of the SHA-256 of the checkpoint file (embedded name or path)."""
+    digest = hashlib.sha256(checkpoint_path(name_or_path).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def identity(item: SetItem) -> Estimates:
@@ -135,14 +144,25 @@ def run_benchmark(
     out_dir: Path,
     progress: bool = True,
     anchors: bool = True,
+    model_id: str | None = None,
 ) -> pd.DataFrame:
-    """Separate and score every item of ``set_dir``; append to ``out_dir/scores.csv``."""
+    """Separate and score every item of ``set_dir``; append to ``out_dir/scores.csv``.
+
+    ``model_id`` (e.g. a hash of the checkpoint) is stored in ``out_dir/models.json``; when the
+    model behind ``model_name`` changed since the CSV was written, its rows are dropped and
+    rescored, while the anchors' rows are kept.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "scores.csv"
     done: set[tuple[str, str]] = set()
     if csv_path.exists():
         old = pd.read_csv(csv_path)
+        if model_id is not None:
+            old = _drop_stale_model_rows(old, out_dir / "models.json", model_name, model_id)
+            old.to_csv(csv_path, index=False)
         done = set(zip(old["item"], old["system"]))
+    elif model_id is not None:
+        _record_model_id(out_dir / "models.json", model_name, model_id)
     systems = systems_for(task, sep, model_name, anchors)
     items = list(load_set(set_dir))
     if not items:
@@ -172,6 +192,25 @@ def run_benchmark(
             frame.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
     scores = pd.read_csv(csv_path)
     write_summary(task, scores, out_dir)
+    return scores
+
+
+def _record_model_id(path: Path, model_name: str, model_id: str) -> None:
+    ids = json.loads(path.read_text()) if path.exists() else {}
+    ids[model_name] = model_id
+    path.write_text(json.dumps(ids, indent=1) + "\n")
+
+
+def _drop_stale_model_rows(
+    scores: pd.DataFrame, ids_path: Path, model_name: str, model_id: str
+) -> pd.DataFrame:
+    ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+    if ids.get(model_name) != model_id:
+        mine = scores["system"].str.split(":").str[0] == model_name
+        if mine.any():
+            print(f"{model_name}: checkpoint changed, rescoring its rows", file=sys.stderr)
+        scores = scores[~mine]
+        _record_model_id(ids_path, model_name, model_id)
     return scores
 
 
@@ -247,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     sep = Separator.from_pretrained(args.model, device=args.device)
     name = Path(args.model).stem
     scores = run_benchmark(
-        args.task, sep, name, Path(args.set_dir), Path(args.out), anchors=not args.no_anchors
+        args.task,
+        sep,
+        name,
+        Path(args.set_dir),
+        Path(args.out),
+        anchors=not args.no_anchors,
+        model_id=model_fingerprint(args.model),
     )
     print((Path(args.out) / "summary.md").read_text())
     return 0 if len(scores) else 1

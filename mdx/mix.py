@@ -1,13 +1,18 @@
-"""Dynamic six-stem music mixes from real clips and procedural parts.
+"""Dynamic six-stem music mixes from real clips, SoundFont renders, sung speech and
+procedural parts.
 
-Per stem, each example draws either real licence-clean material (drum one-shots and loops,
-guitar samples, solo instrument phrases, speech and singing phrases for vocals) or a
-procedural part rendered over a shared song sketch (mdx.synth), so stems are in the same key
-and tempo. Stems are mixed at random loudness, panned, and sometimes left out.
+Per stem, each example draws real licence-clean material (drum one-shots and loops, guitar
+samples, solo instrument phrases, singing phrases), a crop of that stem from a SoundFont-
+rendered song (``mdx.soundfont``), sung speech for vocals (``mdx.sing``), or a procedural
+part rendered over a shared song sketch (``mdx.synth``). Stems of different songs are mixed
+together (Demucs-style remixing) at random loudness, panned, and sometimes left out.
+SoundFont and singing pools are optional: without FluidSynth, a SoundFont or pyworld the
+mixer says so once and uses the other sources.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +21,7 @@ import torch
 
 from demix import data
 from demix.registry import register_dataset
-from mdx import MDX_STEMS, synth
+from mdx import MDX_STEMS, sing, soundfont, synth
 
 _VOCAL_PHRASES = ("singing-female", "soprano", "vignesh", "carnatic")
 _PIANO_PHRASES = ("piano",)
@@ -35,6 +40,11 @@ class MusicMixConfig:
     stem_lufs_max: float = -18.0
     p_missing: float = 0.15
     p_real: float = 0.4
+    p_soundfont: float = 0.35  # per stem: a SoundFont-rendered part (when available)
+    soundfont_songs: int = 80
+    sung_phrases: int = 120
+    speech_bandwidth_hz: float = 8000.0  # speech (and singing made from it) is band-limited
+    p_fold_bandwidth: float = 0.5
     epoch_size: int = 1_000_000
 
 
@@ -94,7 +104,22 @@ class MusicMixDataset(torch.utils.data.Dataset):
             r.path for r in phrases if not r.path.name.startswith(_VOCAL_PHRASES + _PIANO_PHRASES)
         ]
         self.other = pool(other + named(("ambi_",)))
-        self.speech = pool([r.path for r in rows if r.kind == "speech"])
+        speech_paths = [r.path for r in rows if r.kind == "speech"]
+        self.speech = pool(speech_paths)
+        self.sung = None
+        if config.sung_phrases and speech_paths:
+            try:
+                self.sung = sing.singing_pool(
+                    speech_paths, rate, cache, config.sung_phrases, seed=0
+                )
+            except ImportError as exc:
+                warnings.warn(f"no sung vocals in music mixes: {exc}", stacklevel=2)
+        self.soundfont: dict[str, data.ClipPool] = {}
+        if config.p_soundfont > 0:
+            try:
+                self.soundfont = soundfont.stem_pools(rate, cache, config.soundfont_songs)
+            except RuntimeError as exc:
+                warnings.warn(f"no SoundFont renders in music mixes: {exc}", stacklevel=2)
 
     def __len__(self) -> int:
         return self.config.epoch_size
@@ -104,13 +129,56 @@ class MusicMixDataset(torch.utils.data.Dataset):
         mix, stems = self.make(rng)
         return torch.from_numpy(mix), torch.from_numpy(stems)
 
+    def _vocals(
+        self, sketch: synth.Sketch, n: int, rng: np.random.Generator, sung_only: bool
+    ) -> tuple[np.ndarray, str]:
+        """A vocal track [1, n]. Real voices transfer to real songs better than synthesis:
+        mostly sung speech (WORLD) and recorded singing phrases, some plain speech (rap,
+        spoken word; never with ``sung_only``, which film mixes use so that speech is always
+        dialogue there), some SoundFont choir and formant-synthesised vowels.
+
+        Returns the track and which kind of source it came from."""
+        cfg = self.config
+        choices = {
+            "sung": 0.45 if self.sung is not None else 0.0,
+            "phrases": 0.2 if self.vocal_phrases is not None else 0.0,
+            "speech": 0.15 if self.speech is not None and not sung_only else 0.0,
+            "choir": 0.05 if "vocals" in self.soundfont else 0.0,
+            "formant": 0.15,
+        }
+        weights = np.array(list(choices.values()))
+        choice = list(choices)[int(rng.choice(len(choices), p=weights / weights.sum()))]
+        if choice == "sung":
+            x = self.sung.random_crop(rng, n)
+        elif choice == "phrases":
+            x = self.vocal_phrases.random_crop(rng, n)
+        elif choice == "speech":
+            x = self.speech.random_crop(rng, n, loop=False)
+        elif choice == "choir":
+            x = self.soundfont["vocals"].random_crop(rng, n)
+        else:
+            x = synth.render_voice(sketch, n / cfg.sample_rate, cfg.sample_rate, rng)[None]
+        if choice in ("sung", "speech") and rng.random() < cfg.p_fold_bandwidth:
+            x = data.fold_bandwidth(
+                x, cfg.sample_rate, cfg.speech_bandwidth_hz, float(rng.uniform(-20, -6))
+            )
+        return x, choice
+
     def _real_or_synth(
-        self, stem: str, sketch: synth.Sketch, n: int, rng: np.random.Generator
+        self,
+        stem: str,
+        sketch: synth.Sketch,
+        n: int,
+        rng: np.random.Generator,
+        sung_only: bool = False,
+        provenance: dict | None = None,
     ) -> np.ndarray:
         cfg = self.config
         rate = cfg.sample_rate
         seconds = n / rate
         real = rng.random() < cfg.p_real
+        if stem != "vocals" and stem in self.soundfont and rng.random() < cfg.p_soundfont:
+            return self.soundfont[stem].random_crop(rng, n)
         if stem == "drums":
             if real and self.drum_loops is not None:
                 return self.drum_loops.random_crop(rng, n)
@@ -118,14 +186,10 @@ class MusicMixDataset(torch.utils.data.Dataset):
         if stem == "bass":
             return synth.render_part(sketch, "bass", seconds, rate, rng)[None]
         if stem == "vocals":
-            # Real voices transfer to real songs better than the formant synthesiser: half of
-            # the vocals are recorded speech, a quarter sung phrases, a quarter synthetic.
-            choice = rng.random()
-            if choice < 0.25 and self.vocal_phrases is not None:
-                return self.vocal_phrases.random_crop(rng, n)
-            if choice < 0.75 and self.speech is not None:
-                return self.speech.random_crop(rng, n, loop=False)
-            return synth.render_voice(sketch, seconds, rate, rng)[None]
+            x, source = self._vocals(sketch, n, rng, sung_only)
+            if provenance is not None:
+                provenance["vocals"] = source
+            return x
         if stem == "guitar":
             if real and self.guitar is not None and rng.random() < 0.3:
                 return self.guitar.random_crop(rng, n)
@@ -138,20 +202,37 @@ class MusicMixDataset(torch.utils.data.Dataset):
             return self.other.random_crop(rng, n)
         return synth.render_part(sketch, "pad", seconds, rate, rng)[None]
 
-    def make(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One example: (mix [2, t], stems [6, 2, t]) float32."""
+    def make(
+        self,
+        rng: np.random.Generator,
+        samples: int | None = None,
+        sung_only: bool = False,
+        p_vocals: float | None = None,
+        provenance: dict | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One example: (mix [2, t], stems [6, 2, t]) float32.
+
+        Args:
+            samples: length (default: the configured segment).
+            sung_only: vocals are always sung, never plain speech (for songs in film mixes).
+            p_vocals: probability that the vocals stem is present (default 1 − p_missing).
+            provenance: if given, filled with the source kind of the vocals ("vocals": "sung",
+                "phrases", "speech", "choir" or "formant") when they are present.
+        """
         cfg = self.config
         rate = cfg.sample_rate
-        n = int(round(cfg.segment_seconds * rate))
+        n = samples or int(round(cfg.segment_seconds * rate))
         sketch = synth.random_sketch(rng)
         stems = np.zeros((len(MDX_STEMS), 2, n), np.float32)
         present = rng.random(len(MDX_STEMS)) >= cfg.p_missing
+        if p_vocals is not None:
+            present[MDX_STEMS.index("vocals")] = rng.random() < p_vocals
         if not present.any():
             present[int(rng.integers(len(MDX_STEMS)))] = True
         for s, stem in enumerate(MDX_STEMS):
             if not present[s]:
                 continue
-            x = self._real_or_synth(stem, sketch, n, rng)
+            x = self._real_or_synth(stem, sketch, n, rng, sung_only, provenance)
             if stem == "guitar" and rng.random() < 0.6:  # rock guitars are mostly driven
                 x = data.overdrive(x, rng.uniform(3, 40), rate, rng.uniform(3500, 7000))
             elif stem == "bass" and rng.random() < 0.2:

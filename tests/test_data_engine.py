@@ -1,0 +1,294 @@
+"""The data engine: film and music mixers, singing, SoundFont renderer, augmentation."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from demix import data
+from demix.data import default_data_root
+from mdx import synth
+
+DATA = default_data_root()
+needs_data = pytest.mark.skipif(
+    not (DATA / "MANIFEST.csv").exists(), reason=f"development data not found at {DATA}"
+)
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ augmentation helpers
+def test_fold_bandwidth_fills_the_empty_band_only():
+    rate = 44100
+    rng = np.random.default_rng(0)
+    x = data.lowpass(rng.normal(0, 0.1, (1, rate)).astype(np.float32), rate, 7000)
+    y = data.fold_bandwidth(x, rate, 8000, gain_db=-10)
+    freqs = np.fft.rfftfreq(rate, 1 / rate)
+    px, py = np.abs(np.fft.rfft(x[0])) ** 2, np.abs(np.fft.rfft(y[0])) ** 2
+    high = (freqs > 9000) & (freqs < 14000)
+    low = freqs < 7000
+    assert py[high].sum() > 1000 * px[high].sum()  # the top band is no longer empty
+    np.testing.assert_allclose(py[low], px[low], rtol=1e-3, atol=1e-6)  # the rest untouched
+    ratio_db = 10 * np.log10(py[high].mean() / px[(freqs > 2000) & (freqs < 7000)].mean())
+    assert -30 < ratio_db < -10  # folded image at −10 dB and rolling off above
+
+
+def test_colored_noise_slope():
+    rng = np.random.default_rng(0)
+    pink = data.colored_noise(1 << 16, 1.0, rng)
+    spec = np.abs(np.fft.rfft(pink)) ** 2
+    freqs = np.fft.rfftfreq(1 << 16)
+    low = spec[(freqs > 0.001) & (freqs < 0.002)].mean()
+    high = spec[(freqs > 0.1) & (freqs < 0.2)].mean()
+    assert 10 * np.log10(low / high) == pytest.approx(20.0, abs=3.0)  # −10 dB/decade × 2
+    assert np.sqrt(np.mean(pink**2)) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_synthetic_rir_decays():
+    rir = data.synthetic_rir(16000, 0.5, np.random.default_rng(0))
+    assert rir[0] == 1.0 and len(rir) == 8000
+    early, late = np.sum(rir[100:2000] ** 2), np.sum(rir[6000:] ** 2)
+    assert late < early / 100
+
+
+# ------------------------------------------------------------------ SoundFont renderer
+def test_programs_map_to_the_six_stems():
+    from mdx.soundfont import stem_for_program
+
+    assert stem_for_program(0) == "piano"  # acoustic grand
+    assert stem_for_program(4) == "piano"  # electric piano
+    assert stem_for_program(25) == "guitar"  # steel-string
+    assert stem_for_program(30) == "guitar"  # distortion
+    assert stem_for_program(33) == "bass"  # finger bass
+    assert stem_for_program(38) == "bass"  # synth bass
+    assert stem_for_program(52) == "vocals"  # choir aahs
+    assert stem_for_program(48) == "other"  # strings
+    assert stem_for_program(19) == "other"  # church organ
+    assert stem_for_program(0, percussion=True) == "drums"
+    with pytest.raises(ValueError):
+        stem_for_program(128)
+
+
+def test_composed_parts_land_in_their_stems():
+    from mdx.soundfont import PROGRAMS, compose
+
+    seen = set()
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        for part in compose(synth.random_sketch(rng), 4.0, rng):
+            seen.add(part.stem)
+            if part.percussion:
+                assert part.stem == "drums"
+            elif part.stem != "other":
+                assert part.program in PROGRAMS[part.stem]
+            assert part.notes and all(0 <= n.pitch < 128 for n in part.notes)
+    assert seen == {"drums", "bass", "piano", "guitar", "other", "vocals"}
+
+
+soundfont_ready = pytest.mark.skipif(
+    not (_has("fluidsynth")),
+    reason="FluidSynth unavailable (pip install pyfluidsynth; apt install libfluidsynth3)",
+)
+
+
+@soundfont_ready
+def test_rendered_stems_sum_to_the_render():
+    from mdx.soundfont import Renderer, compose, find_soundfont
+
+    if find_soundfont() is None:
+        pytest.skip("no General MIDI SoundFont (apt install fluid-soundfont-gm)")
+    renderer = Renderer(44100)
+    rng = np.random.default_rng(3)
+    parts = compose(synth.random_sketch(rng), 3.0, rng)
+    stems = renderer.render_song(parts, 3.0)
+    together = renderer.render(parts, 3.0)
+    assert together.shape == (2, 3 * 44100)
+    assert np.abs(together).max() > 0.01
+    residual = together - sum(stems.values())
+    assert 10 * np.log10(np.sum(together**2) / np.sum(residual**2)) > 40
+    for part in parts:  # each part is audible in its own stem
+        assert np.abs(stems[part.stem]).max() > 1e-3
+    # The same part renders identically whatever was rendered before it (up to FluidSynth's
+    # free-running modulators).
+    again = renderer.render(parts[1], 3.0)
+    first = Renderer(44100).render(parts[1], 3.0)
+    assert np.sum((again - first) ** 2) < 1e-3 * np.sum(first**2)
+
+
+# ------------------------------------------------------------------ singing
+def test_melody_stays_in_the_scale():
+    from mdx.sing import melody_f0
+
+    sketch = synth.Sketch(key=2, minor=False, beat_seconds=0.5, chords=((2, 6, 9),))
+    plain = melody_f0(sketch, 2000, 57, np.random.default_rng(0), ornaments=False)
+    sung = melody_f0(sketch, 2000, 57, np.random.default_rng(0))
+    pitch = 12 * np.log2(plain / 440) + 69
+    d_major = {(2 + s) % 12 for s in (0, 2, 4, 5, 7, 9, 11)}
+    assert np.mean([int(c) in d_major for c in np.round(pitch) % 12]) > 0.95  # glides stray
+    assert 55 <= np.median(pitch) <= 71
+    assert len(np.unique(np.round(pitch))) >= 4  # a melody, not a drone
+    ornament = 12 * np.log2(sung / plain)
+    assert 0.1 < np.std(ornament) < 1.0  # vibrato and drift within a semitone
+
+
+@pytest.mark.skipif(not _has("pyworld"), reason="pyworld not installed (pip install -e .[train])")
+def test_sung_speech_follows_the_melody_and_is_stretched():
+    import pyworld
+
+    from mdx.sing import sing
+
+    rate = 16000
+    t = np.arange(int(1.5 * rate)) / rate
+    # A vowel-like buzz gliding like speech intonation (150 → 110 Hz).
+    f0 = 150 - 40 * t / t[-1]
+    speech = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / rate) / k for k in range(1, 30))
+    speech = (0.1 * speech * np.hanning(len(t))).astype(np.float32)
+    sketch = synth.Sketch(key=0, minor=False, beat_seconds=0.4, chords=((0, 4, 7),))
+    sung = sing(speech, rate, sketch, np.random.default_rng(1), stretch=1.5)
+    assert len(sung) == pytest.approx(1.5 * len(speech), rel=0.02)
+    # Given a contour (a C-major scale run, 0.25 s per note), the voice sings it.
+    frames = int(1.5 * len(speech) / rate / 0.005) + 1
+    notes = np.array([60, 62, 64, 65, 67, 69, 71, 72, 71, 69])
+    target = synth.midi_hz(notes[np.minimum(np.arange(frames) // 50, len(notes) - 1)])
+    sung = sing(speech, rate, sketch, np.random.default_rng(1), stretch=1.5, contour=target)
+    est, _ = pyworld.harvest(sung.astype(np.float64), rate, frame_period=5.0)
+    voiced = (est > 0)[: len(target)]
+    error = 12 * np.log2(est[: len(target)][voiced] / target[: len(est)][voiced])
+    assert voiced.mean() > 0.5
+    assert np.median(np.abs(error)) < 0.3  # within a third of a semitone
+
+
+# ------------------------------------------------------------------ mixers
+def _mini_root(tmp_path: Path) -> Path:
+    """A small manifest pointing into ../shared/data (a few files per kind, both splits)."""
+    rows = list(csv.DictReader(open(DATA / "MANIFEST.csv", newline="")))
+    keep, count = [], {}
+    for r in rows:
+        if not data.license_is_trainable(r["license"]) or r["split"] != "train":
+            continue
+        kind = r["kind"]
+        special = r["path"].split("/")[-1].startswith(("singing-female", "guit_", "bd_", "sn_"))
+        if count.get(kind, 0) < 5 or special and count.get(r["path"][:20], 0) < 2:
+            count[kind] = count.get(kind, 0) + 1
+            count[r["path"][:20]] = count.get(r["path"][:20], 0) + 1
+            keep.append(dict(r, path=str(DATA / r["path"])))
+    root = tmp_path / "mini"
+    root.mkdir()
+    with open(root / "MANIFEST.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    return root
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory) -> Path:
+    if not (DATA / "MANIFEST.csv").exists():
+        pytest.skip(f"development data not found at {DATA}")
+    return _mini_root(tmp_path_factory.mktemp("data"))
+
+
+def _film(mini_root: Path, **overrides):
+    from cdx.mix import FilmMixConfig, FilmMixDataset
+
+    config = FilmMixConfig(
+        data_root=str(mini_root),
+        cache_dir=str(mini_root.parent / "cache"),  # shared by the tests of this module
+        segment_seconds=2.0,
+        **overrides,
+    )
+    return FilmMixDataset(config, seed=0)
+
+
+_SMALL_SONGS = {"p_song": 0.0}
+
+
+@needs_data
+def test_film_mixes_are_reproducible_and_sum(mini_root):
+    film = _film(mini_root, **_SMALL_SONGS)
+    mix_a, stems_a = film[7]
+    mix_b, stems_b = film[7]
+    mix_c, _ = film[8]
+    assert stems_a.shape == (3, 2, 88200)
+    np.testing.assert_array_equal(mix_a.numpy(), mix_b.numpy())
+    np.testing.assert_array_equal(stems_a.numpy(), stems_b.numpy())
+    assert not np.array_equal(mix_a.numpy(), mix_c.numpy())
+    np.testing.assert_allclose(stems_a.sum(0).numpy(), mix_a.numpy(), atol=1e-6)
+    assert np.abs(mix_a.numpy()).max() <= 0.99 + 1e-6
+
+
+@needs_data
+def test_film_mixes_meet_their_loudness_targets(mini_root):
+    film = _film(
+        mini_root,
+        p_lowpass_mix=0.0,
+        p_silent_dialogue=0.0,
+        p_silent_music=0.0,
+        p_silent_effects=0.0,
+        **_SMALL_SONGS,
+    )
+    for i in range(6):
+        prov: dict = {}
+        _, stems = film.make(np.random.default_rng([5, i]), prov)
+        targets = prov["loudness_targets_lufs"]
+        loud = {s: data.loudness_lufs(stems[k], 44100) for k, s in enumerate(film.stems)}
+        # One common gain moves every stem: the differences are what the recipe sets.
+        for a, b in (("dialogue", "music"), ("dialogue", "effects")):
+            assert loud[a] - loud[b] == pytest.approx(targets[a] - targets[b], abs=0.6)
+        assert abs(targets["music"] - -24) <= 3 and abs(targets["effects"] - -21) <= 3
+
+
+@needs_data
+@pytest.mark.skipif(not _has("pyworld"), reason="pyworld not installed")
+def test_sung_vocals_are_music_in_film_mixes(mini_root):
+    film = _film(
+        mini_root,
+        p_song=1.0,
+        p_silent_music=0.0,
+        p_silent_dialogue=1.0,
+        song_sung_phrases=4,  # a small singing pool for speed
+        song_soundfont_songs=2,
+    )
+    sources = []
+    for i in range(12):
+        prov: dict = {}
+        _, stems = film.make(np.random.default_rng([9, i]), prov)
+        (song,) = prov["clips"]["music"]
+        assert song.startswith("song")
+        sources.append(song)
+        assert np.abs(stems[0]).max() == 0  # no dialogue in these mixes...
+        assert np.abs(stems[1]).max() > 0  # ...and the song, vocals included, is music
+    assert any("vocals: sung" in s for s in sources)
+    assert not any("vocals: speech" in s for s in sources)  # speech is never music in films
+
+
+@needs_data
+def test_music_mixes_are_reproducible_and_sum(mini_root):
+    from mdx.mix import MusicMixConfig, MusicMixDataset
+
+    music = MusicMixDataset(
+        MusicMixConfig(
+            data_root=str(mini_root),
+            cache_dir=str(mini_root.parent / "cache"),
+            segment_seconds=2.0,
+            sung_phrases=0,
+            p_soundfont=0.0,
+        ),
+        seed=1,
+    )
+    mix_a, stems_a = music[3]
+    mix_b, stems_b = music[3]
+    assert stems_a.shape == (6, 2, 88200)
+    np.testing.assert_array_equal(stems_a.numpy(), stems_b.numpy())
+    np.testing.assert_allclose(stems_a.sum(0).numpy(), mix_a.numpy(), atol=1e-6)
+    present = [(np.abs(music[i][1].numpy()).reshape(6, -1).max(1) > 0) for i in range(10)]
+    assert np.array(present).any(0).all()  # every stem shows up
