@@ -5,4 +5,5 @@ CDX_STEMS: tuple[str, ...] = ("dialogue", "music", "effects")
 __all__ = ["CDX_STEMS"]
 
 # Importing the package registers its training data sources with demix's registry.
+from cdx import datasets as _datasets  # noqa: E402, F401
 from cdx import mix as _mix  # noqa: E402, F401

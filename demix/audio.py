@@ -152,7 +152,7 @@ def _ffmpeg_channels(line: str) -> int:
 
 
 def _ffmpeg_blocks(
-    path: Path, sample_rate: int, channels: int, block_frames: int
+    path: Path, sample_rate: int, channels: int, block_frames: int, stream: int = 0
 ) -> Iterator[np.ndarray]:
     cmd = [
         ffmpeg_executable(),
@@ -163,7 +163,7 @@ def _ffmpeg_blocks(
         "-i",
         str(path),
         "-map",
-        "0:a:0",
+        f"0:a:{stream}",
         "-f",
         "f32le",
         "-acodec",
@@ -303,6 +303,21 @@ def read(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[np.nd
     if sample_rate is not None and sample_rate != meta.sample_rate:
         return resample(audio, meta.sample_rate, sample_rate), sample_rate
     return audio, meta.sample_rate
+
+
+def read_stream(
+    path: str | os.PathLike, stream: int, sample_rate: int, channels: int = 2
+) -> np.ndarray:
+    """Decode audio stream ``stream`` (0-based) of a multi-stream container, e.g. the stems of
+    a ``.stem.mp4`` (NI Stems: 0 mixture, then one stream per stem), through ffmpeg.
+
+    Returns:
+        float32 [channels, t] at ``sample_rate``.
+    """
+    blocks = list(_ffmpeg_blocks(Path(path), sample_rate, channels, 1 << 16, stream))
+    if not blocks:
+        raise AudioError(f"{path}: audio stream {stream} is empty or missing")
+    return np.concatenate(blocks, axis=1)
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -7,6 +7,12 @@ model, EMA, optimiser and step are checkpointed together in the run folder.
 
 Run folder layout: ``last.safetensors`` (raw weights), ``ema.safetensors`` (the model to
 ship), ``state.pt`` (optimiser + step, tensors only), ``log.csv``, ``config.yaml``.
+
+Several processes (GPUs or nodes): launch with torchrun, e.g.
+``torchrun --nproc_per_node 4 -m demix.train CONFIG --set device=cuda``; PyTorch's
+DistributedDataParallel averages gradients (NCCL on GPUs, gloo on CPUs), every rank draws
+its own examples (its rank is part of the data seed), and rank 0 writes logs and
+checkpoints. ``autocast_bf16`` turns on bfloat16 mixed precision (worth it on GPUs).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
@@ -85,25 +92,53 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def build_sources(cfg: TrainConfig) -> list[tuple[SourceConfig, torch.utils.data.Dataset]]:
-    """Instantiate every registered data source of the run."""
+def build_sources(
+    cfg: TrainConfig, rank: int = 0
+) -> list[tuple[SourceConfig, torch.utils.data.Dataset]]:
+    """Instantiate every registered data source of the run (``rank`` picks its examples)."""
     out = []
     for i, src in enumerate(cfg.sources):
         entry = dataset_entry(src.name)
         ds_config = from_dict(entry.config_cls, src.config, f"sources[{i}].config")
-        out.append((src, entry.factory(ds_config, cfg.seed + 1000 * i)))
+        out.append((src, entry.factory(ds_config, cfg.seed + 1000 * i + 1_000_003 * rank)))
     return out
 
 
 def build_run_model(cfg: TrainConfig, sources) -> torch.nn.Module:
-    """The model with one head per source head, stems taken from the data sources."""
-    heads = {}
+    """The model with one head per source head, stems taken from the data sources (a source
+    may train a head with finer stems than its own, see ``demix.layouts``)."""
+    heads: dict[str, tuple[str, ...]] = {}
     for src, ds in sources:
-        heads[src.head] = tuple(ds.stems)
+        stems = tuple(getattr(ds, "head_stems", ds.stems))
+        if heads.setdefault(src.head, stems) != stems:
+            raise ValueError(
+                f"sources for head {src.head!r} disagree on its stems: "
+                f"{list(heads[src.head])} vs {list(stems)}"
+            )
     model_cfg = dict(cfg.model_config)
     model_cfg["heads"] = heads
     config = from_dict(model_config_cls(cfg.model), model_cfg, "model_config")
     return build_model(cfg.model, config)
+
+
+class MultiTask(torch.nn.Module):
+    """One forward pass over every source's batch, so that a step has exactly one forward
+    and one backward (what DistributedDataParallel synchronises on)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batches: list[tuple[torch.Tensor, str]]) -> list[torch.Tensor]:
+        """[(mix [b, c, t], head)] → [stems [b, s, c, t]] per batch."""
+        return [self.model(mix, heads=[head])[head] for mix, head in batches]
+
+
+def _grouped(est: torch.Tensor, ds) -> torch.Tensor:
+    """Head outputs [b, s_head, c, t] summed into the dataset's (coarser) stems."""
+    if not hasattr(ds, "group_matrix"):
+        return est
+    return torch.einsum("ij,bjct->bict", ds.group_matrix().to(est), est)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -131,53 +166,71 @@ def _loader(ds, src: SourceConfig, cfg: TrainConfig, start_step: int):
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) training; returns the run folder."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = cfg.device
+    if world > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    main = rank == 0
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    sources = build_sources(cfg)
-    model = build_run_model(cfg, sources).to(cfg.device)
-    ema = build_run_model(cfg, sources).to(cfg.device)
+    if main:
+        (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    sources = build_sources(cfg, rank)
+    model = build_run_model(cfg, sources).to(device)
+    ema = build_run_model(cfg, sources).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if (run / "state.pt").exists():
-        loaded, _ = load_checkpoint(run / "last.safetensors", cfg.device)
+        loaded, _ = load_checkpoint(run / "last.safetensors", device)
         model.load_state_dict(loaded.state_dict())
-        loaded, _ = load_checkpoint(run / "ema.safetensors", cfg.device)
+        loaded, _ = load_checkpoint(run / "ema.safetensors", device)
         ema.load_state_dict(loaded.state_dict())
-        state = torch.load(run / "state.pt", map_location=cfg.device, weights_only=True)
+        state = torch.load(run / "state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         torch.set_rng_state(state["rng"])
         print(f"resumed {run} at step {step}", file=sys.stderr)
     else:
         if cfg.init_from:
-            loaded, _ = load_checkpoint(Path(cfg.init_from), cfg.device)
+            loaded, _ = load_checkpoint(Path(cfg.init_from), device)
             model.load_state_dict(loaded.state_dict())
             print(f"initialised from {cfg.init_from}", file=sys.stderr)
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
+    net: torch.nn.Module = MultiTask(model)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)  # also syncs rank 0's weights
     n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model {cfg.model}: {n_params / 1e6:.2f} M parameters, heads "
-        f"{ {h: list(s) for h, s in model.heads.items()} }",
-        file=sys.stderr,
-    )
+    if main:
+        print(
+            f"model {cfg.model}: {n_params / 1e6:.2f} M parameters, heads "
+            f"{ {h: list(s) for h, s in model.heads.items()} }"
+            + (f", {world} processes" if world > 1 else ""),
+            file=sys.stderr,
+        )
 
     loaders = [_loader(ds, src, cfg, step) for src, ds in sources]
     log_path = run / "log.csv"
     new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")
+    log_file = open(log_path, "a", newline="") if main else open(os.devnull, "w")
     log = csv.writer(log_file)
-    if new_log:
+    if new_log and main:
         log.writerow(
             ["step", "seconds", "examples_per_second", "lr"]
             + [f"loss_{s.head}" for s, _ in sources]
         )
 
     def checkpoint() -> None:
+        if not main:
+            return
         info = dict(cfg.info, steps=step, run_dir=str(run))
         save_checkpoint(run / "last.safetensors", model, cfg.model, info)
         save_checkpoint(run / "ema.safetensors", ema, cfg.model, info)
@@ -195,7 +248,7 @@ def train(cfg: TrainConfig) -> Path:
         initial=step,
         desc="train",
         dynamic_ncols=True,
-        disable=not sys.stderr.isatty(),
+        disable=not (main and sys.stderr.isatty()),
     )
     model.train()
     while step < cfg.steps and not _Stop.requested:
@@ -203,20 +256,21 @@ def train(cfg: TrainConfig) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
+        batches = [tuple(t.to(device) for t in next(loader)) for loader in loaders]
+        with torch.autocast(
+            torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
+        ):
+            estimates = net([(mix, src.head) for (mix, _), (src, _) in zip(batches, sources)])
+        total = 0.0
         losses = []
-        for i, ((src, _), loader) in enumerate(zip(sources, loaders)):
-            mix, stems = next(loader)
-            mix, stems = mix.to(cfg.device), stems.to(cfg.device)
-            with torch.autocast(
-                torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
-            ):
-                est = model(mix, heads=[src.head])[src.head]
-            est = project_to_mix(est.float(), mix)
+        for i, ((mix, stems), est, (src, ds)) in enumerate(zip(batches, estimates, sources)):
+            est = _grouped(project_to_mix(est.float(), mix), ds)
             loss = separation_loss(est, stems, cfg.stft_loss_weight)
-            (src.weight * loss).backward()
+            total = total + src.weight * loss
             losses.append(loss.item())
             running[i] = 0.9 * running[i] + 0.1 * losses[-1] if step else losses[-1]
-            window_examples += mix.shape[0]
+            window_examples += mix.shape[0] * world
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():
@@ -234,7 +288,7 @@ def train(cfg: TrainConfig) -> Path:
                 + [f"{x:.5f}" for x in losses]
             )
             log_file.flush()
-            if not sys.stderr.isatty():
+            if main and not sys.stderr.isatty():
                 print(
                     f"step {step} ex/s {rate:.2f} lr {lr:.2e} "
                     + " ".join(f"{s.head} {r:.4f}" for (s, _), r in zip(sources, running)),
@@ -245,12 +299,32 @@ def train(cfg: TrainConfig) -> Path:
         if step % cfg.checkpoint_every == 0:
             checkpoint()
         if cfg.max_minutes and time.time() - started > cfg.max_minutes * 60:
-            break
+            _Stop.requested = True
+        if world > 1:  # every rank stops at the same step when any rank is asked to
+            flag = torch.tensor([float(_Stop.requested)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            _Stop.requested = bool(flag.item())
     checkpoint()
     bar.close()
     log_file.close()
-    print(f"stopped at step {step}; checkpoints in {run}", file=sys.stderr)
+    if world > 1:
+        _check_ranks_agree(model, device)
+        dist.destroy_process_group()
+    if main:
+        print(f"stopped at step {step}; checkpoints in {run}", file=sys.stderr)
     return run
+
+
+def _check_ranks_agree(model: torch.nn.Module, device: str) -> None:
+    """Raise unless every rank ends with the same weights (DDP kept them in sync)."""
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    low, high = total.clone().to(device), total.clone().to(device)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise RuntimeError(f"ranks disagree on the weights ({low.item()} vs {high.item()})")
+    if dist.get_rank() == 0:
+        print(f"{dist.get_world_size()} ranks agree on the weights", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,70 @@
+"""Real film-audio datasets for training the film head: Divide and Remaster (DnR v2, v3).
+
+Layout (both versions): ``ROOT/<split>/<id>/{mix,speech,music,sfx}.wav`` with splits
+``tr``, ``cv``, ``tt`` (or the id folders directly under ``ROOT``). speech → dialogue,
+music → music, sfx → effects; the mixture file is not read (the stems sum to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdx import CDX_STEMS
+from demix.layouts import MultitrackDataset, Track, track_from_files
+from demix.registry import register_dataset
+
+DNR_FILES = {"dialogue": "speech", "music": "music", "effects": "sfx"}
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def dnr_tracks(root: Path, split: str = "tr") -> list[Track]:
+    """The tracks of a DnR folder (``split`` folder if it exists, else ``root`` itself).
+
+    Raises:
+        FileNotFoundError: no DnR items found there.
+    """
+    root = Path(root)
+    base = root / split if split and (root / split).is_dir() else root
+    tracks = []
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+        files = {}
+        for stem, name in DNR_FILES.items():
+            found = [folder / f"{name}{suffix}" for suffix in AUDIO_SUFFIXES]
+            found = [f for f in found if f.is_file()]
+            if not found:
+                break
+            files[stem] = found[:1]
+        else:
+            tracks.append(track_from_files(folder.name, files))
+    if not tracks:
+        raise FileNotFoundError(
+            f"{base}: no Divide-and-Remaster items (folders with speech, music and sfx .wav)"
+        )
+    return tracks
+
+
+@dataclass(frozen=True)
+class DnRConfig:
+    """A DnR copy to train on."""
+
+    root: str
+    split: str = "tr"
+    sample_rate: int = 44100
+    segment_seconds: float = 3.0
+    p_remix: float = 0.5
+    epoch_size: int = 1_000_000
+
+
+@register_dataset("cdx.dnr", DnRConfig)
+def dnr(config: DnRConfig, seed: int = 0) -> MultitrackDataset:
+    """Registered training source: random (and remixed) segments of Divide and Remaster."""
+    return MultitrackDataset(
+        dnr_tracks(Path(config.root), config.split),
+        CDX_STEMS,
+        config.sample_rate,
+        config.segment_seconds,
+        config.p_remix,
+        epoch_size=config.epoch_size,
+        seed=seed,
+    )

@@ -1,0 +1,177 @@
+"""Training on real multitrack datasets: tracks of aligned stem files, random segments.
+
+The layout readers (``cdx.datasets``: Divide and Remaster; ``mdx.datasets``: MUSDB18-HQ,
+MUSDB18 ``.stem.mp4``, MoisesDB) turn a dataset folder into :class:`Track` lists; this
+module turns tracks into training examples the same way for all of them:
+
+- a random segment of a random track, every stem at the same offset; or, with probability
+  ``p_remix``, each stem from a different random track (Demucs-style remixing);
+- a random gain per stem and a random left/right swap; mono files become stereo;
+- segments are read from disk with seeking (wav, flac: no full decode), resampled when the
+  file's rate differs from the model's.
+
+A dataset whose stems are coarser than its head's (MUSDB's "other" holds guitar and piano)
+declares ``groups``: for each of its stems, the head stems it is the sum of. Training then
+scores the sum of those head outputs against it (partial supervision), see
+``demix.train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from demix import audio
+
+
+@dataclass(frozen=True)
+class Track:
+    """One song or scene: for each stem, the files that sum to it (all the same length)."""
+
+    name: str
+    files: dict[str, tuple[Path, ...]]
+    frames: int  # length at ``sample_rate``
+    sample_rate: int
+
+
+def track_from_files(name: str, files: dict[str, Sequence[Path]]) -> Track:
+    """A :class:`Track` after checking that every file exists and reading its length.
+    A stem with no files is silent in this track.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing file, no file at all, or files of
+            different rates.
+    """
+    lengths, rates = [], set()
+    for stem, paths in files.items():
+        for p in paths:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"{p}: no such file (track {name}, stem {stem})")
+            meta = audio.info(p)
+            lengths.append(meta.frames)
+            rates.add(meta.sample_rate)
+    if not rates:
+        raise ValueError(f"{name}: no stem files")
+    if len(rates) != 1:
+        raise ValueError(f"{name}: stem files at different sample rates {sorted(rates)}")
+    return Track(
+        name, {k: tuple(Path(p) for p in v) for k, v in files.items()}, min(lengths), rates.pop()
+    )
+
+
+def read_segment(path: Path, start: int, frames: int, file_rate: int, rate: int) -> np.ndarray:
+    """``frames`` samples at ``rate`` starting at ``start`` (in the file's own samples),
+    stereo float32 [2, frames]; zero-padded past the end of the file."""
+    want = int(np.ceil(frames * file_rate / rate)) + 16
+    try:
+        x, _ = soundfile.read(str(path), start=start, frames=want, dtype="float32", always_2d=True)
+        x = x.T
+    except (soundfile.LibsndfileError, RuntimeError):  # not seekable: decode all, then crop
+        x = audio.read(path)[0][:, start : start + want]
+    if x.shape[0] == 1:
+        x = np.repeat(x, 2, axis=0)
+    x = audio.resample(x[:2], file_rate, rate)[:, :frames]
+    if x.shape[1] < frames:
+        x = np.pad(x, ((0, 0), (0, frames - x.shape[1])))
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class MultitrackDataset(torch.utils.data.Dataset):
+    """Random segments of multitrack ``tracks``; item i is reproducible from (seed, i).
+
+    Returns ``(mix[2, t], stems[s, 2, t])`` float32 with s = len(stems); the mix is the sum
+    of the (augmented) stems.
+
+    Args:
+        tracks: the dataset's tracks (each has every stem in ``stems``).
+        stems: the dataset's stem names, in output order.
+        sample_rate: model rate.
+        segment_seconds: example length.
+        p_remix: probability that each stem comes from a different random track.
+        gain_db: (low, high) random gain per stem.
+        epoch_size: nominal length (examples are drawn at random anyway).
+        seed: base of every example's random generator.
+        head_stems: the stems of the head this dataset trains (default: ``stems``).
+        groups: for each dataset stem, the head stems that sum to it (default: itself).
+    """
+
+    def __init__(
+        self,
+        tracks: Sequence[Track],
+        stems: Sequence[str],
+        sample_rate: int,
+        segment_seconds: float,
+        p_remix: float = 0.5,
+        gain_db: tuple[float, float] = (-6.0, 3.0),
+        epoch_size: int = 1_000_000,
+        seed: int = 0,
+        head_stems: Sequence[str] | None = None,
+        groups: dict[str, tuple[str, ...]] | None = None,
+    ):
+        if not tracks:
+            raise ValueError("no tracks")
+        self.tracks = list(tracks)
+        self.stems = tuple(stems)
+        self.head_stems = tuple(head_stems or stems)
+        self.groups = {s: tuple((groups or {}).get(s, (s,))) for s in self.stems}
+        for stem, members in self.groups.items():
+            unknown = set(members) - set(self.head_stems)
+            if unknown:
+                raise ValueError(f"stem {stem!r} groups unknown head stems {sorted(unknown)}")
+        self.sample_rate = sample_rate
+        self.frames = int(round(segment_seconds * sample_rate))
+        self.p_remix = p_remix
+        self.gain_db = gain_db
+        self.epoch_size = epoch_size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def _segment(self, track: Track, stem: str, rng: np.random.Generator) -> np.ndarray:
+        need = int(np.ceil(self.frames * track.sample_rate / self.sample_rate))
+        start = int(rng.integers(max(track.frames - need, 0) + 1))
+        return self._read(track, stem, start)
+
+    def _read(self, track: Track, stem: str, start: int) -> np.ndarray:
+        out = np.zeros((2, self.frames), np.float32)
+        for p in track.files.get(stem, ()):
+            out += read_segment(p, start, self.frames, track.sample_rate, self.sample_rate)
+        return out
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        stems = np.zeros((len(self.stems), 2, self.frames), np.float32)
+        if rng.random() < self.p_remix:
+            for s, stem in enumerate(self.stems):
+                stems[s] = self._segment(
+                    self.tracks[int(rng.integers(len(self.tracks)))], stem, rng
+                )
+        else:
+            track = self.tracks[int(rng.integers(len(self.tracks)))]
+            need = int(np.ceil(self.frames * track.sample_rate / self.sample_rate))
+            start = int(rng.integers(max(track.frames - need, 0) + 1))
+            for s, stem in enumerate(self.stems):
+                stems[s] = self._read(track, stem, start)
+        gains = 10.0 ** (rng.uniform(*self.gain_db, size=len(self.stems)) / 20.0)
+        stems *= gains[:, None, None].astype(np.float32)
+        if rng.random() < 0.5:
+            stems = stems[:, ::-1]
+        peak = np.abs(stems.sum(0)).max()
+        if peak > 0.99:
+            stems *= 0.99 / peak
+        stems = np.ascontiguousarray(stems)
+        return torch.from_numpy(stems.sum(0)), torch.from_numpy(stems)
+
+    def group_matrix(self) -> torch.Tensor:
+        """[dataset stems, head stems] 0/1 matrix: dataset stem i = Σ_j M[i, j] · head stem j."""
+        m = torch.zeros(len(self.stems), len(self.head_stems))
+        for i, stem in enumerate(self.stems):
+            for member in self.groups[stem]:
+                m[i, self.head_stems.index(member)] = 1.0
+        return m
