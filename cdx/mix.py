@@ -4,7 +4,8 @@ Every example draws fresh clips and mixes them at film-like loudness: dialogue �
 music −24, effects −21 (each jittered), dialogue near the centre, music wide, effects as
 panned events and beds, sometimes with a stem missing (dialogue-free stretches, no score).
 
-Beyond the recipe, for real films and for speech in noise:
+Beyond the recipe, for real films and for speech in noise (each switched off by a zero
+probability, which gives back the plain recipe, as the evaluation sets use):
 - songs: part of the music is a six-stem music mix (``mdx.mix``) with **sung vocals**, which
   belong to music (its vocals are always sung, never plain speech, so speech is always
   dialogue);
@@ -45,6 +46,7 @@ class FilmMixConfig:
     p_silent_music: float = 0.1
     p_silent_effects: float = 0.1
     p_reverb: float = 0.3
+    p_synthetic_room: float = 0.5
     p_song: float = 0.3  # music is a song with sung vocals (mdx.mix)
     song_sung_phrases: int = 120  # pool sizes of the song mixer (as mdx.music_mix's defaults,
     song_soundfont_songs: int = 80  # so that both share one cache)
@@ -133,15 +135,15 @@ class FilmMixDataset(torch.utils.data.Dataset):
             if rng.random() < 0.3:  # a pause inside the segment
                 a = int(rng.integers(n))
                 voice[:, a : a + int(rng.integers(n // 4, n // 2))] = 0.0
-            if rng.random() < cfg.p_fold_bandwidth:
+            if _chance(rng, cfg.p_fold_bandwidth):
                 voice = data.fold_bandwidth(
                     voice, rate, cfg.speech_bandwidth_hz, float(rng.uniform(-20, -6))
                 )
-            if rng.random() < cfg.p_reverb:
+            if (self.rirs or cfg.p_synthetic_room) and rng.random() < cfg.p_reverb:
                 voice = data.reverb(voice, self._room(rng), rng.uniform(0.1, 0.5))
             voice = data.random_eq(voice, rng, rate, 4.0)
             dialogue = data.pan_mono(voice, rng.uniform(-0.15, 0.15))
-            if rng.random() < cfg.p_wide_snr:
+            if _chance(rng, cfg.p_wide_snr):
                 targets["dialogue"] = cfg.dialogue_lufs + rng.uniform(*cfg.wide_snr_db)
             else:
                 targets["dialogue"] = jitter(cfg.dialogue_lufs)
@@ -149,7 +151,7 @@ class FilmMixDataset(torch.utils.data.Dataset):
 
         music = np.zeros((2, n), np.float32)
         if rng.random() >= cfg.p_silent_music:
-            if self.songs is not None and rng.random() < cfg.p_song:
+            if self.songs is not None and _chance(rng, cfg.p_song):
                 song_info: dict[str, str] = {}
                 music, _ = self.songs.make(
                     rng, n, sung_only=True, p_vocals=0.8, provenance=song_info
@@ -177,14 +179,14 @@ class FilmMixDataset(torch.utils.data.Dataset):
                     mask[a : a + keep] = np.hanning(keep).astype(np.float32) ** 0.1
                     event = event * mask
                 effects += data.pan_mono(event, rng.uniform(-1, 1)) * rng.uniform(0.3, 1.0)
-            if rng.random() < cfg.p_noise_bed:  # hiss, hum-free rumble, air conditioning...
+            if _chance(rng, cfg.p_noise_bed):  # hiss, hum-free rumble, air conditioning...
                 noise = data.colored_noise(n, float(rng.uniform(0.0, 2.0)), rng)[None]
                 effects += np.repeat(noise, 2, 0) * np.float32(rng.uniform(0.02, 0.2))
             targets["effects"] = jitter(cfg.effects_lufs)
             effects = data.set_loudness(effects, rate, targets["effects"])
 
         stems = np.stack([dialogue, music, effects]).astype(np.float32)
-        if rng.random() < cfg.p_lowpass_mix:  # a band-limited delivery: every stem alike
+        if _chance(rng, cfg.p_lowpass_mix):  # a band-limited delivery: every stem alike
             stems = data.lowpass(stems, rate, float(rng.uniform(4000, 16000)))
         gain = 10.0 ** (rng.uniform(-6.0, 3.0) / 20.0)
         stems *= gain
@@ -196,10 +198,18 @@ class FilmMixDataset(torch.utils.data.Dataset):
         return stems.sum(0), stems
 
     def _room(self, rng: np.random.Generator) -> np.ndarray:
-        """A recorded RIR, or (half the time, or when none exist) a synthetic one."""
-        if self.rirs and rng.random() < 0.5:
-            return self.rirs[int(rng.integers(len(self.rirs)))]
-        return data.synthetic_rir(self.config.sample_rate, float(rng.uniform(0.2, 1.2)), rng)
+        """A synthetic RIR (with probability ``p_synthetic_room``, or when no recorded RIR
+        exists), else a recorded one."""
+        if not self.rirs or _chance(rng, self.config.p_synthetic_room):
+            return data.synthetic_rir(self.config.sample_rate, float(rng.uniform(0.2, 1.2)), rng)
+        return self.rirs[int(rng.integers(len(self.rirs)))]
+
+
+def _chance(rng: np.random.Generator, p: float) -> bool:
+    """True with probability ``p``; draws nothing when ``p`` is 0, so that switching an
+    augmentation off leaves every other draw (and the DnR-recipe evaluation sets) as they
+    were before it existed."""
+    return p > 0 and bool(rng.random() < p)
 
 
 @register_dataset("cdx.film_mix", FilmMixConfig)

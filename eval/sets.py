@@ -60,6 +60,13 @@ def dev_film_mixer(seconds: float, seed: int, root: Path | None = None):
         p_silent_dialogue=0.0,
         p_silent_music=0.0,
         p_silent_effects=0.0,
+        # The plain Divide-and-Remaster recipe: none of the training-only augmentations.
+        p_song=0.0,
+        p_wide_snr=0.0,
+        p_fold_bandwidth=0.0,
+        p_lowpass_mix=0.0,
+        p_noise_bed=0.0,
+        p_synthetic_room=0.0,
     )
     return FilmMixDataset(cfg, seed=seed)
 

@@ -40,6 +40,16 @@ def test_film_set_is_deterministic_and_readable(tmp_path):
     assert item.meta["clips"]["dialogue"]
 
 
+def test_film_set_recipe_is_frozen(tmp_path):
+    """The evaluation mixtures must not change when the training mixer gains augmentations
+    (RESULTS.md numbers are only comparable on the same set). If the recipe is changed on
+    purpose, update this digest and rerun ``python -m eval.results``."""
+    build_film_set(tmp_path / "a", count=2, seconds=2.0)
+    assert _digest(tmp_path / "a") == (
+        "6a5fc64a7d8976761c57e1398352cb6888c8f7f410ee77cb959b6053464b7bbc"
+    )
+
+
 def test_speech_set_snr_is_what_it_says(tmp_path):
     folders = build_speech_set(tmp_path, utterances=1)
     assert len(folders) == 4 * 6
