@@ -43,11 +43,25 @@ def test_film_set_is_deterministic_and_readable(tmp_path):
 def test_film_set_recipe_is_frozen(tmp_path):
     """The evaluation mixtures must not change when the training mixer gains augmentations
     (RESULTS.md numbers are only comparable on the same set). If the recipe is changed on
-    purpose, update this digest and rerun ``python -m eval.results``."""
+    purpose, update these values and rerun ``python -m eval.results``."""
     build_film_set(tmp_path / "a", count=2, seconds=2.0)
-    assert _digest(tmp_path / "a") == (
-        "6a5fc64a7d8976761c57e1398352cb6888c8f7f410ee77cb959b6053464b7bbc"
-    )
+    items = list(load_set(tmp_path / "a"))
+    expected = [
+        ("Dangerous.ogg", ["4-194711-A.ogg", "4-188033-A.ogg"], (-19.9083, -23.344, -21.85),
+         (0.05002, 0.03441, 0.03603)),
+        ("Zombie Hoodoo.ogg", ["4-180380-A.ogg", "4-188033-A.ogg"], (-19.0718, -24.248, -22.0949),
+         (0.11887, 0.06078, 0.05807)),
+    ]  # fmt: skip
+    for item, (music, effects, lufs, rms) in zip(items, expected):
+        assert item.meta["clips"]["music"] == [music]
+        assert item.meta["clips"]["effects"] == effects
+        targets = item.meta["loudness_targets_lufs"]
+        got = [targets[s] for s in ("dialogue", "music", "effects")]
+        assert got == pytest.approx(lufs, abs=1e-3)
+        got = [
+            float(np.sqrt(np.mean(item.stems[s] ** 2))) for s in ("dialogue", "music", "effects")
+        ]
+        assert got == pytest.approx(rms, rel=1e-3)
 
 
 def test_speech_set_snr_is_what_it_says(tmp_path):
