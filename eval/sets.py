@@ -1,10 +1,11 @@
 """Evaluation sets: seeded builders from the dev split of ``../shared/data``, and one reader.
 
-``python -m eval.sets build film|speech|music|all --out DIR [--seed N]``
+``python -m eval.sets build film|film-sung|speech|music|all --out DIR``
 
 Layouts written (and read back by ``load_set``; users' own copies of these layouts work too):
 
 - film, DnR layout: ``DIR/<id>/{mix,speech,music,sfx}.wav`` + ``meta.json`` (what went in);
+  also film-sung, the same with songs (a singer) as the music;
 - speech in noise: ``DIR/<id>/{mix,speech,noise}.wav`` + ``meta.json`` (SNR, noise type);
 - music, MUSDB18-HQ layout: ``DIR/<song>/{mixture,<stem>...}.wav``.
 
@@ -25,6 +26,7 @@ import numpy as np
 from demix import audio, data
 
 FILM_SEED = 17
+FILM_SUNG_SEED = 19
 SPEECH_SEED = 23
 SNRS_DB = (-5, 0, 5, 10, 15, 20)
 NOISE_TYPES = ("esc10", "demand", "music", "pink")
@@ -79,16 +81,69 @@ def build_film_set(
     root: Path | None = None,
 ) -> list[Path]:
     """DnR-recipe film mixtures from dev speech, dev music and ESC-10 fold 4."""
+    return _write_film_items(dev_film_mixer(seconds, seed, root), out, count, seed)
+
+
+def build_film_sung_set(
+    out: Path,
+    count: int = 16,
+    seconds: float = 10.0,
+    seed: int = FILM_SUNG_SEED,
+    root: Path | None = None,
+) -> list[Path]:
+    """Film mixtures whose music is a song with sung vocals: the DnR recipe with the music
+    drawn from the dev multitrack songs (stems/mdb, evaluation only: NC licence), from
+    stretches where the singer is active. The singing must land in music, not dialogue."""
     ds = dev_film_mixer(seconds, seed, root)
+    ds.music = _sung_music_pool(root or data.default_data_root(), ds.config, seconds)
+    return _write_film_items(ds, out, count, seed, {"sung_vocals": True})
+
+
+def _write_film_items(ds, out: Path, count: int, seed: int, extra: dict | None = None):
     folders = []
     for i in range(count):
         provenance: dict = {}
         mix, stems = ds.make(np.random.default_rng([seed, i]), provenance)
         folder = Path(out) / f"film-{i:03d}"
         arrays = {"mix": mix, "speech": stems[0], "music": stems[1], "sfx": stems[2]}
-        _write_item(folder, arrays, ds.config.sample_rate, {"seed": seed, "index": i, **provenance})
+        meta = {"seed": seed, "index": i, **provenance, **(extra or {})}
+        _write_item(folder, arrays, ds.config.sample_rate, meta)
         folders.append(folder)
     return folders
+
+
+def _sung_music_pool(root: Path, config, seconds: float) -> data.ClipPool:
+    """Song mixtures (sum of stems) of stems/mdb, cut to the stretches of at least
+    ``seconds`` where the vocals are within 20 dB of their loudest second."""
+    rate = config.sample_rate
+
+    def render():
+        for song in sorted(p for p in (root / "stems" / "mdb").iterdir() if p.is_dir()):
+            stems = {f.stem: audio.read(f, rate)[0] for f in sorted(song.glob("*.flac"))}
+            if "vocals" not in stems:
+                continue
+            length = min(x.shape[1] for x in stems.values())
+            mix = sum(np.broadcast_to(x[:, :length], (2, length)) for x in stems.values())
+            vocals = stems["vocals"][:, :length]
+            seconds_total = length // rate
+            rms = np.sqrt(
+                np.mean(
+                    vocals[:, : seconds_total * rate].reshape(-1, seconds_total, rate) ** 2,
+                    axis=(0, 2),
+                )
+            )
+            active = rms > 0.1 * rms.max()
+            start = None
+            for k, on in enumerate(np.append(active, False)):
+                if on and start is None:
+                    start = k
+                elif not on and start is not None:
+                    if k - start >= seconds:
+                        yield f"{song.name}@{start}s", mix[:, start * rate : k * rate]
+                    start = None
+
+    key = f"sung film music v1 {root} {rate} {seconds}"
+    return data.ClipPool.rendered(key, render, rate, Path(config.cache_dir), channels=2)
 
 
 def _noise_sources(root: Path, rate: int) -> dict[str, list[tuple[str, np.ndarray]]]:
@@ -219,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m eval.sets build film|speech|music|all --out DIR``."""
     p = argparse.ArgumentParser(prog="python -m eval.sets")
     p.add_argument("action", choices=["build"])
-    p.add_argument("which", choices=["film", "speech", "music", "all"])
+    p.add_argument("which", choices=["film", "film-sung", "speech", "music", "all"])
     p.add_argument("--out", required=True, help="root folder; each set goes in OUT/<set>")
     p.add_argument("--count", type=int, default=48, help="film mixtures")
     p.add_argument("--utterances", type=int, default=8, help="speech-in-noise utterances")
@@ -231,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     builders = {
         "film": lambda folder: build_film_set(folder, args.count),
+        "film-sung": build_film_sung_set,
         "speech": lambda folder: build_speech_set(folder, args.utterances),
         "music": build_music_set,
     }
