@@ -3,9 +3,9 @@
 ``python -m eval.results [--model demix-small] [--work runs/results] [--utterances 8]``
 
 Builds the seeded sets (film, film with sung music, speech in noise, music) from
-``../shared/data`` if missing, runs the benchmarks (resumable, in ``--work``), and writes the headline tables with the
-commands that produced them, the machine and the date. Every number in the page comes from
-the CSVs of this run.
+``../shared/data`` if missing, runs the benchmarks (resumable, in ``--work``), and writes
+the headline tables with the commands that produced them, the machine and the date. Every
+number in the page comes from the CSVs of this run.
 """
 
 from __future__ import annotations
