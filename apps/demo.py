@@ -23,10 +23,11 @@ import numpy as np
 
 from demix import Separator, audio
 from demix.data import loudness_lufs
+from demix.mixing import MUTE_DB, remix
+from demix.plots import plot_spectrogram
 from demix.separator import SeparationError, available_models
 
 N_SLOTS = 12  # stem players: up to 9 stems, 2 "rest" tracks and the original
-MUTE_DB = -60.0  # the slider's left end means −∞ (muted)
 HEADS = ("film", "music", "both")
 UPLOAD_TYPES = [
     ".wav",
@@ -85,28 +86,9 @@ def spectrogram_image(x: np.ndarray, sample_rate: int, title: str) -> np.ndarray
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
-    mono = torch.from_numpy(x.mean(axis=0).astype(np.float32))
-    n_fft = 2048
-    spec = torch.stft(
-        mono, n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True
-    ).abs()
-    db = 20 * torch.log10(spec + 1e-5)
     fig, ax = plt.subplots(figsize=(6, 2.2), dpi=80)
-    ax.imshow(
-        db.numpy(),
-        origin="lower",
-        aspect="auto",
-        vmin=-80,
-        vmax=max(float(db.max()), -79),
-        extent=(0, x.shape[-1] / sample_rate, 0, sample_rate / 2000),
-        cmap="magma",
-    )
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("s", fontsize=8)
-    ax.set_ylabel("kHz", fontsize=8)
-    ax.tick_params(labelsize=7)
+    plot_spectrogram(ax, x, sample_rate, title)
     fig.tight_layout()
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
@@ -232,20 +214,17 @@ class DemoApp:
     def remix(self, job: Job, gains_db: dict[str, float], mute: set[str], solo: set[str]) -> Path:
         """Sum the stems (not "original", not the comparison model's) with gains in dB;
         ``MUTE_DB`` or below, muted; if any stem is soloed, only soloed stems play."""
-        total = None
-        for label, path in job.tracks.items():
-            if label == "original" or ":" in label:
-                continue
-            if label in mute or (solo and label not in solo):
-                continue
-            gain_db = gains_db.get(label, 0.0)
-            if gain_db <= MUTE_DB:
-                continue
-            x, rate = audio.read(path)
-            x = x * np.float32(10 ** (gain_db / 20))
-            total = x if total is None else total + x
-        if total is None:
-            total = np.zeros_like(audio.read(job.tracks["original"])[0])
+        stems = {
+            label: audio.read(path)[0]
+            for label, path in job.tracks.items()
+            if label != "original" and ":" not in label
+        }
+        total = remix(
+            stems,
+            {k: v for k, v in gains_db.items() if k in stems},
+            mute & stems.keys(),
+            solo & stems.keys(),
+        )
         out = job.folder / f"remix-{uuid.uuid4().hex[:6]}.wav"
         audio.write(out, _preview(total), job.sample_rate, "wav", "32f")
         return out

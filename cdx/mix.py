@@ -117,9 +117,11 @@ class FilmMixDataset(torch.utils.data.Dataset):
     ) -> tuple[np.ndarray, np.ndarray]:
         """One example: (mix [2, t], stems [3, 2, t]) float32.
 
-        ``provenance``, if given, is filled with the clips used and the loudness targets.
+        ``provenance``, if given, is filled with the clips used, the loudness targets and the
+        dialogue's reverb (wet fraction, 0 when dry).
         """
         used: dict[str, list] = {"dialogue": [], "music": [], "effects": []}
+        reverb_wet = 0.0
         targets: dict[str, float] = {}
         cfg = self.config
         rate = cfg.sample_rate
@@ -140,7 +142,9 @@ class FilmMixDataset(torch.utils.data.Dataset):
                     voice, rate, cfg.speech_bandwidth_hz, float(rng.uniform(-20, -6))
                 )
             if (self.rirs or cfg.p_synthetic_room) and rng.random() < cfg.p_reverb:
-                voice = data.reverb(voice, self._room(rng), rng.uniform(0.1, 0.5))
+                room = self._room(rng)
+                reverb_wet = float(rng.uniform(0.1, 0.5))
+                voice = data.reverb(voice, room, reverb_wet)
             voice = data.random_eq(voice, rng, rate, 4.0)
             dialogue = data.pan_mono(voice, rng.uniform(-0.15, 0.15))
             if _chance(rng, cfg.p_wide_snr):
@@ -194,7 +198,9 @@ class FilmMixDataset(torch.utils.data.Dataset):
         if peak > 0.99:
             stems *= 0.99 / peak
         if provenance is not None:
-            provenance.update(clips=used, loudness_targets_lufs=targets)
+            provenance.update(
+                clips=used, loudness_targets_lufs=targets, dialogue_reverb_wet=reverb_wet
+            )
         return stems.sum(0), stems
 
     def _room(self, rng: np.random.Generator) -> np.ndarray:

@@ -80,8 +80,10 @@ def _museval_metrics():
     return sys.modules[name]
 
 
-def bss_eval_v4(refs, ests, sample_rate: int, window_seconds: float = 1.0) -> dict[str, np.ndarray]:
-    """museval BSSEval v4 (as in SiSEC 2018): per stem, the median over 1-s frames.
+def bss_eval_frames(
+    refs, ests, sample_rate: int, window_seconds: float = 1.0
+) -> dict[str, np.ndarray]:
+    """museval BSSEval v4 per frame (``window_seconds`` windows, no overlap).
 
     Args:
         refs, ests: (stems, channels, samples) arrays; all stems are scored jointly
@@ -89,8 +91,8 @@ def bss_eval_v4(refs, ests, sample_rate: int, window_seconds: float = 1.0) -> di
         sample_rate: of both arrays.
 
     Returns:
-        {"sdr", "sir", "sar", "isr"}: arrays of shape (stems,), NaN where every frame of a
-        stem's reference is silent.
+        {"sdr", "sir", "sar", "isr"}: arrays [stems, frames]; NaN for frames whose
+        reference is silent.
     """
     refs = np.stack([_as_numpy(r) for r in refs])  # [s, c, t]
     ests = np.stack([_as_numpy(e) for e in ests])
@@ -105,15 +107,29 @@ def bss_eval_v4(refs, ests, sample_rate: int, window_seconds: float = 1.0) -> di
         bsseval_sources_version=False,
         compute_permutation=False,
     )
-    with np.errstate(all="ignore"):
-        import warnings
+    return {
+        name: np.where(np.isfinite(v), v, np.nan).astype(np.float64)
+        for name, v in (("sdr", sdr), ("sir", sir), ("sar", sar), ("isr", isr))
+    }
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return {
-                name: np.nanmedian(np.where(np.isfinite(v), v, np.nan), axis=1)
-                for name, v in (("sdr", sdr), ("sir", sir), ("sar", sar), ("isr", isr))
-            }
+
+def bss_eval_v4(refs, ests, sample_rate: int, window_seconds: float = 1.0) -> dict[str, np.ndarray]:
+    """museval BSSEval v4 (as in SiSEC 2018): per stem, the median over 1-s frames.
+
+    Args:
+        refs, ests: (stems, channels, samples) arrays, scored jointly.
+        sample_rate: of both arrays.
+
+    Returns:
+        {"sdr", "sir", "sar", "isr"}: arrays of shape (stems,), NaN where every frame of a
+        stem's reference is silent.
+    """
+    frames = bss_eval_frames(refs, ests, sample_rate, window_seconds)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN stems stay NaN
+        return {name: np.nanmedian(v, axis=1) for name, v in frames.items()}
 
 
 def _speech_16k(x, sample_rate: int) -> np.ndarray:
