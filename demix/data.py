@@ -85,6 +85,41 @@ def read_manifest(
     return rows
 
 
+def subset_manifest(
+    root: Path,
+    out_dir: Path,
+    per_group: int = 2,
+    split: str | None = "train",
+    per_kind: int | None = None,
+) -> Path:
+    """Write ``out_dir/MANIFEST.csv``: at most ``per_group`` files of every (kind, group) and
+    ``per_kind`` of every kind of ``root``'s manifest (licence-clean rows of ``split``),
+    with absolute paths into ``root``. A small data root for quick experiments, notebooks and
+    tests; returns ``out_dir``.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    with open(root / "MANIFEST.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if license_is_trainable(r["license"])]
+    count: dict[tuple[str, str], int] = {}
+    keep = []
+    for r in rows:
+        if split is not None and r["split"] != split:
+            continue
+        key, kind = (r["kind"], r["group"]), (r["kind"], "")
+        if count.get(key, 0) < per_group and count.get(kind, 0) < (per_kind or len(rows)):
+            count[key] = count.get(key, 0) + 1
+            count[kind] = count.get(kind, 0) + 1
+            keep.append(dict(r, path=str((root / r["path"]).resolve())))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "MANIFEST.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(keep)
+    return out_dir
+
+
 class ClipPool:
     """Decoded clips at one sample rate, cached as float16 and memory-mapped.
 

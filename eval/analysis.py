@@ -30,37 +30,52 @@ def frame_metrics(
 
     Returns:
         One row per (stem, frame): ``stem``, ``frame``, ``start_s``, ``sdr``, ``sir``,
-        ``sar``, ``isr`` (NaN where the reference is silent in that frame).
+        ``sar``, ``isr`` (NaN where the reference is silent in that frame) and ``ref_db``,
+        the reference's level in that frame (dB RMS re full scale).
     """
     stems = [s for s in refs if s in ests]
     frames = metrics.bss_eval_frames(
         [refs[s] for s in stems], [ests[s] for s in stems], sample_rate, window_seconds
     )
+    window = int(window_seconds * sample_rate)
     rows = []
     for i, stem in enumerate(stems):
+        ref = np.asarray(refs[stem])
         for k in range(frames["sdr"].shape[1]):
+            power = float(np.mean(ref[..., k * window : (k + 1) * window] ** 2))
             rows.append(
                 {
                     "stem": stem,
                     "frame": k,
                     "start_s": k * window_seconds,
                     **{name: float(v[i, k]) for name, v in frames.items()},
+                    "ref_db": 10 * np.log10(power) if power > 0 else -np.inf,
                 }
             )
     return pd.DataFrame(rows)
 
 
 def worst_segments(
-    frames: pd.DataFrame, k: int = 10, metric: str = "sdr", stem: str | None = None
+    frames: pd.DataFrame,
+    k: int = 10,
+    metric: str = "sdr",
+    stem: str | None = None,
+    quiet_db: float = 30.0,
 ) -> pd.DataFrame:
-    """The ``k`` frames with the lowest ``metric`` (NaN frames excluded), worst first.
+    """The ``k`` frames with the lowest ``metric``, worst first.
 
     ``frames`` is :func:`frame_metrics` output, possibly concatenated over items with an
-    ``item`` column; ``stem`` restricts the ranking to one stem.
+    ``item`` column; ``stem`` restricts the ranking to one stem. Frames where the reference
+    is silent (NaN) or more than ``quiet_db`` below that stem's loudest frame in the same
+    item (a breath, a fade-out: any leak makes their SDR hugely negative, yet nobody hears
+    it) are not ranked.
     """
     table = frames.dropna(subset=[metric])
     if stem is not None:
         table = table[table["stem"] == stem]
+    keys = ["item", "stem"] if "item" in table.columns else ["stem"]
+    loudest = table.groupby(keys)["ref_db"].transform("max")
+    table = table[table["ref_db"] >= loudest - quiet_db]
     return table.sort_values(metric).head(k).reset_index(drop=True)
 
 

@@ -175,8 +175,10 @@ def build_speech_set(
     seed: int = SPEECH_SEED,
     root: Path | None = None,
     sample_rate: int = 44100,
+    snrs_db: tuple[int, ...] = SNRS_DB,
 ) -> list[Path]:
-    """Dev utterances in dev noises at SNR −5…20 dB (one folder per utterance×noise×SNR)."""
+    """Dev utterances in dev noises at SNR −5…20 dB (one folder per utterance×noise×SNR);
+    ``snrs_db`` picks a subset of SNRs (the random draws do not depend on it)."""
     root = root or data.default_data_root()
     rng = np.random.default_rng(seed)
     speech_rows = data.read_manifest(root, ["speech"], "dev")
@@ -195,7 +197,7 @@ def build_speech_set(
             start = int(rng.integers(len(clip)))
             noise = np.tile(clip, reps + 1)[start : start + n]
             noise = np.repeat(noise[None], 2, axis=0).astype(np.float32)
-            for snr in SNRS_DB:
+            for snr in snrs_db:
                 gain = np.sqrt(np.sum(speech**2) / (np.sum(noise**2) * 10 ** (snr / 10) + 1e-12))
                 scaled = (noise * gain).astype(np.float32)
                 mix = speech + scaled

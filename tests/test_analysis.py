@@ -66,6 +66,14 @@ def test_frame_metrics_find_the_broken_second():
     assert worst["sdr"].is_monotonic_increasing
     only_a = analysis.worst_segments(frames, k=1, stem="a")
     assert only_a.loc[0, "stem"] == "a" and only_a.loc[0, "sdr"] > 15
+    # A frame where the reference is 40 dB down (a fade-out) is not ranked, however bad.
+    refs["c"][:, 4 * RATE :] *= 0.01
+    est["c"] = refs["c"].copy()
+    est["c"][:, 4 * RATE :] = refs["a"][:, 4 * RATE :]
+    frames = analysis.frame_metrics(refs, est, RATE)
+    quiet = frames[(frames["stem"] == "c") & (frames["frame"] == 4)]
+    assert quiet["ref_db"].iloc[0] < frames["ref_db"].max() - 35
+    assert 4.0 not in set(analysis.worst_segments(frames, k=15, stem="c")["start_s"])
     clip = analysis.excerpt(est["b"], RATE, 3.0, 1.0)
     np.testing.assert_array_equal(clip, refs["a"][:, 3 * RATE : 4 * RATE])
 
