@@ -73,8 +73,9 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     autocast_bf16: bool = False
     checkpoint_every: int = 200
+    snapshot_every: int = 0  # keep a copy of the EMA weights every N steps (learning curves)
     log_every: int = 10
-    max_minutes: float = 0.0  # stop cleanly after this long (0: no limit)
+    max_minutes: float = 0.0  # stop cleanly after this long in this process (0: no limit)
     device: str = "cpu"
     info: dict[str, Any] = field(default_factory=dict)  # provenance stored in checkpoints
 
@@ -188,6 +189,7 @@ def train(cfg: TrainConfig) -> Path:
     ema = build_run_model(cfg, sources).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
+    elapsed_s = 0.0  # training time before this process (log "seconds" spans resumes)
     if (run / "state.pt").exists():
         loaded, _ = load_checkpoint(run / "last.safetensors", device)
         model.load_state_dict(loaded.state_dict())
@@ -196,6 +198,7 @@ def train(cfg: TrainConfig) -> Path:
         state = torch.load(run / "state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        elapsed_s = float(state.get("elapsed_s", _last_logged_seconds(run / "log.csv")))
         torch.set_rng_state(state["rng"])
         print(f"resumed {run} at step {step}", file=sys.stderr)
     else:
@@ -235,12 +238,21 @@ def train(cfg: TrainConfig) -> Path:
         save_checkpoint(run / "last.safetensors", model, cfg.model, info)
         save_checkpoint(run / "ema.safetensors", ema, cfg.model, info)
         tmp = run / "state.pt.tmp"
-        torch.save({"optimizer": opt.state_dict(), "step": step, "rng": torch.get_rng_state()}, tmp)
+        torch.save(
+            {
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "rng": torch.get_rng_state(),
+                "elapsed_s": time.time() - started,
+            },
+            tmp,
+        )
         os.replace(tmp, run / "state.pt")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: setattr(_Stop, "requested", True))
-    started = time.time()
+    process_start = time.time()
+    started = process_start - elapsed_s
     window_start, window_examples = time.time(), 0
     running = [0.0] * len(sources)
     bar = tqdm(
@@ -298,7 +310,10 @@ def train(cfg: TrainConfig) -> Path:
             window_start, window_examples = now, 0
         if step % cfg.checkpoint_every == 0:
             checkpoint()
-        if cfg.max_minutes and time.time() - started > cfg.max_minutes * 60:
+        if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            info = dict(cfg.info, steps=step, run_dir=str(run))
+            save_checkpoint(run / "snapshots" / f"ema-{step:07d}.safetensors", ema, cfg.model, info)
+        if cfg.max_minutes and time.time() - process_start > cfg.max_minutes * 60:
             _Stop.requested = True
         if world > 1:  # every rank stops at the same step when any rank is asked to
             flag = torch.tensor([float(_Stop.requested)], device=device)
@@ -313,6 +328,14 @@ def train(cfg: TrainConfig) -> Path:
     if main:
         print(f"stopped at step {step}; checkpoints in {run}", file=sys.stderr)
     return run
+
+
+def _last_logged_seconds(log_path: Path) -> float:
+    """The training time of the last log row (runs from before ``elapsed_s`` was saved)."""
+    if not log_path.exists():
+        return 0.0
+    rows = log_path.read_text().strip().splitlines()
+    return float(rows[-1].split(",")[1]) if len(rows) > 1 else 0.0
 
 
 def _check_ranks_agree(model: torch.nn.Module, device: str) -> None:

@@ -82,3 +82,13 @@ def test_resume_is_exact(tmp_path):
     for key in ema_a:
         torch.testing.assert_close(ema_a[key], ema_b[key], atol=0, rtol=0)
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+
+
+def test_snapshots_and_training_time_span_resumes(tmp_path):
+    run = tmp_path / "run"
+    train(_config(run, steps=2, snapshot_every=2))
+    train(_config(run, steps=4, snapshot_every=2))
+    snaps = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snaps == ["ema-0000002.safetensors", "ema-0000004.safetensors"]
+    seconds = [float(r.split(",")[1]) for r in (run / "log.csv").read_text().splitlines()[1:]]
+    assert seconds == sorted(seconds) and seconds[0] > 0  # the clock continues after resume
