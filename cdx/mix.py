@@ -26,7 +26,8 @@ import torch
 
 from cdx import CDX_STEMS
 from demix import data
-from demix.registry import register_dataset
+from demix.config import from_dict
+from demix.registry import dataset_entry, register_dataset
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class FilmMixConfig:
     p_silent_effects: float = 0.1
     p_reverb: float = 0.3
     p_synthetic_room: float = 0.5
-    p_song: float = 0.3  # music is a song with sung vocals (mdx.mix)
+    p_song: float = 0.3  # music is a song with sung vocals
+    song_source: str = "mdx.music_mix"  # registered mixer whose make() gives the songs
     song_sung_phrases: int = 120  # pool sizes of the song mixer (as mdx.music_mix's defaults,
     song_soundfont_songs: int = 80  # so that both share one cache)
     p_wide_snr: float = 0.25  # dialogue level drawn from a wider range
@@ -89,20 +91,23 @@ class FilmMixDataset(torch.utils.data.Dataset):
         self.rirs = [data.audio.read(r.path, rate)[0][0] for r in rir_rows]
         self.songs = None
         if config.p_song > 0:
-            from mdx.mix import MusicMixConfig, MusicMixDataset
-
-            self.songs = MusicMixDataset(
-                MusicMixConfig(
-                    data_root=config.data_root,
-                    cache_dir=config.cache_dir,
-                    split=config.split,
-                    sample_rate=rate,
-                    segment_seconds=config.segment_seconds,
-                    sung_phrases=config.song_sung_phrases,
-                    soundfont_songs=config.song_soundfont_songs,
-                ),
-                seed,
+            # Songs come from the music track's mixer, looked up by name in the registry
+            # (cdx never imports mdx); any source with the same ``make`` signature will do.
+            entry = dataset_entry(config.song_source)
+            song_config = from_dict(
+                entry.config_cls,
+                {
+                    "data_root": config.data_root,
+                    "cache_dir": config.cache_dir,
+                    "split": config.split,
+                    "sample_rate": rate,
+                    "segment_seconds": config.segment_seconds,
+                    "sung_phrases": config.song_sung_phrases,
+                    "soundfont_songs": config.song_soundfont_songs,
+                },
+                "song_source",
             )
+            self.songs = entry.factory(song_config, seed)
 
     def __len__(self) -> int:
         return self.config.epoch_size
