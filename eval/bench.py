@@ -117,6 +117,17 @@ def systems_for(
             out[f"{model_name}:music-vocals"] = model_system(sep, "music", {"vocals": "speech"})
     out["identity"] = identity
     out["oracle-irm"] = oracle_irm
+    if task == "music" and anchors:
+        from eval.anchors import spleeter_2stems
+
+        try:
+            spleeter = spleeter_2stems()
+        except FileNotFoundError as exc:
+            print(f"anchor spleeter-2stems skipped: {exc}", file=sys.stderr)
+        else:
+            out["spleeter-2stems"] = lambda item: {
+                "vocals": spleeter(item.mix, item.sample_rate)["vocals"]
+            }
     if task in ("film", "speech") and anchors:
         from eval.anchors import available_anchors
 

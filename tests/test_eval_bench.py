@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from demix import Separator
+from demix import Separator, audio
 from demix.data import default_data_root
 from eval.bench import oracle_irm, run_benchmark
 from eval.sets import build_film_set, build_speech_set, load_set
@@ -117,3 +117,17 @@ def test_speech_anchors_improve_a_noisy_utterance(tmp_path):
         est = anchor(item.mix, item.sample_rate)
         assert est.shape == item.mix.shape
         assert si_sdr(item.stems["speech"], est) > base + 3, name
+
+
+def test_spleeter_anchor_separates_vocals():
+    from eval.anchors import spleeter_2stems, spleeter_python
+    from eval.metrics import global_sdr
+
+    if not spleeter_python().exists():
+        pytest.skip(f"no Spleeter environment at {spleeter_python()} (eval/spleeter_worker.py)")
+    song = sorted(p for p in (DATA / "stems" / "musdb-fixtures").iterdir() if p.is_dir())[0]
+    stems = {f.stem: audio.read(f)[0][:, : 3 * 44100] for f in song.glob("*.flac")}
+    mix = sum(stems.values())
+    vocals = spleeter_2stems()(mix, 44100)["vocals"]
+    assert vocals.shape == mix.shape
+    assert global_sdr(stems["vocals"], vocals) > global_sdr(stems["vocals"], mix) + 5
