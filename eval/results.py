@@ -48,7 +48,11 @@ def _table(scores: pd.DataFrame, metric: str, stems: list[str]) -> str:
     sub = scores[(scores["metric"] == metric) & scores["stem"].isin(stems)].dropna(subset=["value"])
     pivot = sub.pivot_table(index="system", columns="stem", values="value", aggfunc="mean")
     pivot = pivot[[s for s in stems if s in pivot.columns]]
-    return pivot.round(2).reset_index().to_markdown(index=False)
+    # Anchors that estimate one stem only (speech enhancers, Spleeter's vocals) leave blanks.
+    shown = pivot.apply(lambda col: col.map(lambda v: f"{v:.2f}" if pd.notna(v) else ""))
+    return shown.reset_index().to_markdown(
+        index=False, disable_numparse=True, colalign=["left"] + ["right"] * len(shown.columns)
+    )
 
 
 def _speech_tables(scores: pd.DataFrame) -> str:
