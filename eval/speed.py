@@ -313,16 +313,20 @@ def render(header: Sequence[str], rows: Sequence[Row], notes: Sequence[str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def machine_header(args: argparse.Namespace, separator: Separator) -> list[str]:
-    """Lines describing the run: machine, software, model and inputs."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else the platform's guess."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_header(args: argparse.Namespace, separator: Separator) -> list[str]:
+    """Lines describing the run: machine, software, model and inputs."""
+    cpu = cpu_name()
     params = sum(p.numel() for p in separator.model.parameters())
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return [
