@@ -60,7 +60,7 @@ def worst_segments(
     k: int = 10,
     metric: str = "sdr",
     stem: str | None = None,
-    quiet_db: float = 30.0,
+    quiet_db: float = 20.0,
 ) -> pd.DataFrame:
     """The ``k`` frames with the lowest ``metric``, worst first.
 
