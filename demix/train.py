@@ -74,6 +74,7 @@ class TrainConfig:
     autocast_bf16: bool = False
     checkpoint_every: int = 200
     snapshot_every: int = 0  # keep a copy of the EMA weights every N steps (learning curves)
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (pip install tensorboard)
     log_every: int = 10
     max_minutes: float = 0.0  # stop cleanly after this long in this process (0: no limit)
     device: str = "cpu"
@@ -231,6 +232,12 @@ def train(cfg: TrainConfig) -> Path:
             + [f"loss_{s.head}" for s, _ in sources]
         )
 
+    board = None
+    if cfg.tensorboard and main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        board = SummaryWriter(str(run / "tensorboard"))
+
     def checkpoint() -> None:
         if not main:
             return
@@ -300,6 +307,11 @@ def train(cfg: TrainConfig) -> Path:
                 + [f"{x:.5f}" for x in losses]
             )
             log_file.flush()
+            if board is not None:
+                board.add_scalar("lr", lr, step)
+                board.add_scalar("examples_per_second", rate, step)
+                for (src, _), value in zip(sources, losses):
+                    board.add_scalar(f"loss/{src.head}", value, step)
             if main and not sys.stderr.isatty():
                 print(
                     f"step {step} ex/s {rate:.2f} lr {lr:.2e} "
@@ -322,6 +334,8 @@ def train(cfg: TrainConfig) -> Path:
     checkpoint()
     bar.close()
     log_file.close()
+    if board is not None:
+        board.close()
     if world > 1:
         _check_ranks_agree(model, device)
         dist.destroy_process_group()

@@ -92,3 +92,11 @@ def test_snapshots_and_training_time_span_resumes(tmp_path):
     assert snaps == ["ema-0000002.safetensors", "ema-0000004.safetensors"]
     seconds = [float(r.split(",")[1]) for r in (run / "log.csv").read_text().splitlines()[1:]]
     assert seconds == sorted(seconds) and seconds[0] > 0  # the clock continues after resume
+
+
+def test_tensorboard_log(tmp_path):
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    train(_config(tmp_path / "run", steps=2, tensorboard=True))
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
