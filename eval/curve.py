@@ -1,6 +1,6 @@
 """Learning curves: dev-split metrics of a run's EMA snapshots against training time.
 
-``python -m eval.curve RUN_DIR [--film-items 8] [--music-seconds 20]``
+``python -m eval.curve RUN_DIR [--film-items 8] [--music-seconds 20] [--every 1]``
 
 Training with ``snapshot_every: N`` keeps ``RUN_DIR/snapshots/ema-<step>.safetensors``; this
 scores each one with the quick dev check (``eval.dev``: seeded film mixtures of the dev split
@@ -27,13 +27,17 @@ def training_hours(run: Path) -> dict[int, float]:
     return dict(zip(log["step"].astype(int), log["seconds"] / 3600.0))
 
 
-def score_snapshots(run: Path, film_count: int = 8, music_seconds: float = 20.0) -> pd.DataFrame:
-    """Score every snapshot not yet in ``run/curve.csv``; return the whole table."""
+def score_snapshots(
+    run: Path, film_count: int = 8, music_seconds: float = 20.0, every: int = 1
+) -> pd.DataFrame:
+    """Score every snapshot not yet in ``run/curve.csv`` (only steps that are multiples of
+    ``every``); return the whole table."""
     out = run / "curve.csv"
     table = pd.read_csv(out) if out.exists() else pd.DataFrame()
     done = set(table["step"]) if len(table) else set()
     snapshots = sorted((run / "snapshots").glob("ema-*.safetensors"))
-    todo = [p for p in snapshots if int(p.stem.split("-")[1]) not in done]
+    steps = {p: int(p.stem.split("-")[1]) for p in snapshots}
+    todo = [p for p in snapshots if steps[p] not in done and steps[p] % every == 0]
     if not todo:
         return table
     items = film_items(film_count) + music_items(music_seconds)
@@ -87,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="training run folder (with snapshots/)")
     p.add_argument("--film-items", type=int, default=8)
     p.add_argument("--music-seconds", type=float, default=20.0)
+    p.add_argument("--every", type=int, default=1, help="score steps that are multiples of this")
     args = p.parse_args(argv)
     run = Path(args.run)
     if not (run / "snapshots").is_dir():
         print(f"{run}: no snapshots/ (train with snapshot_every: N)", file=sys.stderr)
         return 1
-    table = score_snapshots(run, args.film_items, args.music_seconds)
+    table = score_snapshots(run, args.film_items, args.music_seconds, args.every)
     if len(table):
         plot(table, run / "curve.png")
         print(f"wrote {run / 'curve.csv'} and {run / 'curve.png'}")
