@@ -54,6 +54,10 @@ def save_checkpoint(
     tmp = temporary_path(path)
     try:
         save_file(tensors, str(tmp), metadata={"demix": json.dumps(meta)})
+        # safetensors writes a new file with mode 0600: give it a plain file's permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -199,11 +199,26 @@ def run_benchmark(
                     }
                 )
         if rows:  # one append per item: an interrupted run resumes at the next item
-            frame = pd.DataFrame(rows)
-            frame.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
+            _append(csv_path, pd.DataFrame(rows))
     scores = pd.read_csv(csv_path)
     write_summary(task, scores, out_dir)
     return scores
+
+
+def _append(csv_path: Path, frame: pd.DataFrame) -> None:
+    """Append rows to the CSV; when they bring new columns (a set rebuilt with more
+    provenance), rewrite the file with the union of columns instead of misaligning it."""
+    if not csv_path.exists():
+        frame.to_csv(csv_path, index=False)
+        return
+    header = list(pd.read_csv(csv_path, nrows=0).columns)
+    if set(frame.columns) <= set(header):
+        frame.reindex(columns=header).to_csv(csv_path, mode="a", header=False, index=False)
+    else:
+        whole = pd.concat([pd.read_csv(csv_path), frame], ignore_index=True)
+        tmp = csv_path.with_suffix(".tmp")
+        whole.to_csv(tmp, index=False)
+        tmp.replace(csv_path)
 
 
 def _record_model_id(path: Path, model_name: str, model_id: str) -> None:

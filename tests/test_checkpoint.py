@@ -91,3 +91,19 @@ def test_refuses_non_checkpoints(tmp_path):
     save_file({"a": torch.zeros(2)}, plain)
     with pytest.raises(CheckpointError, match="no demix metadata"):
         load_checkpoint(plain)
+
+
+def test_checkpoint_file_has_plain_permissions(tmp_path):
+    import os
+
+    from demix.checkpoint import save_checkpoint
+    from demix.models import BandSplitConfig, BandSplitModel
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "m.safetensors"
+        model = BandSplitModel(BandSplitConfig(dim=8, layers=1, heads={"a": ("x", "y")}))
+        save_checkpoint(path, model, "bandsplit")
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)

@@ -131,3 +131,17 @@ def test_spleeter_anchor_separates_vocals():
     vocals = spleeter_2stems()(mix, 44100)["vocals"]
     assert vocals.shape == mix.shape
     assert global_sdr(stems["vocals"], vocals) > global_sdr(stems["vocals"], mix) + 5
+
+
+def test_scores_csv_takes_new_columns(tmp_path):
+    from eval.bench import _append
+
+    path = tmp_path / "scores.csv"
+    _append(path, pd.DataFrame([{"item": "a", "value": 1.0, "meta_x": 1}]))
+    _append(path, pd.DataFrame([{"item": "b", "value": 2.0, "meta_x": 2}]))
+    _append(path, pd.DataFrame([{"item": "c", "value": 3.0, "meta_y": "new", "meta_x": 3}]))
+    _append(path, pd.DataFrame([{"item": "d", "value": 4.0}]))
+    table = pd.read_csv(path)
+    assert list(table["item"]) == ["a", "b", "c", "d"]
+    assert list(table["value"]) == [1.0, 2.0, 3.0, 4.0]
+    assert table.loc[2, "meta_y"] == "new" and pd.isna(table.loc[0, "meta_y"])
