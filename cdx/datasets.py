@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdx import CDX_STEMS
-from demix.layouts import MultitrackDataset, Track, track_from_files
+from demix.layouts import MultitrackDataset, Track, audio_files, track_from_files
 from demix.registry import register_dataset
 
 DNR_FILES = {"dialogue": "speech", "music": "music", "effects": "sfx"}
-AUDIO_SUFFIXES = (".wav", ".flac")
 
 
 def dnr_tracks(root: Path, split: str = "tr") -> list[Track]:
@@ -30,8 +29,7 @@ def dnr_tracks(root: Path, split: str = "tr") -> list[Track]:
     for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
         files = {}
         for stem, name in DNR_FILES.items():
-            found = [folder / f"{name}{suffix}" for suffix in AUDIO_SUFFIXES]
-            found = [f for f in found if f.is_file()]
+            found = audio_files(folder, name)
             if not found:
                 break
             files[stem] = found[:1]
@@ -59,12 +57,6 @@ class DnRConfig:
 @register_dataset("cdx.dnr", DnRConfig)
 def dnr(config: DnRConfig, seed: int = 0) -> MultitrackDataset:
     """Registered training source: random (and remixed) segments of Divide and Remaster."""
-    return MultitrackDataset(
-        dnr_tracks(Path(config.root), config.split),
-        CDX_STEMS,
-        config.sample_rate,
-        config.segment_seconds,
-        config.p_remix,
-        epoch_size=config.epoch_size,
-        seed=seed,
+    return MultitrackDataset.from_config(
+        dnr_tracks(Path(config.root), config.split), CDX_STEMS, config, seed
     )

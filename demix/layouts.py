@@ -28,6 +28,13 @@ import torch
 
 from demix import audio
 
+AUDIO_SUFFIXES = (".wav", ".flac")  # what the layout readers look for
+
+
+def audio_files(folder: Path, name: str) -> list[Path]:
+    """``folder/<name>.wav`` and/or ``.flac`` where they exist (a stem file of a layout)."""
+    return [folder / f"{name}{s}" for s in AUDIO_SUFFIXES if (folder / f"{name}{s}").is_file()]
+
 
 @dataclass(frozen=True)
 class Track:
@@ -133,10 +140,25 @@ class MultitrackDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.epoch_size
 
-    def _segment(self, track: Track, stem: str, rng: np.random.Generator) -> np.ndarray:
+    @classmethod
+    def from_config(cls, tracks: Sequence[Track], stems: Sequence[str], config, seed: int, **kw):
+        """The dataset with ``config``'s ``sample_rate``, ``segment_seconds``, ``p_remix`` and
+        ``epoch_size`` (the fields every layout reader's config has)."""
+        return cls(
+            tracks,
+            stems,
+            config.sample_rate,
+            config.segment_seconds,
+            config.p_remix,
+            epoch_size=config.epoch_size,
+            seed=seed,
+            **kw,
+        )
+
+    def _random_start(self, track: Track, rng: np.random.Generator) -> int:
+        """A segment start (in the track's samples) that keeps the segment inside it."""
         need = int(np.ceil(self.frames * track.sample_rate / self.sample_rate))
-        start = int(rng.integers(max(track.frames - need, 0) + 1))
-        return self._read(track, stem, start)
+        return int(rng.integers(max(track.frames - need, 0) + 1))
 
     def _read(self, track: Track, stem: str, start: int) -> np.ndarray:
         out = np.zeros((2, self.frames), np.float32)
@@ -149,13 +171,11 @@ class MultitrackDataset(torch.utils.data.Dataset):
         stems = np.zeros((len(self.stems), 2, self.frames), np.float32)
         if rng.random() < self.p_remix:
             for s, stem in enumerate(self.stems):
-                stems[s] = self._segment(
-                    self.tracks[int(rng.integers(len(self.tracks)))], stem, rng
-                )
+                track = self.tracks[int(rng.integers(len(self.tracks)))]
+                stems[s] = self._read(track, stem, self._random_start(track, rng))
         else:
             track = self.tracks[int(rng.integers(len(self.tracks)))]
-            need = int(np.ceil(self.frames * track.sample_rate / self.sample_rate))
-            start = int(rng.integers(max(track.frames - need, 0) + 1))
+            start = self._random_start(track, rng)
             for s, stem in enumerate(self.stems):
                 stems[s] = self._read(track, stem, start)
         gains = 10.0 ** (rng.uniform(*self.gain_db, size=len(self.stems)) / 20.0)

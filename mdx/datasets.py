@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demix import audio
-from demix.layouts import MultitrackDataset, Track, track_from_files
+from demix.layouts import AUDIO_SUFFIXES, MultitrackDataset, Track, audio_files, track_from_files
 from demix.registry import register_dataset
 from mdx import MDX_STEMS
 
@@ -33,11 +33,6 @@ MOISESDB_STEMS = {
     "guitar": "guitar",
     "piano": "piano",
 }  # every other MoisesDB stem folder → "other"
-AUDIO_SUFFIXES = (".wav", ".flac")
-
-
-def _audio_in(folder: Path, stem: str) -> list[Path]:
-    return [folder / f"{stem}{s}" for s in AUDIO_SUFFIXES if (folder / f"{stem}{s}").is_file()]
 
 
 def decode_stem_mp4(path: Path, cache_dir: Path, sample_rate: int = 44100) -> Path:
@@ -70,7 +65,7 @@ def musdb_tracks(root: Path, split: str = "train", cache_dir: Path | None = None
             entry = decode_stem_mp4(entry, cache_dir or Path("runs/cache/musdb"))
         if not entry.is_dir():
             continue
-        files = {stem: _audio_in(entry, stem) for stem in MUSDB_STEMS}
+        files = {stem: audio_files(entry, stem) for stem in MUSDB_STEMS}
         if all(files.values()):
             tracks.append(track_from_files(entry.name, files))
     if not tracks:
@@ -129,14 +124,11 @@ class MoisesDBConfig:
 def musdb(config: MusdbConfig, seed: int = 0) -> MultitrackDataset:
     """Registered training source: MUSDB18(-HQ) segments for the six-stem head ("other"
     supervises guitar + piano + other)."""
-    return MultitrackDataset(
+    return MultitrackDataset.from_config(
         musdb_tracks(Path(config.root), config.split, Path(config.cache_dir)),
         MUSDB_STEMS,
-        config.sample_rate,
-        config.segment_seconds,
-        config.p_remix,
-        epoch_size=config.epoch_size,
-        seed=seed,
+        config,
+        seed,
         head_stems=MDX_STEMS,
         groups=MUSDB_GROUPS,
     )
@@ -145,12 +137,6 @@ def musdb(config: MusdbConfig, seed: int = 0) -> MultitrackDataset:
 @register_dataset("mdx.moisesdb", MoisesDBConfig)
 def moisesdb(config: MoisesDBConfig, seed: int = 0) -> MultitrackDataset:
     """Registered training source: MoisesDB segments, six stems."""
-    return MultitrackDataset(
-        moisesdb_tracks(Path(config.root)),
-        MDX_STEMS,
-        config.sample_rate,
-        config.segment_seconds,
-        config.p_remix,
-        epoch_size=config.epoch_size,
-        seed=seed,
+    return MultitrackDataset.from_config(
+        moisesdb_tracks(Path(config.root)), MDX_STEMS, config, seed
     )
