@@ -136,11 +136,12 @@ class MultiTask(torch.nn.Module):
         return [self.model(mix, heads=[head])[head] for mix, head in batches]
 
 
-def _grouped(est: torch.Tensor, ds) -> torch.Tensor:
-    """Head outputs [b, s_head, c, t] summed into the dataset's (coarser) stems."""
-    if not hasattr(ds, "group_matrix"):
+def _grouped(est: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """Head outputs [b, s_head, c, t] summed into a dataset's (coarser) stems with its
+    ``group_matrix()`` [s_data, s_head]; unchanged when the dataset has none."""
+    if groups is None:
         return est
-    return torch.einsum("ij,bjct->bict", ds.group_matrix().to(est), est)
+    return torch.einsum("ij,bjct->bict", groups.to(est), est)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -222,6 +223,8 @@ def train(cfg: TrainConfig) -> Path:
         )
 
     loaders = [_loader(ds, src, cfg, step) for src, ds in sources]
+    groups = [ds.group_matrix().to(device) if hasattr(ds, "group_matrix") else None
+              for _, ds in sources]  # fmt: skip
     log_path = run / "log.csv"
     new_log = not log_path.exists()
     log_file = open(log_path, "a", newline="") if main else open(os.devnull, "w")
@@ -238,12 +241,14 @@ def train(cfg: TrainConfig) -> Path:
 
         board = SummaryWriter(str(run / "tensorboard"))
 
+    def info() -> dict[str, Any]:
+        return dict(cfg.info, steps=step, run_dir=str(run))
+
     def checkpoint() -> None:
         if not main:
             return
-        info = dict(cfg.info, steps=step, run_dir=str(run))
-        save_checkpoint(run / "last.safetensors", model, cfg.model, info)
-        save_checkpoint(run / "ema.safetensors", ema, cfg.model, info)
+        save_checkpoint(run / "last.safetensors", model, cfg.model, info())
+        save_checkpoint(run / "ema.safetensors", ema, cfg.model, info())
         tmp = run / "state.pt.tmp"
         torch.save(
             {
@@ -282,8 +287,8 @@ def train(cfg: TrainConfig) -> Path:
             estimates = net([(mix, src.head) for (mix, _), (src, _) in zip(batches, sources)])
         total = 0.0
         losses = []
-        for i, ((mix, stems), est, (src, ds)) in enumerate(zip(batches, estimates, sources)):
-            est = _grouped(project_to_mix(est.float(), mix), ds)
+        for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
+            est = _grouped(project_to_mix(est.float(), mix), groups[i])
             loss = separation_loss(est, stems, cfg.stft_loss_weight)
             total = total + src.weight * loss
             losses.append(loss.item())
@@ -323,8 +328,8 @@ def train(cfg: TrainConfig) -> Path:
         if step % cfg.checkpoint_every == 0:
             checkpoint()
         if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
-            info = dict(cfg.info, steps=step, run_dir=str(run))
-            save_checkpoint(run / "snapshots" / f"ema-{step:07d}.safetensors", ema, cfg.model, info)
+            snapshot = run / "snapshots" / f"ema-{step:07d}.safetensors"
+            save_checkpoint(snapshot, ema, cfg.model, info())
         if cfg.max_minutes and time.time() - process_start > cfg.max_minutes * 60:
             _Stop.requested = True
         if world > 1:  # every rank stops at the same step when any rank is asked to
