@@ -169,8 +169,10 @@ def run_benchmark(
     if csv_path.exists():
         old = pd.read_csv(csv_path)
         if model_id is not None:
-            old = _drop_stale_model_rows(old, out_dir / "models.json", model_name, model_id)
-            old.to_csv(csv_path, index=False)
+            kept = _drop_stale_model_rows(old, out_dir / "models.json", model_name, model_id)
+            if len(kept) < len(old):  # rewrite only when the model's old rows were dropped
+                kept.to_csv(csv_path, index=False)
+            old = kept
         done = set(zip(old["item"], old["system"]))
     elif model_id is not None:
         _record_model_id(out_dir / "models.json", model_name, model_id)
