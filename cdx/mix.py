@@ -144,7 +144,7 @@ class FilmMixDataset(torch.utils.data.Dataset):
                 voice[:, a : a + int(rng.integers(n // 4, n // 2))] = 0.0
             if _chance(rng, cfg.p_fold_bandwidth):
                 voice = data.fold_bandwidth(
-                    voice, rate, cfg.speech_bandwidth_hz, float(rng.uniform(-20, -6))
+                    voice, rate, cfg.speech_bandwidth_hz, float(rng.uniform(*data.FOLD_GAIN_DB))
                 )
             if (self.rirs or cfg.p_synthetic_room) and rng.random() < cfg.p_reverb:
                 room = self._room(rng)

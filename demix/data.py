@@ -343,6 +343,9 @@ def synthetic_rir(sample_rate: int, rt60_s: float, rng: np.random.Generator) -> 
     return rir.astype(np.float32)
 
 
+FOLD_GAIN_DB = (-20.0, -6.0)  # range of the folded image's level, for the mixers' draws
+
+
 def fold_bandwidth(x: np.ndarray, sample_rate: int, cutoff_hz: float, gain_db: float) -> np.ndarray:
     """Fill the empty band above ``cutoff_hz`` of a band-limited signal [c, t] with a mirror
     image of the band below it (spectral folding, as in zero-stuffing upsampling), attenuated

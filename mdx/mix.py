@@ -160,7 +160,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
             x = synth.render_voice(sketch, n / cfg.sample_rate, cfg.sample_rate, rng)[None]
         if choice in ("sung", "speech") and rng.random() < cfg.p_fold_bandwidth:
             x = data.fold_bandwidth(
-                x, cfg.sample_rate, cfg.speech_bandwidth_hz, float(rng.uniform(-20, -6))
+                x, cfg.sample_rate, cfg.speech_bandwidth_hz, float(rng.uniform(*data.FOLD_GAIN_DB))
             )
         return x, choice
 
