@@ -100,3 +100,14 @@ def test_tensorboard_log(tmp_path):
     pytest.importorskip("tensorboard")
     train(_config(tmp_path / "run", steps=2, tensorboard=True))
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoint(tmp_path):
+    train(_config(tmp_path / "first", steps=3))
+    train(
+        _config(tmp_path / "second", steps=0, init_from=str(tmp_path / "first" / "ema.safetensors"))
+    )
+    a = load_file(tmp_path / "first" / "ema.safetensors")
+    b = load_file(tmp_path / "second" / "last.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
