@@ -48,6 +48,7 @@ class SourceConfig:
     head: str  # head trained on it, e.g. "film"
     weight: float = 1.0
     batch_size: int = 0  # examples per step from this source (0: the run's batch_size)
+    stem_weights: dict[str, float] = field(default_factory=dict)  # loss weight per stem (1)
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,7 +62,8 @@ class TrainConfig:
     run_dir: str = "runs/demix-small"
     init_from: str = ""  # checkpoint whose weights start a new run (fine-tuning)
     batch_size: int = 4
-    steps: int = 100_000
+    steps: int = 100_000  # length of the learning-rate schedule
+    stop_at_step: int = 0  # end the run here, on the schedule of ``steps`` (0: at ``steps``)
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 200
@@ -142,6 +144,18 @@ def _grouped(est: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
     if groups is None:
         return est
     return torch.einsum("ij,bjct->bict", groups.to(est), est)
+
+
+def _stem_weights(src: SourceConfig, ds, device: str) -> torch.Tensor | None:
+    """The source's ``stem_weights`` as a [s] tensor over the dataset's stems (None: equal)."""
+    if not src.stem_weights:
+        return None
+    unknown = sorted(set(src.stem_weights) - set(ds.stems))
+    if unknown:
+        raise ValueError(
+            f"source {src.name}: stem_weights names {unknown}, not among its stems {list(ds.stems)}"
+        )
+    return torch.tensor([float(src.stem_weights.get(s, 1.0)) for s in ds.stems], device=device)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -225,6 +239,7 @@ def train(cfg: TrainConfig) -> Path:
     loaders = [_loader(ds, src, cfg, step) for src, ds in sources]
     groups = [ds.group_matrix().to(device) if hasattr(ds, "group_matrix") else None
               for _, ds in sources]  # fmt: skip
+    stem_weights = [_stem_weights(src, ds, device) for src, ds in sources]
     log_path = run / "log.csv"
     new_log = not log_path.exists()
     log_file = open(log_path, "a", newline="") if main else open(os.devnull, "w")
@@ -275,7 +290,8 @@ def train(cfg: TrainConfig) -> Path:
         disable=not (main and sys.stderr.isatty()),
     )
     model.train()
-    while step < cfg.steps and not _Stop.requested:
+    last_step = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
+    while step < last_step and not _Stop.requested:
         lr = _lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -289,7 +305,7 @@ def train(cfg: TrainConfig) -> Path:
         losses = []
         for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
             est = _grouped(project_to_mix(est.float(), mix), groups[i])
-            loss = separation_loss(est, stems, cfg.stft_loss_weight)
+            loss = separation_loss(est, stems, cfg.stft_loss_weight, stem_weights[i])
             total = total + src.weight * loss
             losses.append(loss.item())
             running[i] = 0.9 * running[i] + 0.1 * losses[-1] if step else losses[-1]

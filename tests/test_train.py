@@ -1,8 +1,9 @@
 """Training: a few steps lower the loss; resuming is exact."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -111,3 +112,41 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(tmp_path):
     b = load_file(tmp_path / "second" / "last.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+def test_stem_weights_shift_the_loss_toward_a_stem():
+    from demix.losses import separation_loss
+
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 3, 2, 4096, generator=gen)
+    est = ref.clone()
+    est[:, 2] += 0.5 * torch.randn(2, 2, 4096, generator=gen)  # only stem 2 is wrong
+    plain = separation_loss(est, ref)
+    assert torch.allclose(separation_loss(est, ref, stem_weights=torch.ones(3)), plain)
+    heavy = separation_loss(est, ref, stem_weights=torch.tensor([1.0, 1.0, 2.0]))
+    light = separation_loss(est, ref, stem_weights=torch.tensor([2.0, 2.0, 1.0]))
+    # normalised to a mean of 1: the wrong stem carries 3/4 × 2 = 1.5 or 3/5 × 1 = 0.6 of it
+    assert torch.allclose(heavy, 1.5 * plain, rtol=1e-5)
+    assert torch.allclose(light, 0.6 * plain, rtol=1e-5)
+
+
+def test_stem_weights_train_and_unknown_stems_are_refused(tmp_path):
+    source = SourceConfig(name="test_tones", head="tones", stem_weights={"high": 2.0})
+    train(replace(_config(tmp_path / "run", steps=3), sources=(source,)))
+    assert len(_losses(tmp_path / "run")) == 3
+    bad = SourceConfig(name="test_tones", head="tones", stem_weights={"hihat": 2.0})
+    with pytest.raises(ValueError, match=r"hihat.*not among its stems.*high"):
+        train(replace(_config(tmp_path / "bad", steps=1), sources=(bad,)))
+
+
+def test_stop_at_step_ends_early_on_the_long_schedule(tmp_path):
+    train(_config(tmp_path / "cut", steps=8, stop_at_step=4))
+    train(_config(tmp_path / "full", steps=8))
+    cut = (tmp_path / "cut" / "log.csv").read_text().strip().splitlines()[1:]
+    full = (tmp_path / "full" / "log.csv").read_text().strip().splitlines()[1:]
+    assert len(cut) == 4
+    lr = [line.split(",")[3] for line in cut]
+    assert lr == [line.split(",")[3] for line in full[:4]]  # the 8-step schedule's rates
+    # resuming with the cut lifted continues the same run to its end
+    train(_config(tmp_path / "cut", steps=8))
+    assert len((tmp_path / "cut" / "log.csv").read_text().strip().splitlines()[1:]) == 8
