@@ -1,13 +1,14 @@
 """Evaluation sets: seeded builders from the dev split of ``../shared/data``, and one reader.
 
-``python -m eval.sets build film|film-sung|speech|music|all --out DIR``
+``python -m eval.sets build film|film-sung|speech|music|music-synth|all --out DIR``
 
 Layouts written (and read back by ``load_set``; users' own copies of these layouts work too):
 
 - film, DnR layout: ``DIR/<id>/{mix,speech,music,sfx}.wav`` + ``meta.json`` (what went in);
   also film-sung, the same with songs (a singer) as the music;
 - speech in noise: ``DIR/<id>/{mix,speech,noise}.wav`` + ``meta.json`` (SNR, noise type);
-- music, MUSDB18-HQ layout: ``DIR/<song>/{mixture,<stem>...}.wav``.
+- music, MUSDB18-HQ layout: ``DIR/<song>/{mixture,<stem>...}.wav``; also music-synth,
+  held-back SoundFont songs with sung vocals (the only piano and other references).
 
 Files are 32-bit float wav, so the sets are bit-exact inputs to every system.
 """
@@ -28,6 +29,11 @@ from demix import audio, data
 FILM_SEED = 17
 FILM_SUNG_SEED = 19
 SPEECH_SEED = 23
+MUSIC_SYNTH_SEED = 29  # training renders use seed 0 (mdx.soundfont.stem_pools)
+# Stem loudness of the synthetic songs (LUFS, each ±2 dB): vocals on top, as in pop mixes.
+MUSIC_SYNTH_LUFS = {
+    "vocals": -18.0, "drums": -20.0, "bass": -21.0, "guitar": -23.0, "piano": -23.0, "other": -24.0,
+}  # fmt: skip
 SNRS_DB = (-5, 0, 5, 10, 15, 20)
 NOISE_TYPES = ("esc10", "demand", "music", "pink")
 DNR_NAMES = {"speech": "dialogue", "music": "music", "sfx": "effects"}
@@ -246,6 +252,63 @@ def build_music_set(out: Path, root: Path | None = None) -> list[Path]:
     return folders
 
 
+def build_music_synth_set(
+    out: Path, songs: int = 12, seconds: float = 20.0, root: Path | None = None
+) -> list[Path]:
+    """Held-back synthetic songs in MUSDB layout, the only place piano and other are scored.
+
+    Each song is composed and rendered one instrument at a time like the training renders
+    (``mdx.soundfont``), from seeds training never draws (``MUSIC_SYNTH_SEED``), with dev-split
+    speech sung over the song's chords (``mdx.sing``) as its vocals. The instruments are the same
+    SoundFont presets as in training, so these figures flatter the model: they measure
+    held-back compositions, not unseen instruments. Stems a song has no part for are not written
+    (not scored).
+    """
+    from mdx import sing, soundfont, synth
+
+    root = root or data.default_data_root()
+    rate = 44100
+    renderer = soundfont.Renderer(rate)
+    speech = sorted(r.path for r in data.read_manifest(root, ["speech"], "dev"))
+    if not speech:
+        raise FileNotFoundError(f"{root}: no dev-split speech to sing")
+    n = int(seconds * rate)
+    folders = []
+    for i in range(songs):
+        rng = np.random.default_rng([MUSIC_SYNTH_SEED, soundfont.SOUNDFONT_VERSION, i])
+        sketch = synth.random_sketch(rng)
+        stems = renderer.render_song(soundfont.compose(sketch, seconds, rng), seconds)
+        vocals = stems["vocals"][0].copy()  # a choir part, when the song has one
+        used = []
+        start = int(rng.uniform(0.5, 2.0) * rate)
+        while start < n - rate:  # sung phrases with breaths between them
+            path = speech[int(rng.integers(len(speech)))]
+            wav, speech_rate = audio.read(path)
+            phrase = sing.sing(wav.mean(0)[: 6 * speech_rate], speech_rate, sketch, rng)
+            phrase = audio.resample(phrase[None], speech_rate, rate)[0][: n - start]
+            vocals[start : start + len(phrase)] += phrase
+            used.append(path.name)
+            start += len(phrase) + int(rng.uniform(0.5, 3.0) * rate)
+        rir = data.synthetic_rir(rate, float(rng.uniform(0.3, 1.5)), rng)
+        stems["vocals"] = data.pan_mono(data.reverb(vocals[None], rir, 0.2), 0.0)
+        written = {}
+        for stem, x in stems.items():
+            if np.sqrt(np.mean(x**2)) < 1e-4:
+                continue
+            lufs = MUSIC_SYNTH_LUFS[stem] + rng.uniform(-2.0, 2.0)
+            written[stem] = data.set_loudness(x.astype(np.float32), rate, lufs)
+        mixture = sum(written.values())
+        peak = float(np.abs(mixture).max())
+        if peak > 0.99:
+            written = {k: v * (0.99 / peak) for k, v in written.items()}
+            mixture = sum(written.values())
+        folder = Path(out) / f"synth{i:03d}"
+        meta = {"seed": MUSIC_SYNTH_SEED, "song": i, "sung_speech": " ".join(used)}
+        _write_item(folder, {"mixture": mixture, **written}, rate, meta)
+        folders.append(folder)
+    return folders
+
+
 def load_set(path: Path) -> Iterator[SetItem]:
     """Read every item of a set folder in any of the three layouts (sorted by name)."""
     for folder in sorted(p for p in Path(path).iterdir() if p.is_dir()):
@@ -276,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m eval.sets build film|speech|music|all --out DIR``."""
     p = argparse.ArgumentParser(prog="python -m eval.sets")
     p.add_argument("action", choices=["build"])
-    p.add_argument("which", choices=["film", "film-sung", "speech", "music", "all"])
+    p.add_argument("which", choices=["film", "film-sung", "speech", "music", "music-synth", "all"])
     p.add_argument("--out", required=True, help="root folder; each set goes in OUT/<set>")
     p.add_argument("--count", type=int, default=48, help="film mixtures")
     p.add_argument("--utterances", type=int, default=8, help="speech-in-noise utterances")
@@ -291,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "film-sung": build_film_sung_set,
         "speech": lambda folder: build_speech_set(folder, args.utterances),
         "music": build_music_set,
+        "music-synth": build_music_synth_set,
     }
     for which in builders if args.which == "all" else [args.which]:
         made = builders[which](out / which)

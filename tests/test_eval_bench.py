@@ -145,3 +145,40 @@ def test_scores_csv_takes_new_columns(tmp_path):
     assert list(table["item"]) == ["a", "b", "c", "d"]
     assert list(table["value"]) == [1.0, 2.0, 3.0, 4.0]
     assert table.loc[2, "meta_y"] == "new" and pd.isna(table.loc[0, "meta_y"])
+
+
+def test_synthetic_music_set_is_held_back_deterministic_and_sums(tmp_path):
+    from mdx.soundfont import find_soundfont
+
+    pytest.importorskip("fluidsynth", reason="FluidSynth unavailable (pip install pyfluidsynth)")
+    if find_soundfont() is None:
+        pytest.skip("no General MIDI SoundFont (apt install fluid-soundfont-gm)")
+    from eval.sets import MUSIC_SYNTH_LUFS, build_music_synth_set
+
+    build_music_synth_set(tmp_path / "a", songs=2, seconds=6.0)
+    build_music_synth_set(tmp_path / "b", songs=2, seconds=6.0)
+    assert _same_set(tmp_path / "a", tmp_path / "b")
+    items = list(load_set(tmp_path / "a"))
+    assert [i.name for i in items] == ["synth000", "synth001"]
+    for item in items:
+        assert set(item.stems) <= set(MUSIC_SYNTH_LUFS) and {"drums", "bass", "vocals"} <= set(
+            item.stems
+        )
+        np.testing.assert_allclose(sum(item.stems.values()), item.mix, atol=1e-5)
+        assert item.meta["seed"] != 0 and item.meta["sung_speech"]  # not the training seed
+        for stem, x in item.stems.items():
+            assert np.sqrt(np.mean(x**2)) > 1e-3, stem  # silent stems are not written
+
+
+def test_music_scores_bsseval_only_when_asked():
+    from eval.bench import score
+    from eval.sets import SetItem
+
+    rng = np.random.default_rng(0)
+    stems = {s: rng.normal(0, 0.1, (2, 44100)).astype(np.float32) for s in ("bass", "drums")}
+    item = SetItem("x", sum(stems.values()), stems, 44100)
+    est = {k: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in stems.items()}
+    with_bss = {m for _, m, _ in score("music", item, est)}
+    without = {m for _, m, _ in score("music", item, est, bss=False)}
+    assert {"bss_sdr", "bss_sir"} <= with_bss and "global_sdr" in without
+    assert not any(m.startswith("bss_") for m in without)
