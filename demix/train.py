@@ -70,6 +70,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     ema_decay: float = 0.999
     stft_loss_weight: float = 1.0
+    relative_loss: bool = False  # each stem's error relative to its level (demix.losses)
     seed: int = 0
     num_workers: int = 1
     threads: int = 0  # 0: torch's default
@@ -305,7 +306,13 @@ def train(cfg: TrainConfig) -> Path:
         losses = []
         for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
             est = _grouped(project_to_mix(est.float(), mix), groups[i])
-            loss = separation_loss(est, stems, cfg.stft_loss_weight, stem_weights[i])
+            loss = separation_loss(
+                est,
+                stems,
+                cfg.stft_loss_weight,
+                stem_weights[i],
+                mix=mix if cfg.relative_loss else None,
+            )
             total = total + src.weight * loss
             losses.append(loss.item())
             running[i] = 0.9 * running[i] + 0.1 * losses[-1] if step else losses[-1]

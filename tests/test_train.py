@@ -150,3 +150,34 @@ def test_stop_at_step_ends_early_on_the_long_schedule(tmp_path):
     # resuming with the cut lifted continues the same run to its end
     train(_config(tmp_path / "cut", steps=8))
     assert len((tmp_path / "cut" / "log.csv").read_text().strip().splitlines()[1:]) == 8
+
+
+def test_relative_loss_is_scale_free_and_weighs_quiet_stems_by_their_level():
+    from demix.losses import separation_loss
+
+    gen = torch.Generator().manual_seed(1)
+    ref = torch.randn(2, 2, 2, 8192, generator=gen)
+    ref[:, 1] *= 0.1  # stem 1 is 20 dB quieter
+    mix = ref.sum(1)
+    noise = 0.05 * torch.randn(2, 2, 8192, generator=gen)
+    loss = separation_loss(ref + noise[:, None], ref, mix=mix)
+    assert torch.allclose(separation_loss(3 * (ref + noise[:, None]), 3 * ref, mix=3 * mix), loss)
+    # the same absolute error costs far more on the quiet stem than on the loud one
+    on_loud = ref.clone()
+    on_loud[:, 0] += noise
+    on_quiet = ref.clone()
+    on_quiet[:, 1] += noise
+    assert separation_loss(on_quiet, ref, mix=mix) > 4 * separation_loss(on_loud, ref, mix=mix)
+    # while plain waveform L1 cannot tell them apart
+    plain = [separation_loss(x, ref, stft_weight=0) for x in (on_quiet, on_loud)]
+    assert torch.allclose(*plain)
+    # a silent stem stays finite: its level floor is a tenth of the mix's
+    silent = torch.zeros_like(ref)
+    silent[:, 0] = ref[:, 0]
+    assert torch.isfinite(separation_loss(silent + 0.01, silent, mix=silent.sum(1)))
+
+
+def test_training_with_the_relative_loss_lowers_it(tmp_path):
+    train(_config(tmp_path / "run", steps=30, relative_loss=True))
+    losses = _losses(tmp_path / "run")
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
