@@ -32,3 +32,15 @@ def test_type_errors(tmp_path):
     path.write_text("dim: many\n")
     with pytest.raises(ConfigError, match="dim"):
         load_yaml(BandSplitConfig, path)
+
+
+def test_every_shipped_config_parses():
+    from pathlib import Path
+
+    from demix.train import TrainConfig
+
+    configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 2
+    for path in configs:
+        cfg = load_yaml(TrainConfig, path)
+        assert cfg.sources and cfg.run_dir, path
