@@ -199,9 +199,7 @@ class FilmMixDataset(torch.utils.data.Dataset):
             stems = data.lowpass(stems, rate, float(rng.uniform(4000, 16000)))
         gain = 10.0 ** (rng.uniform(-6.0, 3.0) / 20.0)
         stems *= gain
-        peak = np.abs(stems.sum(0)).max()
-        if peak > 0.99:
-            stems *= 0.99 / peak
+        data.fit_peak(stems)
         if provenance is not None:
             provenance.update(
                 clips=used, loudness_targets_lufs=targets, dialogue_reverb_wet=reverb_wet

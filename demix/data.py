@@ -343,6 +343,15 @@ def synthetic_rir(sample_rate: int, rt60_s: float, rng: np.random.Generator) -> 
     return rir.astype(np.float32)
 
 
+def fit_peak(stems: np.ndarray, limit: float = 0.99) -> np.ndarray:
+    """Scale stems [s, c, t] in place so that their sum peaks at ``limit`` at most (the mix
+    never clips and the stems still sum to it); returns them."""
+    peak = np.abs(stems.sum(0)).max()
+    if peak > limit:
+        stems *= limit / peak
+    return stems
+
+
 FOLD_GAIN_DB = (-20.0, -6.0)  # range of the folded image's level, for the mixers' draws
 
 

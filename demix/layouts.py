@@ -26,7 +26,7 @@ import numpy as np
 import soundfile
 import torch
 
-from demix import audio
+from demix import audio, data
 
 AUDIO_SUFFIXES = (".wav", ".flac")  # what the layout readers look for
 
@@ -182,9 +182,7 @@ class MultitrackDataset(torch.utils.data.Dataset):
         stems *= gains[:, None, None].astype(np.float32)
         if rng.random() < 0.5:
             stems = stems[:, ::-1]
-        peak = np.abs(stems.sum(0)).max()
-        if peak > 0.99:
-            stems *= 0.99 / peak
+        data.fit_peak(stems)
         stems = np.ascontiguousarray(stems)
         return torch.from_numpy(stems.sum(0)), torch.from_numpy(stems)
 

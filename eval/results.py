@@ -99,18 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no development data at {default_data_root()}", file=sys.stderr)
         return 1
     work = Path(args.work)
-    sets = {  # set name: (task, builder)
-        "film": ("film", lambda d: build_film_set(d)),
-        "film-sung": ("film", lambda d: build_film_sung_set(d)),
-        "speech": ("speech", lambda d: build_speech_set(d, args.utterances)),
-        "music": ("music", build_music_set),
-        "music-synth": ("music", build_music_synth_set),
+    sets = {  # set name: (task, builder, museval BSSEval too)
+        "film": ("film", lambda d: build_film_set(d), True),
+        "film-sung": ("film", lambda d: build_film_sung_set(d), True),
+        "speech": ("speech", lambda d: build_speech_set(d, args.utterances), True),
+        "music": ("music", build_music_set, True),
+        "music-synth": ("music", build_music_synth_set, False),  # 40 s per system and song
     }
     sep = Separator.from_pretrained(args.model)
     name = Path(args.model).stem
     model_id = model_fingerprint(args.model)  # hashes the whole checkpoint: once
     sections = []
-    for set_name, (task, build) in sets.items():
+    for set_name, (task, build, bss) in sets.items():
         set_dir = work / "sets" / set_name
         if not set_dir.exists():
             build(set_dir)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             set_dir,
             work / set_name,
             model_id=model_id,
-            bss=set_name != "music-synth",
+            bss=bss,
         )
         metric, stems = SET_HEADLINE.get(set_name, HEADLINE[task])
         sections.append(

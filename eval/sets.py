@@ -291,20 +291,19 @@ def build_music_synth_set(
             start += len(phrase) + int(rng.uniform(0.5, 3.0) * rate)
         rir = data.synthetic_rir(rate, float(rng.uniform(0.3, 1.5)), rng)
         stems["vocals"] = data.pan_mono(data.reverb(vocals[None], rir, 0.2), 0.0)
-        written = {}
-        for stem, x in stems.items():
-            if np.sqrt(np.mean(x**2)) < 1e-4:
-                continue
-            lufs = MUSIC_SYNTH_LUFS[stem] + rng.uniform(-2.0, 2.0)
-            written[stem] = data.set_loudness(x.astype(np.float32), rate, lufs)
-        mixture = sum(written.values())
-        peak = float(np.abs(mixture).max())
-        if peak > 0.99:
-            written = {k: v * (0.99 / peak) for k, v in written.items()}
-            mixture = sum(written.values())
+        names = [stem for stem, x in stems.items() if np.sqrt(np.mean(x**2)) >= 1e-4]
+        written = np.stack(
+            [
+                data.set_loudness(
+                    stems[k].astype(np.float32), rate, MUSIC_SYNTH_LUFS[k] + rng.uniform(-2.0, 2.0)
+                )
+                for k in names
+            ]
+        )
+        data.fit_peak(written)
         folder = Path(out) / f"synth{i:03d}"
         meta = {"seed": MUSIC_SYNTH_SEED, "song": i, "sung_speech": " ".join(used)}
-        _write_item(folder, {"mixture": mixture, **written}, rate, meta)
+        _write_item(folder, {"mixture": written.sum(0), **dict(zip(names, written))}, rate, meta)
         folders.append(folder)
     return folders
 
@@ -336,7 +335,7 @@ def load_set(path: Path) -> Iterator[SetItem]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m eval.sets build film|speech|music|all --out DIR``."""
+    """``python -m eval.sets build film|film-sung|speech|music|music-synth|all --out DIR``."""
     p = argparse.ArgumentParser(prog="python -m eval.sets")
     p.add_argument("action", choices=["build"])
     p.add_argument("which", choices=["film", "film-sung", "speech", "music", "music-synth", "all"])

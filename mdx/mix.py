@@ -244,9 +244,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
                 x = data.random_eq(x, rng, rate, 4.0)
             target = rng.uniform(cfg.stem_lufs_min, cfg.stem_lufs_max)
             stems[s] = data.set_loudness(x, rate, target)
-        peak = np.abs(stems.sum(0)).max()
-        if peak > 0.99:
-            stems *= 0.99 / peak
+        data.fit_peak(stems)
         return stems.sum(0), stems
 
 
