@@ -37,6 +37,12 @@ class FilmMixConfig:
     data_root: str = ""  # "" → $DEMIX_DATA or ../shared/data
     cache_dir: str = "runs/cache"
     split: str = "train"
+    # Manifest path prefixes each pool draws from (empty: every file of its kind). Training
+    # takes whatever the corpus offers; seeded evaluation sets pin the folders they were built
+    # from (eval.sets.FILM_POOLS) so that they stay the same as the corpus grows.
+    speech_sources: tuple[str, ...] = ()
+    music_sources: tuple[str, ...] = ()
+    effects_sources: tuple[str, ...] = ()
     sample_rate: int = 44100
     segment_seconds: float = 3.0
     dialogue_lufs: float = -17.0
@@ -82,11 +88,16 @@ class FilmMixDataset(torch.utils.data.Dataset):
             rows = data.read_manifest(
                 root, kinds, config.split, trainable_only=True, path_prefix=prefix
             )
+            if not rows:
+                raise FileNotFoundError(
+                    f"{root}: no {'/'.join(kinds)} files in split {config.split!r}"
+                    + (f" under {', '.join(prefix)}" if prefix else "")
+                )
             return data.ClipPool([r.path for r in rows], rate, cache, channels)
 
-        self.speech = pool(["speech"], 1)
-        self.music = pool(["music"], 2)
-        self.effects = pool(["effects"], 1)
+        self.speech = pool(["speech"], 1, config.speech_sources)
+        self.music = pool(["music"], 2, config.music_sources)
+        self.effects = pool(["effects"], 1, config.effects_sources)
         rir_rows = data.read_manifest(root, ["rir"], None, trainable_only=True)
         self.rirs = [data.audio.read(r.path, rate)[0][0] for r in rir_rows]
         self.songs = None

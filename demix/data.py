@@ -57,9 +57,14 @@ def read_manifest(
     kinds: Iterable[str] | None = None,
     split: str | None = None,
     trainable_only: bool = False,
-    path_prefix: str | None = None,
+    path_prefix: str | tuple[str, ...] | None = None,
 ) -> list[ManifestRow]:
-    """Rows of ``root/MANIFEST.csv`` filtered by kind, split, licence and path prefix."""
+    """Rows of ``root/MANIFEST.csv`` filtered by kind, split, licence and path prefix.
+
+    ``path_prefix`` is one prefix or a tuple of them (a row matching any is kept); seeded
+    evaluation sets pass the folders they were built from, so that files added to the corpus
+    later do not change them.
+    """
     kinds = set(kinds) if kinds is not None else None
     rows = []
     with open(root / "MANIFEST.csv", newline="") as f:
@@ -70,7 +75,7 @@ def read_manifest(
                 continue
             if trainable_only and not license_is_trainable(r["license"]):
                 continue
-            if path_prefix is not None and not r["path"].startswith(path_prefix):
+            if path_prefix and not r["path"].startswith(path_prefix):
                 continue
             rows.append(
                 ManifestRow(

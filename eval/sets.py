@@ -37,6 +37,12 @@ MUSIC_SYNTH_LUFS = {
 SNRS_DB = (-5, 0, 5, 10, 15, 20)
 NOISE_TYPES = ("esc10", "demand", "music", "pink")
 DNR_NAMES = {"speech": "dialogue", "music": "music", "sfx": "effects"}
+# The dev-split folders every seeded set draws from (manifest path prefixes). ../shared/data
+# grows; pinning the sources keeps each set identical when files are added. New pools are for
+# training unless a set names them here.
+DEV_SPEECH = ("speech/cv-hsb/", "speech/librispeech/")
+DEV_MUSIC = ("music/macleod/",)
+DEV_EFFECTS = ("effects/esc10/",)
 
 
 @dataclass
@@ -75,6 +81,9 @@ def dev_film_mixer(seconds: float, seed: int, root: Path | None = None):
         p_lowpass_mix=0.0,
         p_noise_bed=0.0,
         p_synthetic_room=0.0,
+        speech_sources=DEV_SPEECH,
+        music_sources=DEV_MUSIC,
+        effects_sources=DEV_EFFECTS,
     )
     return FilmMixDataset(cfg, seed=seed)
 
@@ -156,7 +165,7 @@ def _noise_sources(root: Path, rate: int) -> dict[str, list[tuple[str, np.ndarra
     """Dev noises per type: ESC-10 fold 4, DEMAND (Valentini noisy − clean), dev music,
     and generated pink noise."""
     sources: dict[str, list[tuple[str, np.ndarray]]] = {}
-    rows = data.read_manifest(root, ["effects"], "dev")
+    rows = data.read_manifest(root, ["effects"], "dev", path_prefix=DEV_EFFECTS)
     sources["esc10"] = [(r.path.name, audio.read(r.path, rate)[0].mean(0)) for r in rows]
     demand = []
     for clean in sorted((root / "paired" / "valentini" / "clean").glob("*")):
@@ -166,7 +175,7 @@ def _noise_sources(root: Path, rate: int) -> dict[str, list[tuple[str, np.ndarra
         length = min(c.shape[1], n.shape[1])
         demand.append((clean.name, (n[:, :length] - c[:, :length]).mean(0)))
     sources["demand"] = demand
-    rows = data.read_manifest(root, ["music"], "dev")
+    rows = data.read_manifest(root, ["music"], "dev", path_prefix=DEV_MUSIC)
     sources["music"] = [(r.path.name, audio.read(r.path, rate)[0].mean(0)) for r in rows]
     rng = np.random.default_rng(0)
     white = rng.standard_normal(rate * 30)
@@ -187,7 +196,7 @@ def build_speech_set(
     ``snrs_db`` picks a subset of SNRs (the random draws do not depend on it)."""
     root = root or data.default_data_root()
     rng = np.random.default_rng(seed)
-    speech_rows = data.read_manifest(root, ["speech"], "dev")
+    speech_rows = data.read_manifest(root, ["speech"], "dev", path_prefix=DEV_SPEECH)
     chosen = rng.choice(len(speech_rows), size=min(utterances, len(speech_rows)), replace=False)
     noises = _noise_sources(root, sample_rate)
     folders = []
@@ -269,7 +278,9 @@ def build_music_synth_set(
     root = root or data.default_data_root()
     rate = 44100
     renderer = soundfont.Renderer(rate)
-    speech = sorted(r.path for r in data.read_manifest(root, ["speech"], "dev"))
+    speech = sorted(
+        r.path for r in data.read_manifest(root, ["speech"], "dev", path_prefix=DEV_SPEECH)
+    )
     if not speech:
         raise FileNotFoundError(f"{root}: no dev-split speech to sing")
     n = int(seconds * rate)

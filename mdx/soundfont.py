@@ -73,6 +73,21 @@ def find_soundfont() -> Path | None:
     return None
 
 
+def renderer_unavailable() -> str | None:
+    """Why SoundFont rendering cannot run here (a one-line reason), or None when it can.
+
+    ``pyfluidsynth`` imports the system ``libfluidsynth`` when it is imported, so a pip
+    install without the library fails with ImportError (not ModuleNotFoundError) or OSError.
+    """
+    if find_soundfont() is None:
+        return "no General MIDI SoundFont: install fluid-soundfont-gm or set $DEMIX_SOUNDFONT"
+    try:
+        import fluidsynth  # noqa: F401
+    except (ImportError, OSError) as exc:  # OSError: the shared library is missing
+        return f"FluidSynth unavailable ({exc}): apt install libfluidsynth3"
+    return None
+
+
 @dataclass(frozen=True)
 class Note:
     """One MIDI note: onset and length in seconds, pitch and velocity (0-127)."""

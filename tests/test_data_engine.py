@@ -10,7 +10,7 @@ import pytest
 
 from demix import data
 from demix.data import default_data_root
-from mdx import synth
+from mdx import soundfont, synth
 
 DATA = default_data_root()
 needs_data = pytest.mark.skipif(
@@ -95,8 +95,8 @@ def test_composed_parts_land_in_their_stems():
 
 
 soundfont_ready = pytest.mark.skipif(
-    not (_has("fluidsynth")),
-    reason="FluidSynth unavailable (pip install pyfluidsynth; apt install libfluidsynth3)",
+    soundfont.renderer_unavailable() is not None,
+    reason=str(soundfont.renderer_unavailable()),
 )
 
 

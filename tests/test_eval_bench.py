@@ -148,11 +148,12 @@ def test_scores_csv_takes_new_columns(tmp_path):
 
 
 def test_synthetic_music_set_is_held_back_deterministic_and_sums(tmp_path):
-    from mdx.soundfont import find_soundfont
+    from mdx.soundfont import renderer_unavailable
 
-    pytest.importorskip("fluidsynth", reason="FluidSynth unavailable (pip install pyfluidsynth)")
-    if find_soundfont() is None:
-        pytest.skip("no General MIDI SoundFont (apt install fluid-soundfont-gm)")
+    # Not importorskip: pyfluidsynth without the system library raises ImportError (or
+    # OSError) on import, which importorskip lets through as an error.
+    if reason := renderer_unavailable():
+        pytest.skip(reason)
     from eval.sets import MUSIC_SYNTH_LUFS, build_music_synth_set
 
     build_music_synth_set(tmp_path / "a", songs=2, seconds=6.0)
@@ -182,3 +183,30 @@ def test_music_scores_bsseval_only_when_asked():
     without = {m for _, m, _ in score("music", item, est, bss=False)}
     assert {"bss_sdr", "bss_sir"} <= with_bss and "global_sdr" in without
     assert not any(m.startswith("bss_") for m in without)
+
+
+def test_seeded_sets_do_not_change_when_the_corpus_grows(tmp_path):
+    """The corpus in ../shared/data grows; the seeded sets pin the folders they draw from.
+    A root whose manifest lacks every pool outside those folders builds the same items."""
+    from eval.sets import DEV_EFFECTS, DEV_MUSIC, DEV_SPEECH
+
+    root = default_data_root()
+    small = tmp_path / "small"
+    small.mkdir()
+    for entry in root.iterdir():
+        if entry.name != "MANIFEST.csv":
+            (small / entry.name).symlink_to(entry)
+    pinned = (*DEV_SPEECH, *DEV_MUSIC, *DEV_EFFECTS)
+    lines = (root / "MANIFEST.csv").read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines[1:] if ",dev," not in ln or ln.startswith(pinned)]
+    assert len(kept) < len(lines) - 1, "the corpus should hold dev files outside the pinned ones"
+    (small / "MANIFEST.csv").write_text(lines[0] + "".join(kept))
+    for name, r in (("grown", root), ("small", small)):
+        build_film_set(tmp_path / name / "film", count=2, seconds=2.0, root=r)
+        build_speech_set(tmp_path / name / "speech", utterances=1, root=r, snrs_db=(0,))
+    for kind in ("film", "speech"):
+        grown = list(load_set(tmp_path / "grown" / kind))
+        same = list(load_set(tmp_path / "small" / kind))
+        assert [i.name for i in grown] == [i.name for i in same]
+        for a, b in zip(grown, same):
+            np.testing.assert_array_equal(a.mix, b.mix)
