@@ -63,6 +63,7 @@ class Job:
     channels: int
     tracks: dict[str, Path] = field(default_factory=dict)  # label → full-layout wav
     previews: dict[str, Path] = field(default_factory=dict)  # label → stereo wav for players
+    groups: list[list[str]] = field(default_factory=list)  # per head: labels that sum to the mix
 
 
 def _label(name: str) -> str:
@@ -184,6 +185,11 @@ class DemoApp:
                 )
                 for name, path in written.items():
                     job.tracks[f"{prefix}{name}"] = path
+        plan = self.separator.plan(head, stems or None)
+        job.groups = [
+            list(plan.selected[h]) + ([plan.rest_names[h]] if plan.rest_names[h] else [])
+            for h in plan.heads
+        ]
         for label, path in job.tracks.items():
             x, rate = audio.read(path)
             preview = folder / "preview" / f"{label.replace(':', '__')}.wav"
@@ -224,6 +230,7 @@ class DemoApp:
             {k: v for k, v in gains_db.items() if k in stems},
             mute & stems.keys(),
             solo & stems.keys(),
+            groups=job.groups or None,
         )
         out = job.folder / f"remix-{uuid.uuid4().hex[:6]}.wav"
         audio.write(out, _preview(total), job.sample_rate, "wav", "32f")
@@ -447,6 +454,7 @@ def launch(
         server_port=port,
         share=share,
         inbrowser=False,
-        max_file_size=f"{(limits or Limits()).max_upload_mb}mb",
+        # In bytes: gradio parses "200.0mb" (a float in a size string) as an invalid unit.
+        max_file_size=int((limits or Limits()).max_upload_mb * 1024 * 1024),
         allowed_paths=[str(root)],
     )

@@ -93,6 +93,27 @@ def checkpoint_path(name_or_path: str | Path) -> Path:
     return path
 
 
+def check_device(device: str) -> str:
+    """Normalise a device name ("cpu", "cuda", "cuda:N") or raise a one-line SeparationError
+    saying why it cannot be used here."""
+    text = str(device).strip().lower()
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise SeparationError(f"unknown device {device!r} (choose cpu, cuda or cuda:N)")
+    if parsed.type == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise SeparationError(f"device {device!r} asked for, but no CUDA GPU is available here")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise SeparationError(
+            f"device {device!r}: there are only {torch.cuda.device_count()} CUDA GPU(s)"
+        )
+    return str(parsed)
+
+
 class Separator:
     """A loaded model plus the chunking settings used to run it.
 
@@ -112,8 +133,7 @@ class Separator:
         overlap_seconds: float = 1.0,
         batch_size: int = 4,
     ):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise SeparationError("--device cuda asked for, but no CUDA device is available")
+        device = check_device(device)
         self.model = model.to(device).eval()
         self.metadata = metadata or {}
         self.device = device
@@ -134,6 +154,7 @@ class Separator:
 
         Nothing is downloaded: names resolve to files shipped inside the package.
         """
+        device = check_device(device)
         model, meta = load_checkpoint(checkpoint_path(name_or_path), device)
         return cls(model, meta, device, **kwargs)
 
@@ -346,6 +367,8 @@ class Separator:
         meta = audio.info(path)
         plan = self.plan(head, stems)
         depth = bit_depth or meta.bit_depth
+        if bit_depth is None and fmt == "flac" and depth == "32f":
+            depth = "24"  # FLAC has no float samples: a float input's default is 24-bit
         audio.subtype_for(fmt, depth)  # validate before doing any work
         track_dir = Path(out_dir) / path.stem
         targets = {name: track_dir / f"{name}.{fmt}" for name in plan.outputs}

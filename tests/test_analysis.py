@@ -97,6 +97,25 @@ def test_remix_gains_mute_and_solo():
         remix(stems, {"effects": 3.0})
 
 
+def test_remix_of_two_heads_is_the_mix_at_unity_gain():
+    """Head "both": film stems and music stems each sum to the mix; summing all of them
+    would be 6 dB too loud."""
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(2, 64)).astype(np.float32)
+    film = {"dialogue": 0.5 * mix, "music": 0.3 * mix, "effects": 0.2 * mix}
+    music = {"vocals": 0.6 * mix, "music_rest": 0.4 * mix}
+    stems = {**film, **music}
+    groups = [list(film), list(music)]
+    np.testing.assert_allclose(remix(stems, groups=groups), mix, atol=1e-6)
+    np.testing.assert_allclose(remix(stems), 2 * mix, atol=1e-6)  # one group: a plain sum
+    # Muting film dialogue removes it from the film estimate only: half its level in all.
+    np.testing.assert_allclose(
+        remix(stems, mute={"dialogue"}, groups=groups), mix - 0.25 * mix, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="partition"):
+        remix(stems, groups=[list(film)])
+
+
 @pytest.mark.skipif(
     not (default_data_root() / "MANIFEST.csv").exists(), reason="development data not found"
 )

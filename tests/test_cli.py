@@ -426,3 +426,37 @@ def test_demo_separates_the_generated_clip(tiny_checkpoint: Path, tmp_path: Path
     for stem in stems:
         assert_like_input(stem, clip)
     assert_sums_to(stems, clip)
+
+
+def test_flac_from_a_float_input_defaults_to_24_bit(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """FLAC has no float samples: a 32-bit float input's stems come out as 24-bit FLAC."""
+    source = write_input(tmp_path / "float mix.wav", subtype="FLOAT")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--format", "flac")
+    assert result.returncode == 0, result.stderr
+    stems = stem_paths(tmp_path / "out" / "float mix", CDX_STEMS, "flac")
+    assert all(sf.info(str(p)).subtype == "PCM_24" for p in stems)
+    refused = run_cli(
+        tiny_checkpoint, source, "-o", tmp_path / "out2", "--format", "flac", "--bit-depth", "32f"
+    )
+    assert refused.returncode != 0 and "flac" in refused.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu", "unknown device"), ("cuda:x", "unknown device"), ("tpu", "unknown device")]
+    + ([] if __import__("torch").cuda.is_available() else [("cuda", "no CUDA GPU")]),
+)
+def test_unusable_device_is_one_line_not_a_traceback(
+    tiny_checkpoint: Path, tmp_path: Path, device: str, message: str
+) -> None:
+    source = write_input(tmp_path / "a.wav")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--device", device)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cpu_with_an_index_is_the_cpu(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "a.wav")
+    result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--device", "cpu:0")
+    assert result.returncode == 0, result.stderr

@@ -63,6 +63,9 @@ def test_app_actions_and_limits(tiny_checkpoint, tmp_path):
     assert image_a.ndim == 3 and "LUFS" in text
     names = zipfile.ZipFile(app.zip(job)).namelist()
     assert names == ["clip/dialogue.wav", "clip/rest.wav"]
+    both = app.separate(clip, "both", None)
+    unity = audio.read(app.remix(both, {}, set(), set()))[0]
+    np.testing.assert_allclose(unity, mix, atol=2e-3)  # not 6 dB too loud
     with pytest.raises(Exception, match="too long"):
         app.separate(write_demo_clip(tmp_path / "long.wav", 8.0), "film", None)
     text_file = tmp_path / "notes.txt"
@@ -169,3 +172,43 @@ def test_second_model_for_ab_and_bounded_job_folders(tiny_checkpoint, tmp_path):
     for _ in range(5):
         app.separate(clip, "film", ["dialogue"])
     assert len(list((app.root / "jobs").iterdir())) == 5  # the 4 previous jobs + the current
+
+
+@pytest.mark.parametrize("extra", [[], ["--max-upload-mb", "200"], ["--max-upload-mb", "12.5"]])
+def test_demix_demo_command_serves_the_page(tiny_checkpoint, tmp_path, extra):
+    """The real entry point, as a user starts it: ``demix demo`` in its own process answers
+    HTTP on 127.0.0.1 (the tests above build the app themselves and never reach launch())."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demix.cli", "demo", "--model", str(tiny_checkpoint),
+         "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        page = None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    page = r.read().decode("utf-8", "replace")
+                break
+            except OSError:
+                time.sleep(0.5)
+        if page is None:
+            proc.kill()
+            pytest.fail(f"demix demo did not serve the page:\n{proc.communicate()[0][-3000:]}")
+        assert "gradio" in page.lower()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
