@@ -62,11 +62,13 @@ def separation_loss(
     stem_weights: torch.Tensor | None = None,
     mix: torch.Tensor | None = None,
     relative_floor: float = 0.1,
+    n_ffts: Sequence[int] = (512, 2048),
 ) -> torch.Tensor:
     """Waveform L1 + ``stft_weight`` × multi-resolution STFT L1, on [b, s, c, t].
 
-    ``stem_weights`` ([s], optional) weighs each stem's share of the loss; they are
-    normalised to a mean of 1, so equal weights give the plain loss.
+    ``n_ffts`` are the STFT loss's resolutions. ``stem_weights`` ([s], optional) weighs each
+    stem's share of the loss; they are normalised to a mean of 1, so equal weights give the
+    plain loss.
 
     With ``mix`` ([b, c, t]) the loss is **relative**: each item's error on a stem is divided
     by that stem's mean absolute level plus ``relative_floor`` × the mix's (the floor keeps
@@ -77,7 +79,9 @@ def separation_loss(
     """
     per_item = (est - ref).abs().mean(dim=(2, 3))  # [b, s]
     if stft_weight != 0:
-        per_item = per_item + stft_weight * multi_resolution_stft_l1(est, ref, reduce_dims=2)
+        per_item = per_item + stft_weight * multi_resolution_stft_l1(
+            est, ref, n_ffts, reduce_dims=2
+        )
     if mix is not None:  # both terms scale linearly with amplitude: one level normalises both
         level = ref.abs().mean(dim=(2, 3)) + relative_floor * mix.abs().mean(dim=(1, 2))[:, None]
         per_item = per_item / level.clamp_min(1e-8)

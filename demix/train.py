@@ -63,6 +63,10 @@ class TrainConfig:
     init_from: str = ""  # checkpoint whose weights start a new run (fine-tuning)
     batch_size: int = 4
     steps: int = 100_000  # length of the learning-rate schedule
+    # Cosine decay over the last ``decay_steps`` (constant before, after the warm-up), so a
+    # run can go on across sessions at full rate and be annealed at the end; 0: cosine over
+    # every step after the warm-up.
+    decay_steps: int = 0
     stop_at_step: int = 0  # end the run here, on the schedule of ``steps`` (0: at ``steps``)
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -71,6 +75,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     stft_loss_weight: float = 1.0
     relative_loss: bool = False  # each stem's error relative to its level (demix.losses)
+    # Losses on the scale of the mix's RMS (each example counts alike whatever its level; the
+    # dualpath model sees its input at that scale too).
+    loss_on_mix_rms: bool = False
+    stft_loss_ffts: tuple[int, ...] = (512, 2048)
     seed: int = 0
     num_workers: int = 1
     threads: int = 0  # 0: torch's default
@@ -93,7 +101,10 @@ class _Stop:
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
+    decay_from = cfg.steps - cfg.decay_steps if cfg.decay_steps else cfg.warmup_steps
+    if step < decay_from:
+        return cfg.lr
+    progress = min((step - decay_from) / max(cfg.steps - decay_from, 1), 1.0)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -306,12 +317,17 @@ def train(cfg: TrainConfig) -> Path:
         losses = []
         for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
             est = _grouped(project_to_mix(est.float(), mix), groups[i])
+            ref = stems
+            if cfg.loss_on_mix_rms:
+                rms = mix.pow(2).mean(dim=(1, 2)).sqrt().clamp_min(1e-5)[:, None, None, None]
+                est, ref, mix = est / rms, ref / rms, mix / rms[:, 0]
             loss = separation_loss(
                 est,
-                stems,
+                ref,
                 cfg.stft_loss_weight,
                 stem_weights[i],
                 mix=mix if cfg.relative_loss else None,
+                n_ffts=cfg.stft_loss_ffts,
             )
             total = total + src.weight * loss
             losses.append(loss.item())

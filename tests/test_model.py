@@ -1,10 +1,12 @@
-"""The band-split model: shapes, heads, one backbone pass for several heads."""
+"""The registered models (band-split, dual-path): shapes, heads, one backbone pass for several
+heads, even initial split, level handling, checkpoint round trip."""
 
 import pytest
 import torch
 
 from cdx import CDX_STEMS
-from demix.models import BandSplitConfig, BandSplitModel
+from demix.checkpoint import load_checkpoint, save_checkpoint
+from demix.models import BandSplitConfig, BandSplitModel, DualPathConfig, DualPathModel
 from demix.models.bandsplit import band_layout
 from demix.registry import build_model, model_names
 from mdx import MDX_STEMS
@@ -12,8 +14,14 @@ from mdx import MDX_STEMS
 HEADS = {"film": CDX_STEMS, "music": MDX_STEMS}
 
 
-def tiny(**kw):
+MODELS = ["bandsplit", "dualpath"]
+
+
+def tiny(name="bandsplit", **kw):
     torch.manual_seed(0)
+    if name == "dualpath":
+        config = DualPathConfig(dim=16, layers=2, rnn_hidden=8, mask_hidden=16, heads=HEADS, **kw)
+        return DualPathModel(config).eval()
     return BandSplitModel(BandSplitConfig(dim=16, layers=2, heads=HEADS, **kw)).eval()
 
 
@@ -28,9 +36,10 @@ def test_registry_builds_bandsplit_from_mapping():
         build_model("no-such-model")
 
 
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("length", [1024, 44100 + 17])
-def test_forward_shapes_for_each_head(length):
-    model = tiny()
+def test_forward_shapes_for_each_head(length, name):
+    model = tiny(name)
     mix = torch.randn(2, 2, length)
     with torch.no_grad():
         out = model(mix)
@@ -40,8 +49,9 @@ def test_forward_shapes_for_each_head(length):
     assert torch.isfinite(out["music"]).all()
 
 
-def test_both_heads_cost_one_backbone_pass():
-    model = tiny()
+@pytest.mark.parametrize("name", MODELS)
+def test_both_heads_cost_one_backbone_pass(name):
+    model = tiny(name)
     calls = []
     model.blocks.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
@@ -52,8 +62,9 @@ def test_both_heads_cost_one_backbone_pass():
     assert set(film_only) == {"film"}
 
 
-def test_initial_masks_split_the_mix_evenly():
-    model = tiny()
+@pytest.mark.parametrize("name", MODELS)
+def test_initial_masks_split_the_mix_evenly(name):
+    model = tiny(name)
     for head in model.mask_heads.values():  # zero the learned part: only the biases remain
         for w in head.weights:
             torch.nn.init.zeros_(w)
@@ -71,9 +82,39 @@ def test_band_layout_covers_all_bins():
         band_layout(1025, ((16, 4),))
 
 
-def test_unknown_head_and_wrong_channels_rejected():
-    model = tiny()
+@pytest.mark.parametrize("name", MODELS)
+def test_unknown_head_and_wrong_channels_rejected(name):
+    model = tiny(name)
     with pytest.raises(KeyError):
         model(torch.randn(1, 2, 4096), heads=["karaoke"])
     with pytest.raises(ValueError):
         model(torch.randn(1, 1, 4096))
+
+
+def test_dualpath_is_level_invariant_and_silence_stays_silent():
+    """The dual-path model sees its input over the mix's RMS and masks the original spectrum:
+    a louder mix gives the same stems, louder by the same factor."""
+    model = tiny("dualpath")
+    mix = 0.1 * torch.randn(1, 2, 22050)
+    with torch.no_grad():
+        quiet = model(mix)["film"]
+        loud = model(8.0 * mix)["film"]
+        silent = model(torch.zeros(1, 2, 22050))["film"]
+    torch.testing.assert_close(loud, 8.0 * quiet, atol=1e-4, rtol=1e-3)
+    assert silent.abs().max() == 0
+
+
+@pytest.mark.parametrize("block", ["prenorm", "speechbrain"])
+def test_dualpath_blocks_and_checkpoint_round_trip(tmp_path, block):
+    if block == "speechbrain":
+        pytest.importorskip("speechbrain", reason="speechbrain not installed (demix[train])")
+    model = tiny("dualpath", block=block, band_attention=True, attention_heads=2)
+    path = tmp_path / "dp.safetensors"
+    save_checkpoint(path, model, "dualpath", {"test": True})
+    loaded, meta = load_checkpoint(path)
+    assert meta["model"] == "dualpath" and loaded.config == model.config
+    mix = torch.randn(1, 2, 8192)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(mix)["music"], model(mix)["music"])
+    with pytest.raises(ValueError, match="rnn"):
+        tiny("dualpath", rnn="transformer")

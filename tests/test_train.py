@@ -181,3 +181,29 @@ def test_training_with_the_relative_loss_lowers_it(tmp_path):
     train(_config(tmp_path / "run", steps=30, relative_loss=True))
     losses = _losses(tmp_path / "run")
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_decay_steps_hold_the_rate_then_anneal():
+    from demix.train import _lr_at
+
+    cfg = replace(_config("unused", steps=100), lr=1e-3, warmup_steps=10, decay_steps=20)
+    rates = [_lr_at(step, cfg) for step in range(100)]
+    assert rates[4] == pytest.approx(5e-4)  # warm-up
+    assert rates[10:80] == [1e-3] * 70  # held until the last 20 steps
+    assert rates[80] == pytest.approx(1e-3) and rates[99] < 0.1e-3  # then cosine to 5 %
+    assert all(a >= b for a, b in zip(rates[80:], rates[81:]))
+    plain = replace(cfg, decay_steps=0)
+    assert _lr_at(50, plain) < 1e-3  # 0: cosine over every step after the warm-up
+
+
+def test_dualpath_trains_on_the_mix_rms_scale(tmp_path):
+    cfg = replace(
+        _config(tmp_path / "dp", steps=30),
+        model="dualpath",
+        model_config={"dim": 16, "layers": 1, "rnn_hidden": 16, "segment_seconds": 0.5},
+        loss_on_mix_rms=True,
+        stft_loss_ffts=(256, 1024),
+    )
+    train(cfg)
+    losses = _losses(tmp_path / "dp")
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])

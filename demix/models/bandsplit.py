@@ -18,13 +18,14 @@ band axis is short (tens of bands), so attention across it is cheap and is kept.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from demix.models.spectral import MaskingModel
 from demix.registry import register_model
 
 
@@ -181,7 +182,7 @@ class MaskHead(nn.Module):
 
 
 @register_model("bandsplit", BandSplitConfig)
-class BandSplitModel(nn.Module):
+class BandSplitModel(MaskingModel):
     """Shared band-split backbone with one mask head per task.
 
     ``forward(mix[b, c, t], heads=None) -> {head: stems[b, s, c, t]}``; asking for several
@@ -221,55 +222,9 @@ class BandSplitModel(nn.Module):
         window = torch.hann_window(config.n_fft).sqrt()
         self.register_buffer("window", window, persistent=False)
 
-    def forward(
-        self, mix: torch.Tensor, heads: Sequence[str] | None = None
-    ) -> Mapping[str, torch.Tensor]:
-        """Separate ``mix[b, c, t]`` into ``{head: stems[b, s, c, t]}`` for the asked heads."""
-        heads = list(self.heads) if heads is None else list(heads)
-        for head in heads:
-            if head not in self.heads:
-                raise KeyError(f"unknown head {head!r} (this model has {', '.join(self.heads)})")
-        b, c, t = mix.shape
-        if c != self.channels:
-            raise ValueError(f"model expects {self.channels} channels, got {c}")
-        cfg = self.config
-        # STFT in float32 even under autocast: bf16 FFTs are not supported and lose precision.
+    def features(self, spec: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+        """Band features [b, n, k, d] of the power-law-compressed spectrum (phase kept,
+        dynamics squeezed: level-aware features)."""
         with torch.autocast(mix.device.type, enabled=False):
-            spec = torch.stft(
-                mix.float().reshape(b * c, t),
-                cfg.n_fft,
-                cfg.hop_samples,
-                window=self.window,
-                pad_mode="constant",  # any length works (reflect needs t > n_fft / 2)
-                return_complex=True,
-            )
-            spec = spec.reshape(b, c, *spec.shape[-2:])  # [b, c, f, n]
-            magnitude = spec.abs()
-            # Compressed complex spectrum: phase kept, dynamics squeezed (level-aware features).
-            features = spec * (magnitude + 1e-8) ** (cfg.compress_power - 1.0)
-        x = self.blocks(self.band_split(features))
-        f, n = spec.shape[-2:]
-        spec_nf = torch.view_as_real(spec).permute(0, 3, 2, 1, 4)[:, :, :, None]  # [b,n,f,1,c,2]
-        out = {}
-        for head in heads:
-            masks = self.mask_heads[head](x)[:, :, :f].float()  # [b, n, f, s, c, 2]
-            with torch.autocast(mix.device.type, enabled=False):
-                est = _complex_mul(masks, spec_nf)  # [b, n, f, s, c, 2]
-                s = est.shape[3]
-                est = torch.view_as_complex(est.permute(0, 3, 4, 2, 1, 5).contiguous())
-                wav = torch.istft(
-                    est.reshape(b * s * c, f, n),
-                    cfg.n_fft,
-                    cfg.hop_samples,
-                    window=self.window,
-                    length=t,
-                )
-            out[head] = wav.reshape(b, s, c, t)
-        return out
-
-
-def _complex_mul(a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Complex product of tensors stored as [..., 2] (real, imaginary), broadcasting."""
-    ar, ai = a.unbind(-1)
-    zr, zi = z.unbind(-1)
-    return torch.stack((ar * zr - ai * zi, ar * zi + ai * zr), dim=-1)
+            features = spec * (spec.abs() + 1e-8) ** (self.config.compress_power - 1.0)
+        return self.blocks(self.band_split(features))
