@@ -49,6 +49,14 @@ class FilmMixConfig:
     music_lufs: float = -24.0
     effects_lufs: float = -21.0
     jitter_db: float = 3.0
+    # DnR v3 levels instead of the v2 targets above, per example with this probability:
+    # integrated LUFS drawn from normal distributions (mean, standard deviation), the effects
+    # bed set on its own under the foreground events (DnR v3 paper, its level statistics).
+    p_dnr3_levels: float = 0.0
+    dnr3_dialogue_lufs: tuple[float, float] = (-27.0, 4.0)
+    dnr3_music_lufs: tuple[float, float] = (-32.0, 6.0)
+    dnr3_foreground_lufs: tuple[float, float] = (-32.0, 6.0)
+    dnr3_background_lufs: tuple[float, float] = (-40.0, 6.0)
     p_silent_dialogue: float = 0.1
     p_silent_music: float = 0.1
     p_silent_effects: float = 0.1
@@ -143,8 +151,13 @@ class FilmMixDataset(torch.utils.data.Dataset):
         rate = cfg.sample_rate
         n = int(round(cfg.segment_seconds * rate))
 
+        dnr3 = _chance(rng, cfg.p_dnr3_levels)
+
         def jitter(target: float) -> float:
             return target + rng.uniform(-cfg.jitter_db, cfg.jitter_db)
+
+        def level(v2_target: float, v3: tuple[float, float]) -> float:
+            return float(rng.normal(*v3)) if dnr3 else jitter(v2_target)
 
         # Dialogue: one or two utterances near the centre, sometimes with pauses or reverb.
         dialogue = np.zeros((2, n), np.float32)
@@ -166,7 +179,7 @@ class FilmMixDataset(torch.utils.data.Dataset):
             if _chance(rng, cfg.p_wide_snr):
                 targets["dialogue"] = cfg.dialogue_lufs + rng.uniform(*cfg.wide_snr_db)
             else:
-                targets["dialogue"] = jitter(cfg.dialogue_lufs)
+                targets["dialogue"] = level(cfg.dialogue_lufs, cfg.dnr3_dialogue_lufs)
             dialogue = data.set_loudness(dialogue, rate, targets["dialogue"])
 
         music = np.zeros((2, n), np.float32)
@@ -182,14 +195,20 @@ class FilmMixDataset(torch.utils.data.Dataset):
                 music = self.music.random_crop(rng, n, record=used["music"])
             if rng.random() < 0.5:
                 music = data.random_eq(music, rng, rate, 6.0)
-            targets["music"] = jitter(cfg.music_lufs)
+            targets["music"] = level(cfg.music_lufs, cfg.dnr3_music_lufs)
             music = data.set_loudness(music, rate, targets["music"])
 
         effects = np.zeros((2, n), np.float32)
         if rng.random() >= cfg.p_silent_effects:
+            bed_part = None
             if rng.random() < 0.3:  # a bed (rain, sea, room tone...) under events
                 bed = self.effects.random_crop(rng, n, loop=True, record=used["effects"])
-                effects += data.pan_mono(bed, rng.uniform(-0.5, 0.5)) * rng.uniform(0.2, 0.6)
+                bed_part = data.pan_mono(bed, rng.uniform(-0.5, 0.5))
+                if dnr3:
+                    targets["effects_bed"] = float(rng.normal(*cfg.dnr3_background_lufs))
+                    bed_part = data.set_loudness(bed_part, rate, targets["effects_bed"])
+                else:
+                    effects += bed_part * rng.uniform(0.2, 0.6)
             for _ in range(int(rng.integers(1, 5))):
                 event = self.effects.random_crop(rng, n, loop=False, record=used["effects"])
                 if rng.random() < 0.5:  # a short event somewhere in the segment
@@ -202,8 +221,10 @@ class FilmMixDataset(torch.utils.data.Dataset):
             if _chance(rng, cfg.p_noise_bed):  # hiss, hum-free rumble, air conditioning...
                 noise = data.colored_noise(n, float(rng.uniform(0.0, 2.0)), rng)[None]
                 effects += np.repeat(noise, 2, 0) * np.float32(rng.uniform(0.02, 0.2))
-            targets["effects"] = jitter(cfg.effects_lufs)
+            targets["effects"] = level(cfg.effects_lufs, cfg.dnr3_foreground_lufs)
             effects = data.set_loudness(effects, rate, targets["effects"])
+            if dnr3 and bed_part is not None:  # the bed at its own level under the events
+                effects = effects + bed_part
 
         stems = np.stack([dialogue, music, effects]).astype(np.float32)
         if _chance(rng, cfg.p_lowpass_mix):  # a band-limited delivery: every stem alike

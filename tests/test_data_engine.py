@@ -248,6 +248,39 @@ def test_film_mixes_meet_their_loudness_targets(mini_root):
 
 
 @needs_data
+def test_film_mixes_with_dnr3_levels(mini_root):
+    """DnR v3 levels: dialogue around -27 LUFS, music and foreground effects around -32, the
+    bed on its own around -40; relative levels as drawn."""
+    film = _film(
+        mini_root,
+        p_dnr3_levels=1.0,
+        p_wide_snr=0.0,
+        p_lowpass_mix=0.0,
+        p_noise_bed=0.0,
+        p_silent_dialogue=0.0,
+        p_silent_music=0.0,
+        p_silent_effects=0.0,
+        **_SMALL_SONGS,
+    )
+    drawn = {"dialogue": [], "music": [], "effects": [], "effects_bed": []}
+    for i in range(24):
+        prov: dict = {}
+        _, stems = film.make(np.random.default_rng([7, i]), prov)
+        targets = prov["loudness_targets_lufs"]
+        for k, v in targets.items():
+            drawn[k].append(v)
+        loud = {s: data.loudness_lufs(stems[k], 44100) for k, s in enumerate(film.stems)}
+        # (a faint short event can fall under BS.1770's absolute gate after the mix's gain)
+        if "effects_bed" not in targets and np.isfinite(loud["effects"]):
+            diff = loud["dialogue"] - loud["effects"]
+            assert diff == pytest.approx(targets["dialogue"] - targets["effects"], abs=0.6)
+        diff = loud["dialogue"] - loud["music"]
+        assert diff == pytest.approx(targets["dialogue"] - targets["music"], abs=0.6)
+    assert abs(np.mean(drawn["dialogue"]) - -27) < 3 and abs(np.mean(drawn["music"]) - -32) < 4
+    assert drawn["effects_bed"] and np.mean(drawn["effects_bed"]) < np.mean(drawn["effects"])
+
+
+@needs_data
 @pytest.mark.skipif(not _has("pyworld"), reason="pyworld not installed")
 def test_sung_vocals_are_music_in_film_mixes(mini_root):
     film = _film(
