@@ -1,6 +1,7 @@
 """Learning curves: dev-split metrics of a run's EMA snapshots against training time.
 
-``python -m eval.curve RUN_DIR [--film-items 8] [--music-seconds 20] [--every 1]``
+``python -m eval.curve RUN_DIR [--film-items 8] [--foley-items 0] [--music-seconds 20]
+[--every 1]``
 
 Training with ``snapshot_every: N`` keeps ``RUN_DIR/snapshots/ema-<step>.safetensors``; this
 scores each one with the quick dev check (``eval.dev``: seeded film mixtures of the dev split
@@ -28,7 +29,11 @@ def training_hours(run: Path) -> dict[int, float]:
 
 
 def score_snapshots(
-    run: Path, film_count: int = 8, music_seconds: float = 20.0, every: int = 1
+    run: Path,
+    film_count: int = 8,
+    music_seconds: float = 20.0,
+    every: int = 1,
+    foley_count: int = 0,
 ) -> pd.DataFrame:
     """Score every snapshot not yet in ``run/curve.csv`` (only steps that are multiples of
     ``every``); return the whole table."""
@@ -40,7 +45,8 @@ def score_snapshots(
     todo = [p for p in snapshots if steps[p] not in done and steps[p] % every == 0]
     if not todo:
         return table
-    items = film_items(film_count) + music_items(music_seconds)
+    items = film_items(film_count) + film_items(foley_count, foley=True)
+    items += music_items(music_seconds)
     hours = training_hours(run)
     rows = []
     for path in todo:
@@ -85,22 +91,67 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_comparison(tables: dict[str, pd.DataFrame], path: Path) -> None:
+    """One panel per stem: dev SI-SDR against training minutes, one line per run (the
+    matched-wall-time comparison of candidate backbones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stems = sorted({s for t in tables.values() for s in t["stem"].unique()})
+    cols = 4
+    rows_n = -(-len(stems) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3 * rows_n), squeeze=False)
+    for ax, stem in zip(axes.flat, stems):
+        for name, table in tables.items():
+            rows = table[table["stem"] == stem].sort_values("hours")
+            ax.plot(rows["hours"] * 60, rows["si_sdr"], marker="o", ms=3, label=name)
+        ax.set_title(stem, fontsize=10)
+        ax.set_xlabel("training minutes (2 CPU cores)", fontsize=8)
+        ax.set_ylabel("dev SI-SDR (dB)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(stems) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m eval.curve``."""
     p = argparse.ArgumentParser(prog="python -m eval.curve")
     p.add_argument("run", help="training run folder (with snapshots/)")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="more run folders: score them too and plot all runs against training minutes",
+    )
+    p.add_argument("--out", help="where the comparison plot goes (default RUN/compare.png)")
     p.add_argument("--film-items", type=int, default=8)
+    p.add_argument("--foley-items", type=int, default=0, help="film mixtures, Foley pools")
     p.add_argument("--music-seconds", type=float, default=20.0)
     p.add_argument("--every", type=int, default=1, help="score steps that are multiples of this")
     args = p.parse_args(argv)
-    run = Path(args.run)
-    if not (run / "snapshots").is_dir():
-        print(f"{run}: no snapshots/ (train with snapshot_every: N)", file=sys.stderr)
-        return 1
-    table = score_snapshots(run, args.film_items, args.music_seconds, args.every)
-    if len(table):
-        plot(table, run / "curve.png")
-        print(f"wrote {run / 'curve.csv'} and {run / 'curve.png'}")
+    tables = {}
+    for run in [Path(args.run), *map(Path, args.compare)]:
+        if not (run / "snapshots").is_dir():
+            print(f"{run}: no snapshots/ (train with snapshot_every: N)", file=sys.stderr)
+            return 1
+        table = score_snapshots(
+            run, args.film_items, args.music_seconds, args.every, args.foley_items
+        )
+        if len(table):
+            plot(table, run / "curve.png")
+            print(f"wrote {run / 'curve.csv'} and {run / 'curve.png'}")
+            tables[run.name] = table
+    if args.compare and tables:
+        out = Path(args.out) if args.out else Path(args.run) / "compare.png"
+        plot_comparison(tables, out)
+        print(f"wrote {out}")
     return 0
 
 

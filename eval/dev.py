@@ -1,9 +1,13 @@
 """Quick dev-split check: SI-SDR per stem of a model against the identity baseline.
 
-``python -m eval.dev [--model demix-small] [--film-items 16] [--music-seconds 20]``
+``python -m eval.dev [--model demix-small] [--film-items 16] [--foley-items 0]
+[--music-seconds 20]``
 
 - film: dynamic DnR-recipe mixtures (10 s) built from the *dev* split of ``../shared/data``
   (dev speech, dev music, ESC-10 fold 4) with a fixed seed, separated by the film head;
+- foley (optional): the same recipe with the dev game-data pools (Foley, sci-fi and ambience
+  effects, cinematic scores), closer to film sound than ESC-10; its stems are reported as
+  ``foley dialogue``, ``foley music``, ``foley effects``;
 - music: the dev multitrack songs of ``stems/mdb`` (mixture = sum of stems; evaluation only,
   NC licence), an excerpt from the middle of each, separated by the music head.
 
@@ -35,20 +39,30 @@ class Item:
     mix: np.ndarray
     stems: dict[str, np.ndarray]
     sample_rate: int
+    group: str = ""  # prefix of this item's stems in the scores ("" for the main sets)
 
 
-def film_items(count: int, seconds: float = 10.0, root: Path | None = None) -> list[Item]:
-    """Seeded film mixtures from the dev split (same recipe as training, dev pools)."""
+def film_items(
+    count: int, seconds: float = 10.0, root: Path | None = None, foley: bool = False
+) -> list[Item]:
+    """Seeded film mixtures from the dev split (same recipe as training, dev pools); with
+    ``foley``, from the game-data dev pools instead of ESC-10 and the MacLeod scores."""
     from cdx import CDX_STEMS
-    from eval.sets import dev_film_mixer
+    from eval import sets
 
-    ds = dev_film_mixer(seconds, FILM_SEED, root)
+    if foley:
+        ds = sets.dev_film_mixer(
+            seconds, FILM_SEED, root, sets.DEV_FOLEY_MUSIC, sets.DEV_FOLEY_EFFECTS
+        )
+    else:
+        ds = sets.dev_film_mixer(seconds, FILM_SEED, root)
+    group = "foley" if foley else ""
     items = []
     for i in range(count):
         mix, stems = ds.make(np.random.default_rng([FILM_SEED, i]))
-        items.append(
-            Item(f"film-{i:03d}", "film", mix, dict(zip(CDX_STEMS, stems)), ds.config.sample_rate)
-        )
+        name = f"{group or 'film'}-{i:03d}"
+        stems_by_name = dict(zip(CDX_STEMS, stems))
+        items.append(Item(name, "film", mix, stems_by_name, ds.config.sample_rate, group))
     return items
 
 
@@ -78,8 +92,9 @@ def evaluate(sep: Separator, items: list[Item]) -> dict[str, dict[str, list[floa
         for stem, ref in item.stems.items():
             if stem not in est:
                 continue
-            scores["model"].setdefault(stem, []).append(si_sdr(ref, est[stem].numpy()))
-            scores["identity"].setdefault(stem, []).append(si_sdr(ref, item.mix))
+            key = f"{item.group} {stem}" if item.group else stem
+            scores["model"].setdefault(key, []).append(si_sdr(ref, est[stem].numpy()))
+            scores["identity"].setdefault(key, []).append(si_sdr(ref, item.mix))
     return scores
 
 
@@ -98,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.dev", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="demix-small")
     p.add_argument("--film-items", type=int, default=16)
+    p.add_argument("--foley-items", type=int, default=0, help="film mixtures with Foley pools")
     p.add_argument("--music-seconds", type=float, default=20.0)
     p.add_argument("--json", help="also write the table as JSON (for checkpoint metadata)")
     args = p.parse_args(argv)
@@ -106,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no development data at {root}", file=sys.stderr)
         return 1
     sep = Separator.from_pretrained(args.model)
-    items = film_items(args.film_items) + music_items(args.music_seconds)
+    music = music_items(args.music_seconds)
+    items = film_items(args.film_items) + film_items(args.foley_items, foley=True) + music
     table = summary(evaluate(sep, items))
     print(
-        f"model: {args.model}; film: {args.film_items} dev mixtures of 10 s; "
-        f"music: {len(items) - args.film_items} mdb songs, {args.music_seconds:g}-s excerpts"
+        f"model: {args.model}; film: {args.film_items} dev mixtures of 10 s"
+        + (f" (+ {args.foley_items} with Foley pools)" if args.foley_items else "")
+        + f"; music: {len(music)} mdb songs, {args.music_seconds:g}-s excerpts"
     )
     print("| stem | items | SI-SDR model (dB) | SI-SDR identity (dB) | improvement (dB) |")
     print("| --- | --- | --- | --- | --- |")

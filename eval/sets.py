@@ -43,6 +43,12 @@ DNR_NAMES = {"speech": "dialogue", "music": "music", "sfx": "effects"}
 DEV_SPEECH = ("speech/cv-hsb/", "speech/librispeech/")
 DEV_MUSIC = ("music/macleod/",)
 DEV_EFFECTS = ("effects/esc10/",)
+# A second film dev set closer to film sound: Foley, sci-fi and ambience effects and cinematic
+# scores from the game-data pools (dev split), same dialogue (eval.dev's "foley" items).
+DEV_FOLEY_MUSIC = ("music/ufoai/", "music/openclonk/")
+DEV_FOLEY_EFFECTS = (
+    "effects/openclonk/", "effects/endless-sky/", "effects/minetest/", "effects/hyperrogue/"
+)  # fmt: skip
 
 
 @dataclass
@@ -63,8 +69,15 @@ def _write_item(folder: Path, arrays: dict[str, np.ndarray], rate: int, meta: di
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
-def dev_film_mixer(seconds: float, seed: int, root: Path | None = None):
-    """The film mixer on the dev pools, every stem always present (evaluation mixtures)."""
+def dev_film_mixer(
+    seconds: float,
+    seed: int,
+    root: Path | None = None,
+    music: tuple[str, ...] = DEV_MUSIC,
+    effects: tuple[str, ...] = DEV_EFFECTS,
+):
+    """The film mixer on the dev pools, every stem always present (evaluation mixtures);
+    ``music`` and ``effects`` pick the dev folders (manifest path prefixes) drawn from."""
     from cdx.mix import FilmMixConfig, FilmMixDataset
 
     cfg = FilmMixConfig(
@@ -82,8 +95,8 @@ def dev_film_mixer(seconds: float, seed: int, root: Path | None = None):
         p_noise_bed=0.0,
         p_synthetic_room=0.0,
         speech_sources=DEV_SPEECH,
-        music_sources=DEV_MUSIC,
-        effects_sources=DEV_EFFECTS,
+        music_sources=music,
+        effects_sources=effects,
     )
     return FilmMixDataset(cfg, seed=seed)
 

@@ -30,3 +30,13 @@ def test_curve_scores_each_snapshot_once(tiny_checkpoint, tmp_path):
     assert (run / "curve.csv").stat().st_mtime_ns == before
     assert (run / "curve.png").exists()
     assert len(pd.read_csv(run / "curve.csv")) == len(table)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    args = ["--film-items", "1", "--music-seconds", "2", "--compare", str(other)]
+    assert main([str(run), *args, "--out", str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").stat().st_size > 1000
+    foley = tmp_path / "foley"
+    shutil.copytree(run, foley)
+    (foley / "curve.csv").unlink()
+    table = score_snapshots(foley, film_count=1, music_seconds=2.0, every=200, foley_count=1)
+    assert {"foley dialogue", "foley effects", "dialogue"} <= set(table["stem"])
