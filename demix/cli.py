@@ -6,6 +6,7 @@ Exit status: 0 when every input succeeded, 1 when any failed, 2 for usage errors
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -43,9 +44,17 @@ def _parse_stems(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.replace("+", ",").split(",") if s.strip()]
 
 
+def _terminate(signum: int, _frame) -> None:
+    """SIGTERM (kill, a job scheduler, a closed terminal) takes the Ctrl-C path: the stems
+    being written are dropped, no temporary file is left."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cmd_separate(args: argparse.Namespace) -> int:
     """Separate every input; one line per failure, a summary at the end."""
     from demix.separator import SeparationError, Separator
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     inputs = list(args.inputs)
     out_dir = Path(args.output)

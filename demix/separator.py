@@ -18,7 +18,10 @@ Memory is bounded by the chunk length, not the input's length.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -377,14 +380,46 @@ class Separator:
                 raise SeparationError(f"{path}: output would overwrite the input")
             if target.exists() and not overwrite:
                 raise SeparationError(f"{target}: exists (use --overwrite to replace it)")
+        created = not track_dir.exists()
         try:
             track_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SeparationError(
                 f"{track_dir}: cannot create output folder ({exc.strerror})"
             ) from exc
+        with _folder_lock(track_dir) as locked:
+            if not locked:
+                raise SeparationError(
+                    f"{track_dir}: another demix process is writing stems here; "
+                    "wait for it or choose another -o"
+                )
+            try:
+                self._write_stems(path, meta, targets, track_dir, fmt, depth, head, stems, progress)
+            except BaseException:
+                if created:  # leave no empty track folder behind
+                    with contextlib.suppress(OSError):
+                        track_dir.rmdir()
+                raise
+        return targets
+
+    def _write_stems(self, path, meta, targets, track_dir, fmt, depth, head, stems, progress):
+        """The body of ``separate_file``, run while the track folder is locked."""
         if not os.access(track_dir, os.W_OK):
             raise SeparationError(f"{track_dir}: output folder is not writable")
+        for target in targets.values():
+            # Temporaries of an earlier run that was killed (SIGKILL, power loss): the folder
+            # lock says no other demix is writing them now.
+            for stale in track_dir.glob(f".{target.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        # Stems keep the input's rate and layout; overwritten stems free their space only at the
+        # rename, so they count as needed too.
+        needed = _bytes_needed(meta.frames, meta.channels, fmt, depth) * len(targets)
+        free = shutil.disk_usage(track_dir).free
+        if needed > free:
+            raise SeparationError(
+                f"{track_dir}: no space left on device for the stems of {path.name} "
+                f"(about {needed / 1e6:.0f} MB needed, {free / 1e6:.0f} MB free)"
+            )
         writers: dict[str, audio.AtomicWriter] = {}
         committed: list[Path] = []
         done = 0
@@ -403,14 +438,60 @@ class Separator:
             for name, writer in writers.items():
                 writer.commit()
                 committed.append(targets[name])
-        except BaseException:
+        except BaseException as exc:
+            # (before the temporaries go, which frees the space again)
+            full = isinstance(exc, Exception) and _disk_full(exc, track_dir)
             # All or nothing: drop temporaries and any stem of this track already renamed.
             for writer in writers.values():
                 writer.abort()
             for target in committed:
                 target.unlink(missing_ok=True)
+            if full:
+                raise SeparationError(
+                    f"{track_dir}: no space left on device while writing the stems of "
+                    f"{path.name} (nothing was kept)"
+                ) from exc
             raise
-        return targets
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on ``folder`` (flock on the folder itself, so no lock
+    file is left behind); yields False when another process holds it. Where flock is missing
+    (Windows), yields True without locking."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _bytes_needed(frames: float, channels: int, fmt: str, depth: str) -> int:
+    """Rough size of one stem file: PCM size for wav, about 70 % of it for flac (noise-like
+    stems compress little; the check must not refuse a run that fits)."""
+    sample_bytes = {"16": 2, "24": 3, "32f": 4}[depth]
+    size = frames * channels * sample_bytes
+    return int(size * (0.7 if fmt == "flac" else 1.0))
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a write failure is a full disk (libsndfile reports ENOSPC as "System error")."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _take(pending: deque[np.ndarray], n: int, channels: int) -> np.ndarray:

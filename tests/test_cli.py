@@ -384,12 +384,13 @@ def _start_and_wait_for_partial_stems(
     pytest.fail(f"no partial temporary stem appeared ({found}; exit {proc.returncode}): {stderr}")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_leaves_no_stem_and_no_temporary_file(
-    tiny_checkpoint: Path, long_input: Path, tmp_path: Path
+    tiny_checkpoint: Path, long_input: Path, tmp_path: Path, signum: int
 ) -> None:
     proc, track = _start_and_wait_for_partial_stems(tiny_checkpoint, long_input, tmp_path)
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -398,7 +399,37 @@ def test_ctrl_c_leaves_no_stem_and_no_temporary_file(
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert "Traceback" not in stderr
-    assert listing(track) == set()
+    assert not track.exists()  # the track folder it made is gone, with nothing in it
+
+
+def test_a_rerun_after_kill_completes_and_removes_stale_temporaries(
+    tiny_checkpoint: Path, long_input: Path, tmp_path: Path
+) -> None:
+    proc, track = _start_and_wait_for_partial_stems(tiny_checkpoint, long_input, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert any(name.endswith(".tmp") for name in listing(track))
+    result = run_cli(tiny_checkpoint, long_input, "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert listing(track) == {f"{s}.wav" for s in CDX_STEMS}  # no hidden file left
+
+
+def test_two_processes_on_one_output_folder(
+    tiny_checkpoint: Path, long_input: Path, tmp_path: Path
+) -> None:
+    """The second writer of the same track folder is refused in one line; the first one
+    completes."""
+    proc, track = _start_and_wait_for_partial_stems(tiny_checkpoint, long_input, tmp_path)
+    try:
+        second = run_cli(tiny_checkpoint, long_input, "-o", tmp_path)
+        assert second.returncode == 1 and "another demix process" in second.stderr
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert listing(track) == {f"{s}.wav" for s in CDX_STEMS}
 
 
 def test_kill_leaves_no_file_under_a_final_stem_name(
@@ -460,3 +491,46 @@ def test_cpu_with_an_index_is_the_cpu(tiny_checkpoint: Path, tmp_path: Path) -> 
     source = write_input(tmp_path / "a.wav")
     result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", "--device", "cpu:0")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A 2 MB tmpfs (needs root, as in CI; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_is_refused_before_separating(
+    tiny_checkpoint: Path, tmp_path: Path, small_disk: Path
+) -> None:
+    source = write_input(tmp_path / "reel.wav", seconds=4.0)  # 3 stems x 1 MB > 2 MB
+    result = run_cli(tiny_checkpoint, source, "-o", small_disk / "out")
+    assert result.returncode == 1
+    line = [ln for ln in result.stderr.splitlines() if "error" in ln]
+    assert len(line) == 1 and "no space left on device" in line[0] and "MB free" in line[0]
+    assert not (small_disk / "out" / "reel").exists()
+
+
+def test_disk_filling_up_while_writing_is_one_line_and_keeps_nothing(
+    tiny_checkpoint: Path, tmp_path: Path, small_disk: Path
+) -> None:
+    source = write_input(tmp_path / "reel.wav", seconds=2.0)
+    needed = 3 * 2 * 2 * RATE * 3  # three 24-bit stereo stems of 2 s, without headers
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    # Leave a little more than the samples need but less than the files take (their headers
+    # and tmpfs pages): the check before separating passes, the last writes fail.
+    (small_disk / "filler").write_bytes(b"\0" * (free - needed - 9000))
+    result = run_cli(tiny_checkpoint, source, "-o", small_disk / "out")
+    assert result.returncode == 1, result.stderr
+    assert "no space left on device while writing" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (small_disk / "out" / "reel").exists()
