@@ -19,9 +19,11 @@ DEMO_SECONDS = 12.0
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]"
 
 
-def _expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders expanded (recursively) to the audio/video files inside."""
-    files: list[Path] = []
+def _expand_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, its output subfolder): files as given go to the output folder itself; folders
+    are expanded (recursively) to the audio/video files inside, whose subfolders are mirrored
+    under the output folder (``reel1/mix.wav`` → ``OUT/reel1/mix/``)."""
+    files: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -32,9 +34,9 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
             )
             if not found:
                 print(f"demix: {p}: folder holds no audio files", file=sys.stderr)
-            files += found
+            files += [(f, f.parent.relative_to(p)) for f in found]
         else:
-            files.append(p)
+            files.append((p, Path()))
     return files
 
 
@@ -75,9 +77,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
         return 2
     files = _expand_inputs(inputs)
     ok, failed = [], []
-    tracks: dict[str, Path] = {}  # track folder name → the input that uses it
+    tracks: dict[Path, Path] = {}  # track folder → the input that uses it
     started = time.time()
-    for i, path in enumerate(files, 1):
+    for i, (path, subfolder) in enumerate(files, 1):
         label = f"[{i}/{len(files)}] {path.name}"
         bar = tqdm(
             total=1,
@@ -96,20 +98,20 @@ def cmd_separate(args: argparse.Namespace) -> int:
             bar.refresh()
 
         t0 = time.time()
-        first = tracks.setdefault(path.stem, path)
+        first = tracks.setdefault(out_dir / subfolder / path.stem, path)
         if first != path:
             bar.close()
             failed.append(path)
             print(
-                f"demix: error: {path}: its stems would go to {out_dir / path.stem}/, already "
-                f"used by {first} in this batch (separate it with another -o)",
+                f"demix: error: {path}: its stems would go to {out_dir / subfolder / path.stem}/, "
+                f"already used by {first} in this batch (separate it with another -o)",
                 file=sys.stderr,
             )
             continue
         try:
             written = sep.separate_file(
                 path,
-                out_dir,
+                out_dir / subfolder,
                 head=args.head,
                 stems=_parse_stems(args.stems),
                 fmt=args.format,

@@ -333,12 +333,25 @@ def test_folder_input_is_expanded_to_its_audio_files(tiny_checkpoint: Path, tmp_
     (folder / "sub" / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a picture either")
     result = run_cli(tiny_checkpoint, folder, "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr
-    assert listing(tmp_path / "out") == {"first", "second"}
-    for source in (first, second):
-        stems = stem_paths(tmp_path / "out" / source.stem, CDX_STEMS)
+    assert listing(tmp_path / "out") == {"first", "sub"}  # subfolders mirrored
+    for source, track in ((first, "first"), (second, "sub/second")):
+        stems = stem_paths(tmp_path / "out" / track, CDX_STEMS)
         for stem in stems:
             assert_like_input(stem, source)
         assert_sums_to(stems, source)
+
+
+def test_same_file_names_in_subfolders(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """reel1/mix.wav and reel2/mix.wav: each gets its own track folder under -o."""
+    a = write_input(tmp_path / "film" / "reel1" / "mix.wav", seed=1)
+    b = write_input(tmp_path / "film" / "reel2" / "mix.wav", seed=2)
+    result = run_cli(tiny_checkpoint, tmp_path / "film", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    for source, reel in ((a, "reel1"), (b, "reel2")):
+        assert_sums_to(stem_paths(tmp_path / "out" / reel / "mix", CDX_STEMS), source)
+    # two files given by name that would share a track folder: the second is refused
+    again = run_cli(tiny_checkpoint, a, b, "-o", tmp_path / "flat")
+    assert again.returncode == 1 and "already used by" in again.stderr
 
 
 # ------------------------------------------------------------------ interrupted runs
