@@ -16,6 +16,12 @@ from tqdm import tqdm
 from demix import audio
 
 DEMO_SECONDS = 12.0
+SEPARATE_EXAMPLES = """examples:
+  demix separate film.wav -o stems/                        dialogue, music, effects
+  demix separate film.mov -o stems/ --stems dialogue       dialogue + rest (the M&E)
+  demix separate songs/ -o stems/ --head music --stems vocals,drums
+  demix separate song.flac -o stems/ --head both --format flac --bit-depth 24
+"""
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]"
 
 
@@ -161,8 +167,44 @@ def cmd_info(args: argparse.Namespace) -> int:
     except (SeparationError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"embedded": available_models(), **sep.metadata}, indent=2))
+    if args.json:
+        print(json.dumps({"embedded": available_models(), **sep.metadata}, indent=2))
+    else:
+        print(model_summary(args.model, sep.metadata, sep.heads))
     return 0
+
+
+def model_summary(name: str, metadata: dict, heads: dict[str, tuple[str, ...]]) -> str:
+    """A short, human description of a checkpoint's metadata (``demix info``)."""
+    info = metadata.get("info", {})
+    config = metadata.get("config", {})
+    label = " ".join(str(x) for x in (info.get("name", name), info.get("version", "")) if x)
+    lines = [f"model      {label} ({metadata.get('model', '?')} architecture)"]
+    for head, stems in heads.items():
+        lines.append(f"head       {head}: {', '.join(stems)}")
+    lines.append(
+        f"audio      {metadata.get('sample_rate', '?')} Hz internally; any rate and channel "
+        "layout in, the same out"
+    )
+    if "segment_seconds" in config:
+        lines.append(f"chunks     {config['segment_seconds']:g} s")
+    steps = info.get("total_steps", info.get("steps"))
+    minutes = info.get("training_minutes_total", info.get("training_minutes"))
+    trained = [
+        f"{steps} steps" if steps is not None else "",
+        f"{minutes} min" if minutes is not None else "",
+        str(info.get("hardware", "")),
+    ]
+    if any(trained):
+        lines.append(f"training   {', '.join(t for t in trained if t)}")
+    if info.get("licences"):
+        lines.append(f"licences   {info['licences']}")
+    scores = info.get("dev_si_sdr_db", {})
+    if scores:
+        text = ", ".join(f"{stem} {v['model']:+.1f}" for stem, v in scores.items())
+        lines.append(f"dev SI-SDR {text} dB (identity: the mix as every stem; see eval/RESULTS.md)")
+    lines.append("more       demix info --json (all metadata); docs/MODEL_CARD.md")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -187,12 +229,33 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``demix`` argument parser."""
     parser = argparse.ArgumentParser(prog="demix", description="Cinematic demixer.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("separate", help="separate audio/video files into stems")
+    p = sub.add_parser(
+        "separate",
+        help="separate audio/video files into stems",
+        description="Separate audio or video files into stems that sum back to the input.",
+        epilog=SEPARATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("inputs", nargs="*", help="audio/video files or folders")
     p.add_argument("-o", "--output", required=True, help="output folder: OUT/<track>/<stem>.ext")
-    p.add_argument("--head", default="film", help="film, music or both (default film)")
-    p.add_argument("--stems", help="comma-separated stems to keep; the others go to 'rest'")
-    p.add_argument("--format", default="wav", choices=["wav", "flac"])
+    p.add_argument(
+        "--head",
+        default="film",
+        choices=["film", "music", "both"],
+        help="film: dialogue, music, effects; music: drums, bass, vocals, guitar, piano, "
+        "other; both: every stem of both (default film)",
+    )
+    p.add_argument(
+        "--stems",
+        help="comma-separated stems to keep, e.g. dialogue or vocals,drums; the others are "
+        "summed into 'rest'",
+    )
+    p.add_argument(
+        "--format",
+        default="wav",
+        choices=["wav", "flac"],
+        help="file format of the stems (default wav)",
+    )
     p.add_argument("--bit-depth", choices=["16", "24", "32f"], help="default: the input's")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
@@ -221,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="another model to offer for A/B comparison (repeatable)",
     )
     d.set_defaults(func=cmd_demo)
-    i = sub.add_parser("info", help="show a model's metadata")
-    i.add_argument("--model", default="demix-small")
+    i = sub.add_parser("info", help="describe a model: heads, stems, training, scores")
+    i.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
+    i.add_argument("--json", action="store_true", help="print every metadata field as JSON")
     i.set_defaults(func=cmd_info)
     return parser
 

@@ -547,3 +547,24 @@ def test_disk_filling_up_while_writing_is_one_line_and_keeps_nothing(
     assert "no space left on device while writing" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (small_disk / "out" / "reel").exists()
+
+
+def test_info_is_a_short_summary_and_json_on_request(tiny_checkpoint: Path) -> None:
+    cli = [sys.executable, "-m", "demix.cli", "info", "--model", str(tiny_checkpoint)]
+    short = subprocess.run(cli, capture_output=True, text=True, env=_env(), timeout=120)
+    assert short.returncode == 0, short.stderr
+    lines = short.stdout.strip().splitlines()
+    assert len(lines) <= 12
+    assert any(ln.startswith("head") and "dialogue, music, effects" in ln for ln in lines)
+    assert "--json" in short.stdout
+    raw = subprocess.run([*cli, "--json"], capture_output=True, text=True, env=_env(), timeout=120)
+    meta = __import__("json").loads(raw.stdout)
+    assert meta["model"] == "bandsplit" and meta["heads"]["music"] == list(MDX_STEMS)
+
+
+def test_help_lists_heads_stems_and_examples() -> None:
+    cli = [sys.executable, "-m", "demix.cli", "separate", "--help"]
+    text = subprocess.run(cli, capture_output=True, text=True, env=_env(), timeout=120).stdout
+    text = " ".join(text.split())  # argparse wraps to the terminal's width
+    assert "{film,music,both}" in text and "drums, bass, vocals" in text
+    assert "examples:" in text and "--format" in text and "file format" in text
