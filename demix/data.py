@@ -265,14 +265,55 @@ class ClipPool:
 _METERS: dict[int, pyloudnorm.Meter] = {}
 
 
+# BS.1770-4 channel weights by channel count, in WAV (SMPTE) order: 5.1 is L R C LFE Ls Rs,
+# 7.1 is L R C LFE Lb Rb Ls Rs; the LFE is excluded (weight 0), surrounds count +1.5 dB.
+BS1770_WEIGHTS = {
+    5: (1.0, 1.0, 1.0, 1.41, 1.41),
+    6: (1.0, 1.0, 1.0, 0.0, 1.41, 1.41),
+    8: (1.0, 1.0, 1.0, 0.0, 1.41, 1.41, 1.41, 1.41),
+}
+
+
 def loudness_lufs(x: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness (ITU-R BS.1770, pyloudnorm) of float32 [c, t]; -inf for silence."""
+    """Integrated loudness (ITU-R BS.1770-4) of float32 [c, t]; -inf for silence.
+
+    Up to five channels this is pyloudnorm's meter. pyloudnorm (and torchaudio) refuse more
+    channels, so 5.1, 7.1 and other layouts are measured here with pyloudnorm's K-weighting
+    filters and the standard's 400-ms blocks and two gates, with :data:`BS1770_WEIGHTS` (other
+    counts: every channel at weight 1).
+    """
     meter = _METERS.setdefault(sample_rate, pyloudnorm.Meter(sample_rate))
     if x.shape[1] < int(0.4 * sample_rate):
         x = np.pad(x, ((0, 0), (0, int(0.4 * sample_rate) - x.shape[1])))
+    if x.shape[0] > 5:
+        weights = BS1770_WEIGHTS.get(x.shape[0], (1.0,) * x.shape[0])
+        return _gated_loudness(meter, x, sample_rate, np.asarray(weights))
     with np.errstate(divide="ignore"):
         value = meter.integrated_loudness(np.ascontiguousarray(x.T.astype(np.float64)))
     return float(value)
+
+
+def _gated_loudness(meter, x: np.ndarray, sample_rate: int, weights: np.ndarray) -> float:
+    """BS.1770-4 gated loudness of [c, t] with per-channel ``weights``."""
+    y = np.asarray(x, dtype=np.float64)
+    for stage in meter._filters.values():  # pyloudnorm's K-weighting (high shelf, high pass)
+        y = np.stack([stage.apply_filter(channel) for channel in y])
+    block, step = int(round(0.4 * sample_rate)), int(round(0.1 * sample_rate))
+    blocks = 1 + (y.shape[1] - block) // step
+    power = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(y**2, axis=1)], axis=1)
+    starts = np.arange(blocks) * step
+    z = (power[:, starts + block] - power[:, starts]) / block  # [c, blocks] mean squares
+    energy = weights @ z
+    with np.errstate(divide="ignore"):
+        level = -0.691 + 10.0 * np.log10(energy)
+        kept = level >= -70.0  # absolute gate
+        if not kept.any():
+            return float("-inf")
+        relative = -0.691 + 10.0 * np.log10(energy[kept].mean()) - 10.0
+        kept &= level > relative
+        if not kept.any():
+            return float("-inf")
+        return float(-0.691 + 10.0 * np.log10(energy[kept].mean()))
 
 
 def set_loudness(x: np.ndarray, sample_rate: int, target_lufs: float) -> np.ndarray:

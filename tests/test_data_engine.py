@@ -325,3 +325,43 @@ def test_music_mixes_are_reproducible_and_sum(mini_root):
     np.testing.assert_allclose(stems_a.sum(0).numpy(), mix_a.numpy(), atol=1e-6)
     present = [(np.abs(music[i][1].numpy()).reshape(6, -1).max(1) > 0) for i in range(10)]
     assert np.array(present).any(0).all()  # every stem shows up
+
+
+def test_bs1770_loudness_of_surround_layouts():
+    """5.1 and 7.1 (beyond pyloudnorm's five channels): LFE excluded, surrounds +1.5 dB,
+    the same gating as pyloudnorm's meter."""
+    import pyloudnorm
+
+    rate = 48000
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(5, 3 * rate)) * np.array([0.1, 0.2, 0.05, 0.3, 0.01])[:, None]).astype(
+        np.float32
+    )
+    x[:, :rate] *= 1e-3  # a quiet second the relative gate drops
+    meter = pyloudnorm.Meter(rate)
+    weights = np.asarray(data.BS1770_WEIGHTS[5])
+    assert data._gated_loudness(meter, x, rate, weights) == pytest.approx(
+        data.loudness_lufs(x, rate), abs=1e-6
+    )
+    stereo = x[:2]
+    surround = np.zeros((6, x.shape[1]), np.float32)
+    surround[:2] = stereo
+    assert data.loudness_lufs(surround, rate) == pytest.approx(
+        data.loudness_lufs(stereo, rate), abs=1e-6
+    )
+    surround[3] = 0.5 * rng.normal(size=x.shape[1])  # a loud LFE does not count
+    assert data.loudness_lufs(surround, rate) == pytest.approx(
+        data.loudness_lufs(stereo, rate), abs=1e-6
+    )
+    left_surround = np.zeros((6, x.shape[1]), np.float32)
+    left_surround[4] = x[0]
+    front_left = np.zeros((6, x.shape[1]), np.float32)
+    front_left[0] = x[0]
+    difference = data.loudness_lufs(left_surround, rate) - data.loudness_lufs(front_left, rate)
+    assert difference == pytest.approx(10 * np.log10(1.41), abs=1e-3)
+    seven_one = np.zeros((8, x.shape[1]), np.float32)
+    seven_one[6] = x[0]
+    assert data.loudness_lufs(seven_one, rate) == pytest.approx(
+        data.loudness_lufs(left_surround, rate), abs=1e-6
+    )
+    assert data.loudness_lufs(np.zeros((6, rate), np.float32), rate) == float("-inf")

@@ -63,6 +63,13 @@ def test_app_actions_and_limits(tiny_checkpoint, tmp_path):
     assert image_a.ndim == 3 and "LUFS" in text
     names = zipfile.ZipFile(app.zip(job)).namelist()
     assert names == ["clip/dialogue.wav", "clip/rest.wav"]
+    surround = tmp_path / "surround.wav"  # 5.1: dialogue in C, music in L/R, LFE
+    film = np.zeros((6, mix.shape[1]), np.float32)
+    film[0], film[1], film[2], film[3] = mix[0], mix[1], 0.5 * mix.mean(0), 0.1 * mix[0]
+    audio.write(surround, film, 44100, "wav", "24")
+    six = app.separate(surround, "film", None)
+    _, _, _, _, text = app.compare(six, "original", "dialogue")
+    assert text.count("LUFS") == 2 and "A − B" in text  # BS.1770 for 5.1, not an error
     both = app.separate(clip, "both", None)
     unity = audio.read(app.remix(both, {}, set(), set()))[0]
     np.testing.assert_allclose(unity, mix, atol=2e-3)  # not 6 dB too loud
