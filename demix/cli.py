@@ -75,8 +75,30 @@ def cmd_separate(args: argparse.Namespace) -> int:
     if not inputs:
         print("demix separate: no inputs (give files or folders, or --demo)", file=sys.stderr)
         return 2
+    if args.two_stems:
+        if args.stems:
+            print("demix separate: give --stems or --two-stems, not both", file=sys.stderr)
+            return 2
+        args.stems = args.two_stems
+    if args.jobs:
+        import torch
+
+        torch.set_num_threads(args.jobs)
+    options = {}
+    if args.segment is not None:
+        options["segment_seconds"] = args.segment
     try:
-        sep = Separator.from_pretrained(args.model, device=args.device)
+        sep = Separator.from_pretrained(args.model, device=args.device, **options)
+        if args.overlap is not None:
+            if not 0 <= args.overlap < 1:
+                raise SeparationError(f"--overlap {args.overlap:g}: a fraction in [0, 1)")
+            sep = Separator(
+                sep.model,
+                sep.metadata,
+                sep.device,
+                overlap_seconds=args.overlap * sep.chunk_samples / sep.sample_rate,
+                **options,
+            )
         sep.plan(args.head, _parse_stems(args.stems))  # validate before touching any file
     except (SeparationError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
@@ -87,8 +109,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
     started = time.time()
     for i, (path, subfolder) in enumerate(files, 1):
         label = f"[{i}/{len(files)}] {path.name}"
+        try:  # the bar starts at 0 / the file's duration (bad files are reported below)
+            duration = round(audio.info(path).seconds, 1)
+        except Exception:  # noqa: BLE001
+            duration = 1
         bar = tqdm(
-            total=1,
+            total=duration,
             desc=label,
             unit="s",
             dynamic_ncols=True,
@@ -258,7 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bit-depth", choices=["16", "24", "32f"], help="default: the input's")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
+    p.add_argument(
+        "-n",
+        "--name",
+        "--model",
+        dest="model",
+        default="demix-small",
+        help="embedded model name or checkpoint path (default demix-small)",
+    )
+    p.add_argument(
+        "--two-stems",
+        metavar="STEM",
+        help="STEM and the rest (as demucs' --two-stems), e.g. --two-stems vocals",
+    )
+    p.add_argument(
+        "--segment", type=float, metavar="SECONDS", help="chunk length (default: the model's)"
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        metavar="FRACTION",
+        help="overlap of consecutive chunks as a fraction of the chunk (default 1 s)",
+    )
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU threads (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace existing stems")
     p.add_argument(
         "--demo",

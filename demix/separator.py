@@ -126,6 +126,7 @@ class Separator:
         device: "cpu" or "cuda".
         overlap_seconds: overlap between consecutive chunks.
         batch_size: chunks per model call.
+        segment_seconds: chunk length (default: the model's training-time segment).
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class Separator:
         device: str = "cpu",
         overlap_seconds: float = 1.0,
         batch_size: int = 4,
+        segment_seconds: float | None = None,
     ):
         device = check_device(device)
         self.model = model.to(device).eval()
@@ -143,6 +145,14 @@ class Separator:
         self.sample_rate: int = model.sample_rate
         self.heads: dict[str, tuple[str, ...]] = dict(model.heads)
         self.chunk_samples: int = model.segment_samples
+        if segment_seconds is not None:
+            if not 0.5 <= segment_seconds <= 600:
+                raise SeparationError(
+                    f"segment of {segment_seconds:g} s: choose between 0.5 and 600 seconds"
+                )
+            self.chunk_samples = int(round(segment_seconds * self.sample_rate))
+        if overlap_seconds < 0:
+            raise SeparationError(f"overlap of {overlap_seconds:g} s: must not be negative")
         # At most half a chunk of overlap: a short-chunk model must not degenerate into one
         # model call per sample.
         overlap = min(int(round(overlap_seconds * self.sample_rate)), self.chunk_samples // 2)

@@ -568,3 +568,25 @@ def test_help_lists_heads_stems_and_examples() -> None:
     text = " ".join(text.split())  # argparse wraps to the terminal's width
     assert "{film,music,both}" in text and "drums, bass, vocals" in text
     assert "examples:" in text and "--format" in text and "file format" in text
+
+
+def test_demucs_style_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """-n/--name, --two-stems, --segment, --overlap and -j as a demucs user types them."""
+    source = write_input(tmp_path / "song.wav", seconds=3.0)
+    cli = [sys.executable, "-m", "demix.cli", "separate", str(source), "-q"]
+    result = subprocess.run(
+        [*cli, "-o", str(tmp_path / "out"), "-n", str(tiny_checkpoint), "--head", "music",
+         "--two-stems", "vocals", "--segment", "1.5", "--overlap", "0.25", "-j", "1"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    track = tmp_path / "out" / "song"
+    assert listing(track) == {"vocals.wav", "rest.wav"}
+    assert_sums_to(stem_paths(track, ["vocals", "rest"]), source)
+    for bad, message in (
+        (["--two-stems", "vocals", "--stems", "drums"], "not both"),
+        (["--overlap", "1.5"], "--overlap"),
+        (["--segment", "0.01"], "segment"),
+    ):
+        refused = run_cli(tiny_checkpoint, source, "-o", tmp_path / "x", "--head", "music", *bad)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr

@@ -207,3 +207,19 @@ def test_dualpath_trains_on_the_mix_rms_scale(tmp_path):
     train(cfg)
     losses = _losses(tmp_path / "dp")
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_train_speed_reports_both_precisions(tmp_path):
+    from eval.train_speed import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: bandsplit\n"
+        "model_config: {dim: 16, layers: 1, segment_seconds: 0.5}\n"
+        "sources: [{name: test_tones, head: tones, batch_size: 2}]\n"
+        "num_workers: 0\nwarmup_steps: 2\n"
+    )
+    out = tmp_path / "speed.md"
+    assert main([str(config), "--steps", "5", "--warmup-steps", "2", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "fp32" in table and "bf16 autocast" in table and "examples per second" in table
