@@ -22,7 +22,9 @@ from tqdm import tqdm
 from demix import audio
 
 # Licences a shipped model may be trained on. NC (non-commercial) material is evaluation-only.
-TRAINABLE_LICENSES = ("CC0", "CC-BY-3.0", "CC-BY-4.0", "Apache-2.0", "MIT", "public domain")
+TRAINABLE_LICENSES = (
+    "CC0", "CC-BY-3.0", "CC-BY-4.0", "Apache-2.0", "MIT", "public domain", "public-domain"
+)  # fmt: skip
 
 
 def default_data_root() -> Path:

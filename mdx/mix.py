@@ -94,7 +94,13 @@ class MusicMixDataset(torch.utils.data.Dataset):
                 if r.path.name.startswith(prefixes)
             ]
             self.hits[kind] = [c[: int(rate * 1.0)] / (np.abs(c).max() + 1e-6) for c in clips]
-        self.guitar = pool(named(("guit_",)))
+        # Real guitar: sonic-pi's guitar samples and the lead-guitar stems of real multitracks
+        # (stems/<song>/guitar.*, e.g. Frets on Fire, MIT); their backing stems mix drums, bass
+        # and rhythm parts together, so they serve no single stem.
+        real_guitar = [
+            r.path for r in rows if r.kind == "stem" and r.path.name.startswith("guitar")
+        ]
+        self.guitar = pool(named(("guit_",)) + real_guitar)
         phrases = [r for r in rows if r.kind == "music" and "sms-tools" in str(r.path)]
         self.vocal_phrases = pool(
             [r.path for r in phrases if r.path.name.startswith(_VOCAL_PHRASES)]

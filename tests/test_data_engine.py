@@ -365,3 +365,12 @@ def test_bs1770_loudness_of_surround_layouts():
         data.loudness_lufs(left_surround, rate), abs=1e-6
     )
     assert data.loudness_lufs(np.zeros((6, rate), np.float32), rate) == float("-inf")
+
+
+@pytest.mark.parametrize(
+    ("licence", "trainable"),
+    [("public-domain", True), ("public domain", True), ("CC0-1.0", True), ("MIT (Expat)", True),
+     ("CC-BY-NC-SA-4.0", False), ("CC-BY-NC-SA (MUSDB18 sample)", False), ("GPL-2.0", False)],
+)  # fmt: skip
+def test_licences_a_shipped_model_may_train_on(licence: str, trainable: bool):
+    assert data.license_is_trainable(licence) is trainable
