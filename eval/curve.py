@@ -91,9 +91,14 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_comparison(tables: dict[str, pd.DataFrame], path: Path) -> None:
+def plot_comparison(
+    tables: dict[str, pd.DataFrame], path: Path, step_seconds: dict[str, float] | None = None
+) -> None:
     """One panel per stem: dev SI-SDR against training minutes, one line per run (the
-    matched-wall-time comparison of candidate backbones)."""
+    matched-compute comparison of candidate backbones). ``step_seconds`` (run → seconds per
+    step measured on an idle machine, ``eval.train_speed``) puts every run on idle-machine
+    minutes (step × seconds), which a run that shared the cores with other work needs."""
+    step_seconds = step_seconds or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,10 +110,15 @@ def plot_comparison(tables: dict[str, pd.DataFrame], path: Path) -> None:
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3 * rows_n), squeeze=False)
     for ax, stem in zip(axes.flat, stems):
         for name, table in tables.items():
-            rows = table[table["stem"] == stem].sort_values("hours")
-            ax.plot(rows["hours"] * 60, rows["si_sdr"], marker="o", ms=3, label=name)
+            rows = table[table["stem"] == stem].sort_values("step")
+            if name in step_seconds:
+                minutes = rows["step"] * step_seconds[name] / 60
+            else:
+                minutes = rows["hours"] * 60
+            ax.plot(minutes, rows["si_sdr"], marker="o", ms=3, label=name)
         ax.set_title(stem, fontsize=10)
-        ax.set_xlabel("training minutes (2 CPU cores)", fontsize=8)
+        unit = "idle-machine minutes" if step_seconds else "training minutes"
+        ax.set_xlabel(f"{unit} (2 CPU cores)", fontsize=8)
         ax.set_ylabel("dev SI-SDR (dB)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(stems) :]:
@@ -131,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         help="more run folders: score them too and plot all runs against training minutes",
     )
     p.add_argument("--out", help="where the comparison plot goes (default RUN/compare.png)")
+    p.add_argument(
+        "--step-seconds",
+        action="append",
+        default=[],
+        metavar="RUN=SECONDS",
+        help="idle-machine seconds per step of a run (eval.train_speed): the comparison's "
+        "x-axis becomes step × seconds (repeatable, one per run folder name)",
+    )
     p.add_argument("--film-items", type=int, default=8)
     p.add_argument("--foley-items", type=int, default=0, help="film mixtures, Foley pools")
     p.add_argument("--music-seconds", type=float, default=20.0)
@@ -150,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             tables[run.name] = table
     if args.compare and tables:
         out = Path(args.out) if args.out else Path(args.run) / "compare.png"
-        plot_comparison(tables, out)
+        step_seconds = {}
+        for item in args.step_seconds:
+            name, _, value = item.partition("=")
+            step_seconds[Path(name).name] = float(value)
+        plot_comparison(tables, out, step_seconds)
         print(f"wrote {out}")
     return 0
 

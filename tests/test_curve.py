@@ -33,7 +33,8 @@ def test_curve_scores_each_snapshot_once(tiny_checkpoint, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(run, other)
     args = ["--film-items", "1", "--music-seconds", "2", "--compare", str(other)]
-    assert main([str(run), *args, "--out", str(tmp_path / "both.png")]) == 0
+    assert main([str(run), *args, "--out", str(tmp_path / "both.png"), "--step-seconds",
+                 "run=2.5", "--step-seconds", f"{other}=1.5"]) == 0  # fmt: skip
     assert (tmp_path / "both.png").stat().st_size > 1000
     foley = tmp_path / "foley"
     shutil.copytree(run, foley)
