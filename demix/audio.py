@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-MAX_CHANNELS = 8
+MAX_CHANNELS = 16  # up to 9.1.6 immersive beds
 SOUNDFILE_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}
 FFMPEG_EXTENSIONS = {".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".wma", ".m4v"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
@@ -200,7 +200,7 @@ def info(path: str | os.PathLike) -> AudioInfo:
     """Read a file's sample rate, channel count, length and bit depth without decoding it all.
 
     Raises:
-        AudioError: the file is missing, empty, not audio, or has 0 or more than 8 channels.
+        AudioError: the file is missing, empty, not audio, or has 0 or more than 16 channels.
     """
     path = Path(path)
     if not path.exists():

@@ -150,6 +150,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 bit_depth=args.bit_depth,
                 overwrite=args.overwrite,
                 progress=progress,
+                warn=lambda text: print(f"demix: warning: {text}", file=sys.stderr),
             )
         except (audio.AudioError, SeparationError, OSError) as exc:
             bar.close()

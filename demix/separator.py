@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import shutil
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -325,6 +326,8 @@ class Separator:
 
         Args:
             mix: [c, t] or [t] (mono); any sample rate. The caller's tensor is not modified.
+                Integer PCM (e.g. int16 from ``soundfile.read(..., dtype="int16")``) is scaled
+                to float by its full scale; NaN or infinite samples are refused.
             sample_rate: the rate of ``mix``; stems come back at the same rate.
             head: "film", "music" or "both".
             stems: a subset of the head's stems; the output then adds ``rest``.
@@ -332,8 +335,11 @@ class Separator:
         Returns:
             {name: Tensor[c, t]} (or [t] for 1-D input); the stems of each head sum to ``mix``.
         """
-        x = mix.detach().to("cpu", torch.float32).numpy() if torch.is_tensor(mix) else mix
-        x = np.array(x, dtype=np.float32, copy=True)
+        x = mix.detach().to("cpu").numpy() if torch.is_tensor(mix) else np.asarray(mix)
+        full_scale = 2.0 ** (8 * x.dtype.itemsize - 1) if x.dtype.kind == "i" else 1.0
+        x = np.array(x, dtype=np.float32, copy=True) / np.float32(full_scale)
+        if not np.isfinite(x).all():
+            raise SeparationError("mix holds NaN or infinite samples")
         flat = x.ndim == 1
         if flat:
             x = x[None]
@@ -358,6 +364,7 @@ class Separator:
         bit_depth: str | None = None,
         overwrite: bool = False,
         progress=None,
+        warn=None,
     ) -> dict[str, Path]:
         """Separate one file into ``out_dir/<track>/<stem>.<fmt>``, streaming, atomically.
 
@@ -369,6 +376,8 @@ class Separator:
             bit_depth: "16", "24" or "32f"; default keeps the input's depth.
             overwrite: replace existing stems (otherwise refuse).
             progress: optional callable(seconds_done, seconds_total).
+            warn: callable(message) for what went through but deserves a word (samples of an
+                integer-format stem clipped at full scale); default ``warnings.warn``.
 
         Returns:
             {stem name: written path}.
@@ -404,16 +413,26 @@ class Separator:
                     "wait for it or choose another -o"
                 )
             try:
-                self._write_stems(path, meta, targets, track_dir, fmt, depth, head, stems, progress)
+                clipped = self._write_stems(
+                    path, meta, targets, track_dir, fmt, depth, head, stems, progress
+                )
             except BaseException:
                 if created:  # leave no empty track folder behind
                     with contextlib.suppress(OSError):
                         track_dir.rmdir()
                 raise
+        if clipped:
+            counts = ", ".join(f"{name} {n}" for name, n in clipped.items())
+            message = (
+                f"{path}: samples beyond full scale clipped in the {depth}-bit stems ({counts}); "
+                "they no longer sum exactly to the input (use --bit-depth 32f to keep them)"
+            )
+            (warn or (lambda text: warnings.warn(text, stacklevel=2)))(message)
         return targets
 
     def _write_stems(self, path, meta, targets, track_dir, fmt, depth, head, stems, progress):
-        """The body of ``separate_file``, run while the track folder is locked."""
+        """The body of ``separate_file``, run while the track folder is locked; returns the
+        number of clipped samples per stem (stems with none left out)."""
         if not os.access(track_dir, os.W_OK):
             raise SeparationError(f"{track_dir}: output folder is not writable")
         for target in targets.values():
@@ -448,6 +467,7 @@ class Separator:
             for name, writer in writers.items():
                 writer.commit()
                 committed.append(targets[name])
+            return {name: w.clipped for name, w in writers.items() if w.clipped}
         except BaseException as exc:
             # (before the temporaries go, which frees the space again)
             full = isinstance(exc, Exception) and _disk_full(exc, track_dir)

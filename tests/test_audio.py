@@ -261,9 +261,9 @@ def _text_container(folder: Path) -> Path:
     return path
 
 
-def _ten_channels(folder: Path) -> Path:
-    path = folder / "ten_channels.wav"
-    sf.write(path, noise(10, 1000).T, RATE)
+def _seventeen_channels(folder: Path) -> Path:
+    path = folder / "seventeen_channels.wav"
+    sf.write(path, noise(17, 1000).T, RATE)
     return path
 
 
@@ -285,7 +285,7 @@ UNREADABLE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "empty": (_empty, "empty"),
     "text": (_text, "not a readable"),
     "text-container": (_text_container, "not a readable"),
-    "ten-channels": (_ten_channels, "10 channels"),
+    "seventeen-channels": (_seventeen_channels, "17 channels"),
     "zero-length": (_zero_length, "zero length"),
     "video-only": (_video_only, "no audio stream"),
 }

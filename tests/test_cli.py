@@ -232,7 +232,7 @@ def _bad_inputs(folder: Path) -> list[Path]:
     nan = np.full((RATE, 2), 0.1, np.float32)
     nan[RATE // 2, 1] = np.nan
     sf.write(folder / "nan.wav", nan, RATE, subtype="FLOAT")
-    sf.write(folder / "ten_channels.wav", np.zeros((1000, 10), np.float32), RATE)
+    sf.write(folder / "many_channels.wav", np.zeros((1000, 17), np.float32), RATE)
     names = [
         "corrupt.flac",
         "empty.wav",
@@ -240,7 +240,7 @@ def _bad_inputs(folder: Path) -> list[Path]:
         "missing.wav",
         "silent.wav",
         "nan.wav",
-        "ten_channels.wav",
+        "many_channels.wav",
     ]
     return [folder / name for name in names]
 
