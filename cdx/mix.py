@@ -39,7 +39,8 @@ class FilmMixConfig:
     split: str = "train"
     # Manifest path prefixes each pool draws from (empty: every file of its kind). Training
     # takes whatever the corpus offers; seeded evaluation sets pin the folders they were built
-    # from (eval.sets.FILM_POOLS) so that they stay the same as the corpus grows.
+    # from (eval.sets.DEV_SPEECH, DEV_MUSIC, DEV_EFFECTS), so that they stay the same as the
+    # corpus grows.
     speech_sources: tuple[str, ...] = ()
     music_sources: tuple[str, ...] = ()
     effects_sources: tuple[str, ...] = ()

@@ -37,6 +37,7 @@ from demix import models  # noqa: F401 - registers the models
 from demix.checkpoint import load_checkpoint, save_checkpoint
 from demix.config import from_dict, load_yaml, to_dict
 from demix.losses import project_to_mix, separation_loss
+from demix.models.spectral import mix_rms
 from demix.registry import build_model, dataset_entry, model_config_cls
 
 
@@ -319,7 +320,7 @@ def train(cfg: TrainConfig) -> Path:
             est = _grouped(project_to_mix(est.float(), mix), groups[i])
             ref = stems
             if cfg.loss_on_mix_rms:
-                rms = mix.pow(2).mean(dim=(1, 2)).sqrt().clamp_min(1e-5)[:, None, None, None]
+                rms = mix_rms(mix)[:, None, None, None]
                 est, ref, mix = est / rms, ref / rms, mix / rms[:, 0]
             loss = separation_loss(
                 est,

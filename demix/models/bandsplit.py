@@ -191,14 +191,7 @@ class BandSplitModel(MaskingModel):
     """
 
     def __init__(self, config: BandSplitConfig):
-        super().__init__()
-        if not config.heads:
-            raise ValueError("BandSplitConfig.heads is empty: name at least one head and its stems")
-        self.config = config
-        self.sample_rate = config.sample_rate
-        self.channels = config.channels
-        self.heads: dict[str, tuple[str, ...]] = {h: tuple(s) for h, s in config.heads.items()}
-        self.segment_samples = int(round(config.segment_seconds * config.sample_rate))
+        super().__init__(config)
         n_bins = config.n_fft // 2 + 1
         self.layout = band_layout(n_bins, config.band_groups)
         self.band_split = BandSplit(self.layout, config.channels, config.dim)

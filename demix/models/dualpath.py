@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from demix.models.bandsplit import BandBlock, BandSplit, MaskHead, band_layout
-from demix.models.spectral import MaskingModel
+from demix.models.spectral import MaskingModel, mix_rms
 from demix.registry import register_model
 
 
@@ -131,18 +131,11 @@ class DualPathModel(MaskingModel):
     """
 
     def __init__(self, config: DualPathConfig):
-        super().__init__()
-        if not config.heads:
-            raise ValueError("DualPathConfig.heads is empty: name at least one head and its stems")
+        super().__init__(config)
         if config.rnn not in _RNNS:
             raise ValueError(f"rnn must be one of {sorted(_RNNS)}, got {config.rnn!r}")
         if config.block not in _BLOCKS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {config.block!r}")
-        self.config = config
-        self.sample_rate = config.sample_rate
-        self.channels = config.channels
-        self.heads: dict[str, tuple[str, ...]] = {h: tuple(s) for h, s in config.heads.items()}
-        self.segment_samples = int(round(config.segment_seconds * config.sample_rate))
         self.layout = band_layout(config.n_fft // 2 + 1, config.band_groups)
         self.band_split = BandSplit(self.layout, config.channels, config.dim)
         block = _BLOCKS[config.block]
@@ -166,6 +159,5 @@ class DualPathModel(MaskingModel):
         """Band features [b, n, k, d] of the spectrum over the mix's RMS: one level for every
         example (a silent chunk stays silent: its masks multiply zeros)."""
         with torch.autocast(mix.device.type, enabled=False):
-            rms = mix.float().pow(2).mean(dim=(1, 2)).sqrt().clamp_min(1e-5)  # [b]
-            features = spec / rms[:, None, None, None]
+            features = spec / mix_rms(mix)[:, None, None, None]
         return self.blocks(self.band_split(features))

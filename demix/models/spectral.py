@@ -13,19 +13,36 @@ import torch
 from torch import nn
 
 
+def mix_rms(mix: torch.Tensor) -> torch.Tensor:
+    """RMS level [b] of ``mix[b, c, t]`` over channels and time, floored at 1e-5 (the scale
+    the dual-path model sees its input at, and training's ``loss_on_mix_rms`` scores at)."""
+    return mix.float().pow(2).mean(dim=(1, 2)).sqrt().clamp_min(1e-5)
+
+
 class MaskingModel(nn.Module):
     """Base of the registered spectral models.
 
-    A subclass sets ``config`` (with ``n_fft`` and ``hop_samples``), ``heads``, ``channels``,
-    ``window`` (a buffer), ``mask_heads`` (head → module giving masks [b, n, f_padded, s, c, 2]
-    from band features) and implements ``features(spec, mix) -> x[b, n, k, d]``.
+    ``__init__(config)`` sets ``config`` (with ``n_fft``, ``hop_samples``, ``sample_rate``,
+    ``channels``, ``segment_seconds`` and ``heads``), ``sample_rate``, ``channels``, ``heads``
+    and ``segment_samples``. A subclass then sets ``window`` (a buffer) and ``mask_heads``
+    (head → module giving masks [b, n, f_padded, s, c, 2] from band features) and implements
+    ``features(spec, mix) -> x[b, n, k, d]``.
     """
 
-    config: object
-    heads: dict[str, tuple[str, ...]]
-    channels: int
     window: torch.Tensor
     mask_heads: nn.ModuleDict
+
+    def __init__(self, config):
+        super().__init__()
+        if not config.heads:
+            raise ValueError(
+                f"{type(config).__name__}.heads is empty: name at least one head and its stems"
+            )
+        self.config = config
+        self.sample_rate: int = config.sample_rate
+        self.channels: int = config.channels
+        self.heads: dict[str, tuple[str, ...]] = {h: tuple(s) for h, s in config.heads.items()}
+        self.segment_samples = int(round(config.segment_seconds * config.sample_rate))
 
     def features(self, spec: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
         """Band features [b, n, k, d] of ``spec[b, c, f, n]`` (complex) and ``mix[b, c, t]``."""
