@@ -58,6 +58,36 @@ def _terminate(signum: int, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+class _ProgressBar:
+    """``progress(done_seconds, total_seconds)`` for ``separate_file``: the bar appears on the
+    first call (0 / the file's duration, reported before any work), so a file that fails
+    before its separation starts shows no bar, and the file is probed once, not twice."""
+
+    def __init__(self, label: str, disabled: bool):
+        self.label, self.disabled = label, disabled
+        self.bar: tqdm | None = None
+
+    def __call__(self, done_seconds: float, total_seconds: float) -> None:
+        if self.bar is None:
+            self.bar = tqdm(
+                total=round(total_seconds, 1),
+                desc=self.label,
+                unit="s",
+                dynamic_ncols=True,
+                bar_format=_BAR,
+                disable=self.disabled,
+                leave=True,
+                file=sys.stderr,
+            )
+        self.bar.total = round(total_seconds, 1)
+        self.bar.n = round(done_seconds, 1)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_separate(args: argparse.Namespace) -> int:
     """Separate every input; one line per failure, a summary at the end."""
     from demix.separator import SeparationError, Separator
@@ -109,26 +139,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
     started = time.time()
     for i, (path, subfolder) in enumerate(files, 1):
         label = f"[{i}/{len(files)}] {path.name}"
-        try:  # the bar starts at 0 / the file's duration (bad files are reported below)
-            duration = round(audio.info(path).seconds, 1)
-        except Exception:  # noqa: BLE001
-            duration = 1
-        bar = tqdm(
-            total=duration,
-            desc=label,
-            unit="s",
-            dynamic_ncols=True,
-            bar_format=_BAR,
-            disable=args.quiet,
-            leave=True,
-            file=sys.stderr,
-        )
-
-        def progress(done_seconds: float, total_seconds: float, bar=bar) -> None:
-            bar.total = round(total_seconds, 1)
-            bar.n = round(done_seconds, 1)
-            bar.refresh()
-
+        bar = _ProgressBar(label, disabled=args.quiet)
         t0 = time.time()
         first = tracks.setdefault(out_dir / subfolder / path.stem, path)
         if first != path:
@@ -149,7 +160,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 fmt=args.format,
                 bit_depth=args.bit_depth,
                 overwrite=args.overwrite,
-                progress=progress,
+                progress=bar,
                 warn=lambda text: print(f"demix: warning: {text}", file=sys.stderr),
             )
         except (audio.AudioError, SeparationError, OSError) as exc:

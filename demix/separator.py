@@ -452,6 +452,8 @@ class Separator:
         writers: dict[str, audio.AtomicWriter] = {}
         committed: list[Path] = []
         done = 0
+        if progress is not None:
+            progress(0.0, meta.seconds)
         try:
             for name, target in targets.items():
                 writers[name] = audio.AtomicWriter(
