@@ -6,6 +6,7 @@ check different properties of the same command.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -509,13 +510,20 @@ def test_cpu_with_an_index_is_the_cpu(tiny_checkpoint: Path, tmp_path: Path) -> 
 @pytest.fixture()
 def small_disk(tmp_path: Path):
     """A 2 MB tmpfs (needs root, as in CI; skipped elsewhere)."""
-    mount = tmp_path / "disk"
+    with mounted_tmpfs(tmp_path / "disk", "size=2m") as mount:
+        yield mount
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, options: str):
+    """A tmpfs mounted at ``mount`` with ``options`` for the block (needs root, as in CI: the
+    test is skipped where mounting is not allowed)."""
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:

@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_cli import RATE, _env, assert_sums_to, listing, run_cli, stem_paths, write_input
+from test_cli import (
+    RATE,
+    _env,
+    assert_sums_to,
+    listing,
+    mounted_tmpfs,
+    run_cli,
+    stem_paths,
+    write_input,
+)
 
 from cdx import CDX_STEMS
 from demix import Separator
@@ -138,21 +147,12 @@ def test_read_only_output_folder(tiny_checkpoint, tmp_path):
 
 def test_read_only_output_file_system(tiny_checkpoint, tmp_path):
     """As root a chmod does not stop writes: a read-only tmpfs does (skipped without mount)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
         source = write_input(tmp_path / "a.wav", seconds=0.5)
         result = run_cli(tiny_checkpoint, source, "-o", mount)
         assert result.returncode == 1, result.stderr
         line = [ln for ln in result.stderr.splitlines() if "error" in ln]
         assert len(line) == 1 and str(mount) in line[0]
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _bad_model(tmp_path: Path, tiny_checkpoint: Path, kind: str) -> Path:
