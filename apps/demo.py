@@ -14,20 +14,22 @@ import re
 import shutil
 import tempfile
 import threading
+import urllib.parse
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gradio as gr  # at module level: Gradio resolves gr.Request / gr.EventData hints here
 import numpy as np
 
 from demix import Separator, audio
-from demix.data import loudness_lufs
+from demix.data import loudness_lufs, true_peak_dbtp
 from demix.mixing import MUTE_DB, remix
 from demix.plots import plot_spectrogram
 from demix.separator import SeparationError, available_models
 
-N_SLOTS = 12  # stem players: up to 9 stems, 2 "rest" tracks and the original
+HERE = Path(__file__).parent
 HEADS = ("film", "music", "both")
 UPLOAD_TYPES = [
     ".wav",
@@ -47,10 +49,21 @@ UPLOAD_TYPES = [
 
 @dataclass
 class Limits:
-    """What the demo accepts."""
+    """What the demo accepts, enforced on the server."""
 
     max_upload_mb: float = 200.0
     max_seconds: float = 600.0
+    max_queue: int = 8  # waiting separations beyond this are told the queue is full
+
+
+@dataclass
+class Group:
+    """Tracks that play (and remix) together: one head's stems, or the original."""
+
+    key: str
+    title: str
+    labels: list[str]
+    remix: bool  # whether its stems sum to the mix (the original is not remixed)
 
 
 @dataclass
@@ -61,9 +74,15 @@ class Job:
     track: str
     sample_rate: int
     channels: int
+    seconds: float = 0.0
     tracks: dict[str, Path] = field(default_factory=dict)  # label → full-layout wav
     previews: dict[str, Path] = field(default_factory=dict)  # label → stereo wav for players
-    groups: list[list[str]] = field(default_factory=list)  # per head: labels that sum to the mix
+    groups: list[Group] = field(default_factory=list)
+    levels: dict[str, tuple[float, float]] = field(default_factory=dict)  # label → LUFS, dBTP
+
+
+class Cancelled(SeparationError):
+    """The user pressed Cancel while the separation ran."""
 
 
 def _label(name: str) -> str:
@@ -81,6 +100,10 @@ def _preview(x: np.ndarray) -> np.ndarray:
     return np.stack([left, right]) / 2.0
 
 
+def _level_text(value: float, unit: str) -> str:
+    return f"{value:.1f} {unit}" if np.isfinite(value) else "silent"
+
+
 def spectrogram_image(x: np.ndarray, sample_rate: int, title: str) -> np.ndarray:
     """A log-magnitude spectrogram of [c, t] (channels averaged) as an RGB image [h, w, 3]."""
     import matplotlib
@@ -88,13 +111,43 @@ def spectrogram_image(x: np.ndarray, sample_rate: int, title: str) -> np.ndarray
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 2.2), dpi=80)
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=90)
     plot_spectrogram(ax, x, sample_rate, title)
     fig.tight_layout()
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
     return image
+
+
+def file_url(path: Path) -> str:
+    """The URL (relative to the page, so it works behind a path prefix) under which Gradio
+    serves a file of the app folder (``allowed_paths``); nothing else is served."""
+    return "gradio_api/file=" + urllib.parse.quote(str(path))
+
+
+def mixer_value(job: Job | None) -> dict | None:
+    """What the mixer (``apps/mixer.js``) shows for a job: groups of tracks with their
+    preview URLs and levels."""
+    if job is None:
+        return None
+    groups = []
+    for group in job.groups:
+        tracks = []
+        for label in group.labels:
+            lufs, peak = job.levels[label]
+            tracks.append(
+                {
+                    "label": label,
+                    "url": file_url(job.previews[label]),
+                    "lufs": lufs if np.isfinite(lufs) else None,
+                    "peak_dbtp": peak if np.isfinite(peak) else None,
+                }
+            )
+        groups.append(
+            {"key": group.key, "title": group.title, "remix": group.remix, "tracks": tracks}
+        )
+    return {"duration_s": job.seconds, "mute_db": MUTE_DB, "groups": groups}
 
 
 class DemoApp:
@@ -113,6 +166,8 @@ class DemoApp:
         self.root = Path(root or tempfile.mkdtemp(prefix="demix-demo-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()  # one separation at a time on the model
+        self.lock_cancels = threading.Lock()
+        self.cancels: dict[str, threading.Event] = {}  # browser session → its Cancel flag
 
     # ----------------------------------------------------------------- helpers
     def _check(self, path: Path) -> audio.AudioInfo:
@@ -149,6 +204,15 @@ class DemoApp:
         return write_demo_clip(self.root / "demo" / "demo_film.wav")
 
     # ----------------------------------------------------------------- actions
+    def cancel_event(self, session: str) -> threading.Event:
+        """The flag that ``cancel(session)`` sets for that browser session's separation."""
+        with self.lock_cancels:
+            return self.cancels.setdefault(session, threading.Event())
+
+    def cancel(self, session: str) -> None:
+        """Ask the separation running for ``session`` to stop (it drops its files)."""
+        self.cancel_event(session).set()
+
     def separate(
         self,
         upload: str | os.PathLike,
@@ -156,15 +220,28 @@ class DemoApp:
         stems: list[str] | None,
         compare_model: str | None = None,
         progress=None,
+        cancel: threading.Event | None = None,
     ) -> Job:
-        """Separate an uploaded file into a new job folder."""
+        """Separate an uploaded file into a new job folder.
+
+        ``progress(fraction)`` is called as the work goes on; setting ``cancel`` stops it
+        (``Cancelled`` is raised and the job folder removed).
+        """
         source = Path(upload)
         meta = self._check(source)
-        track = _label(source.name)
         self._forget_old_jobs()
         folder = self.root / "jobs" / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
-        job = Job(folder, track, meta.sample_rate, meta.channels)
+        try:
+            return self._separate(
+                source, meta, folder, head, stems, compare_model, progress, cancel
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _separate(self, source, meta, folder, head, stems, compare_model, progress, cancel):
+        job = Job(folder, _label(source.name), meta.sample_rate, meta.channels, meta.seconds)
         mix, _ = audio.read(source)
         original = folder / "original.wav"
         audio.write(original, mix, meta.sample_rate, "wav", "24")
@@ -172,26 +249,37 @@ class DemoApp:
         runs = [("", self.separator)]
         if compare_model and compare_model in self.others:
             runs.append((f"{compare_model}:", self.others[compare_model]))
+
+        def report(i: int):
+            def on_progress(done: float, total: float) -> None:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("separation cancelled")
+                if progress is not None:
+                    progress((i + done / max(total, 1e-9)) / len(runs))
+
+            return on_progress
+
         with self.lock:
-            for prefix, sep in runs:
+            for i, (prefix, sep) in enumerate(runs):
                 out = folder / (prefix.rstrip(":") or "main")
                 written = sep.separate_file(
-                    original,
-                    out,
-                    head=head,
-                    stems=stems or None,
-                    fmt="wav",
-                    progress=(lambda d, t: progress(d / max(t, 1e-9))) if progress else None,
+                    original, out, head=head, stems=stems or None, fmt="wav", progress=report(i)
                 )
                 for name, path in written.items():
                     job.tracks[f"{prefix}{name}"] = path
-        plan = self.separator.plan(head, stems or None)
-        job.groups = [
-            list(plan.selected[h]) + ([plan.rest_names[h]] if plan.rest_names[h] else [])
-            for h in plan.heads
-        ]
+                plan = sep.plan(head, stems or None)
+                for h in plan.heads:
+                    labels = list(plan.selected[h])
+                    labels += [plan.rest_names[h]] if plan.rest_names[h] else []
+                    model = f" · {prefix.rstrip(':')}" if prefix else ""
+                    title = f"{h.capitalize()} head{model}: {', '.join(labels)}"
+                    job.groups.append(
+                        Group(f"{prefix}{h}", title, [f"{prefix}{x}" for x in labels], True)
+                    )
+        job.groups.append(Group("original", "Original", ["original"], False))
         for label, path in job.tracks.items():
             x, rate = audio.read(path)
+            job.levels[label] = (loudness_lufs(x, rate), true_peak_dbtp(x, rate))
             preview = folder / "preview" / f"{label.replace(':', '__')}.wav"
             preview.parent.mkdir(exist_ok=True)
             audio.write(preview, _preview(x), rate, "wav", "16")
@@ -199,16 +287,16 @@ class DemoApp:
         return job
 
     def compare(self, job: Job, a: str, b: str) -> tuple[str, str, np.ndarray, np.ndarray, str]:
-        """Players, spectrograms and the level difference of two tracks of a job."""
+        """Players, spectrograms and the levels (LUFS, true peak) of two tracks of a job."""
         xa, rate = audio.read(job.tracks[a])
         xb, _ = audio.read(job.tracks[b])
-        la, lb = loudness_lufs(xa, rate), loudness_lufs(xb, rate)
-
-        def fmt(v: float) -> str:
-            return f"{v:.1f} LUFS" if np.isfinite(v) else "silent"
-
+        la, lb = job.levels[a][0], job.levels[b][0]
         diff = f"{la - lb:+.1f} dB" if np.isfinite(la) and np.isfinite(lb) else "n/a"
-        text = f"**A** {a}: {fmt(la)} · **B** {b}: {fmt(lb)} · A − B: {diff}"
+        text = (
+            f"**A** {a}: {_level_text(la, 'LUFS')}, peak {_level_text(job.levels[a][1], 'dBTP')}"
+            f" · **B** {b}: {_level_text(lb, 'LUFS')}, peak "
+            f"{_level_text(job.levels[b][1], 'dBTP')} · A − B: {diff}"
+        )
         return (
             str(job.previews[a]),
             str(job.previews[b]),
@@ -217,23 +305,37 @@ class DemoApp:
             text,
         )
 
-    def remix(self, job: Job, gains_db: dict[str, float], mute: set[str], solo: set[str]) -> Path:
-        """Sum the stems (not "original", not the comparison model's) with gains in dB;
-        ``MUTE_DB`` or below, muted; if any stem is soloed, only soloed stems play."""
-        stems = {
-            label: audio.read(path)[0]
-            for label, path in job.tracks.items()
-            if label != "original" and ":" not in label
-        }
+    def remix(
+        self,
+        job: Job,
+        gains_db: dict[str, float],
+        mute: set[str],
+        solo: set[str],
+        group: str | None = None,
+    ) -> Path:
+        """Sum one group's stems (default: the first head's) with gains in dB; ``MUTE_DB`` or
+        below, muted; if any stem is soloed, only soloed stems play. The file keeps the
+        input's rate and channel layout (32-bit float, so raised stems never clip)."""
+        chosen = next((g for g in job.groups if g.remix and g.key == (group or g.key)), None)
+        if chosen is None:
+            raise SeparationError(f"no stems to remix in group {group!r}")
+        stems = {label: audio.read(job.tracks[label])[0] for label in chosen.labels}
         total = remix(
             stems,
             {k: v for k, v in gains_db.items() if k in stems},
-            mute & stems.keys(),
-            solo & stems.keys(),
-            groups=job.groups or None,
+            set(mute) & stems.keys(),
+            set(solo) & stems.keys(),
         )
-        out = job.folder / f"remix-{uuid.uuid4().hex[:6]}.wav"
-        audio.write(out, _preview(total), job.sample_rate, "wav", "32f")
+        out = job.folder / "remix" / f"{job.track}-remix-{uuid.uuid4().hex[:6]}.wav"
+        out.parent.mkdir(exist_ok=True)
+        audio.write(out, total, job.sample_rate, "wav", "32f")
+        return out
+
+    def preview(self, path: Path) -> Path:
+        """A stereo 16-bit copy of a file of the app folder, for the browser's player."""
+        x, rate = audio.read(path)
+        out = path.with_name(f"{path.stem}-preview.wav")
+        audio.write(out, _preview(x), rate, "wav", "16")
         return out
 
     def zip(self, job: Job) -> Path:
@@ -258,18 +360,16 @@ def build_demo(
     others: dict[str, Separator] | None = None,
 ):
     """The Gradio page for ``separator`` (optionally other models to compare against)."""
-    import gradio as gr
-
     app = DemoApp(separator, limits, root, others)
     head_stems = {h: list(s) for h, s in separator.heads.items()}
     head_stems["both"] = [s for h in separator.heads for s in separator.heads[h]]
 
-    with gr.Blocks(title="demix: separate, compare, remix") as demo:
+    with gr.Blocks(title="demix: separate, listen, remix") as demo:
         demo.demix_app = app  # for tests and cleanup
         job_state = gr.State(None)
         gr.Markdown(
-            "# demix\nUpload a film clip or a song, separate it into stems, listen, "
-            "compare any two tracks, remix and download."
+            "# demix\nUpload a film clip or a song and separate it into stems. Play them in "
+            "sync with solo and mute, compare any two tracks, remix and download."
         )
         with gr.Row():
             with gr.Column(scale=2):
@@ -291,17 +391,32 @@ def build_demo(
                     value="none",
                     label="Also separate with (to compare)",
                 )
-        separate_btn = gr.Button("Separate", variant="primary")
-        status = gr.Markdown("")
-        players, images = [], []
+        with gr.Row(equal_height=True):
+            separate_btn = gr.Button("Separate", variant="primary", scale=1, elem_id="separate")
+            cancel_btn = gr.Button("Cancel", variant="stop", scale=0, elem_id="cancel")
+            status = gr.Markdown("", elem_id="status", min_height=40)
+        mixer = gr.HTML(
+            None,
+            html_template='<div class="dx-mixer"></div>',
+            css_template=(HERE / "mixer.css").read_text(),
+            js_on_load=(HERE / "mixer.js").read_text(),
+            elem_id="mixer",
+            apply_default_css=False,
+        )
         with gr.Row():
-            for i in range(N_SLOTS):
-                with gr.Column(min_width=260, visible=False) as col:
-                    players.append(
-                        (col, gr.Audio(label=f"track {i}", type="filepath", interactive=False))
-                    )
-                    images.append(gr.Image(show_label=False, interactive=False, height=150))
-        with gr.Accordion("Compare two tracks (A/B)", open=True):
+            remix_audio = gr.Audio(
+                label="Remix (stereo preview)",
+                type="filepath",
+                interactive=False,
+                elem_id="remix-audio",
+            )
+            remix_file = gr.File(
+                label="Remix download (the input's rate and channel layout, 32-bit float)",
+                interactive=False,
+                elem_id="remix-file",
+            )
+        download = gr.File(label="Download all stems (zip)", interactive=False, elem_id="download")
+        with gr.Accordion("Compare two tracks (A/B)", open=False):
             with gr.Row():
                 track_a = gr.Dropdown([], label="Track A")
                 track_b = gr.Dropdown([], label="Track B")
@@ -311,29 +426,8 @@ def build_demo(
                 audio_a = gr.Audio(label="A", type="filepath", interactive=False)
                 audio_b = gr.Audio(label="B", type="filepath", interactive=False)
             with gr.Row():
-                image_a = gr.Image(show_label=False, interactive=False, height=150)
-                image_b = gr.Image(show_label=False, interactive=False, height=150)
-        with gr.Accordion("Remix", open=True):
-            gain_sliders, mute_boxes, solo_boxes, remix_rows = [], [], [], []
-            for i in range(N_SLOTS - 1):
-                with gr.Row(visible=False) as row:
-                    gain_sliders.append(
-                        gr.Slider(
-                            MUTE_DB,
-                            12.0,
-                            value=0.0,
-                            step=0.5,
-                            label=f"stem {i} gain (dB; left end = −∞)",
-                        )
-                    )
-                    mute_boxes.append(gr.Checkbox(label="mute"))
-                    solo_boxes.append(gr.Checkbox(label="solo"))
-                remix_rows.append(row)
-            remix_btn = gr.Button("Render remix")
-            remix_audio = gr.Audio(
-                label="Remix", type="filepath", interactive=False, elem_id="remix-audio"
-            )
-        download = gr.File(label="Download all stems (zip)", interactive=False, elem_id="download")
+                image_a = gr.Image(show_label=False, interactive=False, height=300)
+                image_b = gr.Image(show_label=False, interactive=False, height=300)
 
         def on_head(h):
             return gr.CheckboxGroup(choices=head_stems[h], value=head_stems[h])
@@ -342,94 +436,104 @@ def build_demo(
         demo.load(on_head, head, stems)
         demo_btn.click(lambda: str(app.demo_clip()), None, upload)
 
-        def run(path, h, chosen, other, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
+        def run(path, h, chosen, other, request: gr.Request, progress=gr.Progress()):  # noqa: B008
             if not path:
                 raise gr.Error("Upload a file (or use the demo clip) first.")
             if not chosen:
                 raise gr.Error("Choose at least one stem.")
+            cancel = app.cancel_event(request.session_hash)
+            cancel.clear()
             try:
                 job = app.separate(
-                    path, h, list(chosen), None if other == "none" else other, progress
+                    path, h, list(chosen), None if other == "none" else other, progress, cancel
                 )
+            except Cancelled:
+                raise gr.Error("Cancelled: nothing was kept.") from None
             except (SeparationError, audio.AudioError) as exc:
                 raise gr.Error(str(exc)) from None
             labels = list(job.tracks)
-            updates = []
-            for i in range(N_SLOTS):
-                if i < len(labels):
-                    label = labels[i]
-                    x, rate = audio.read(job.previews[label])
-                    updates += [
-                        gr.Column(visible=True),
-                        gr.Audio(value=str(job.previews[label]), label=label),
-                        spectrogram_image(x, rate, label),
-                    ]
-                else:
-                    updates += [gr.Column(visible=False), gr.Audio(value=None), None]
-            stem_labels = [x for x in labels if x != "original" and ":" not in x]
-            rows = []
-            for i in range(N_SLOTS - 1):
-                visible = i < len(stem_labels)
-                name = stem_labels[i] if visible else ""
-                rows += [
-                    gr.Row(visible=visible),
-                    gr.Slider(value=0.0, label=f"{name} gain (dB; left end = −∞)"),
-                    gr.Checkbox(value=False),
-                    gr.Checkbox(value=False),
-                ]
+            stems_text = "; ".join(g.title for g in job.groups if g.remix)
             text = (
-                f"Separated **{job.track}** ({job.sample_rate} Hz, {job.channels} ch): "
-                f"{', '.join(labels[1:])}."
+                f"Separated **{job.track}** ({job.sample_rate} Hz, {job.channels} ch, "
+                f"{job.seconds:.1f} s): {stems_text}."
             )
             second = labels[1] if len(labels) > 1 else labels[0]
             return [
                 job,
                 text,
+                mixer_value(job),
                 gr.Dropdown(choices=labels, value="original"),
                 gr.Dropdown(choices=labels, value=second),
                 str(app.zip(job)),
-                *updates,
-                *rows,
             ]
 
-        slot_outputs = [
-            c for pair in zip(players, images) for c in (pair[0][0], pair[0][1], pair[1])
-        ]
-        row_outputs = [
-            c
-            for i in range(N_SLOTS - 1)
-            for c in (remix_rows[i], gain_sliders[i], mute_boxes[i], solo_boxes[i])
-        ]
-        separate_btn.click(
+        separate_event = separate_btn.click(
             run,
             [upload, head, stems, compare_model],
-            [job_state, status, track_a, track_b, download, *slot_outputs, *row_outputs],
+            [job_state, status, mixer, track_a, track_b, download],
             concurrency_limit=1,
+            show_progress_on=[status],
         )
+
+        def on_cancel(request: gr.Request):
+            app.cancel(request.session_hash)
+            return "Cancelling…"
+
+        cancel_btn.click(on_cancel, None, status, cancels=[separate_event], queue=False)
 
         def on_compare(job, a, b):
             if job is None:
                 raise gr.Error("Separate something first.")
-            pa, pb, ia, ib, text = app.compare(job, a, b)
-            return pa, pb, ia, ib, text
+            return app.compare(job, a, b)
 
         compare_btn.click(
             on_compare, [job_state, track_a, track_b], [audio_a, audio_b, image_a, image_b, level]
         )
 
-        def on_remix(job, *values):
+        def on_remix(job, evt: gr.EventData):
             if job is None:
                 raise gr.Error("Separate something first.")
-            n = N_SLOTS - 1
-            gains, mutes, solos = values[:n], values[n : 2 * n], values[2 * n :]
-            labels = [x for x in job.tracks if x != "original" and ":" not in x]
-            gains_db = {lab: float(gains[i]) for i, lab in enumerate(labels)}
-            mute = {lab for i, lab in enumerate(labels) if mutes[i]}
-            solo = {lab for i, lab in enumerate(labels) if solos[i]}
-            return str(app.remix(job, gains_db, mute, solo))
+            data = evt._data or {}
+            try:
+                out = app.remix(
+                    job,
+                    {k: float(v) for k, v in dict(data.get("gains_db", {})).items()},
+                    set(data.get("mute", [])),
+                    set(data.get("solo", [])),
+                    group=data.get("group"),
+                )
+            except (SeparationError, ValueError) as exc:
+                raise gr.Error(str(exc)) from None
+            return str(app.preview(out)), str(out)
 
-        remix_btn.click(on_remix, [job_state, *gain_sliders, *mute_boxes, *solo_boxes], remix_audio)
+        mixer.click(on_remix, [job_state], [remix_audio, remix_file])
     return demo
+
+
+def serve(
+    demo,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    block: bool = True,
+) -> None:
+    """Serve a page from ``build_demo`` with its limits enforced by the server: uploads over
+    ``max_upload_mb`` refused at upload, at most ``max_queue`` separations waiting, one
+    running at a time, only the app folder's files served. Binds ``host`` (127.0.0.1 by
+    default: reachable from this machine only)."""
+    app = demo.demix_app
+    limits = app.limits
+    demo.queue(default_concurrency_limit=1, max_size=limits.max_queue).launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        inbrowser=False,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        # In bytes: gradio parses "200.0mb" (a float in a size string) as an invalid unit.
+        max_file_size=int(limits.max_upload_mb * 1024 * 1024),
+        allowed_paths=[str(app.root)],
+    )
 
 
 def launch(
@@ -449,12 +553,4 @@ def launch(
         others[Path(path).stem] = Separator.from_pretrained(path)
     demo = build_demo(separator, limits, root, others)
     atexit.register(demo.demix_app.cleanup)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        inbrowser=False,
-        # In bytes: gradio parses "200.0mb" (a float in a size string) as an invalid unit.
-        max_file_size=int((limits or Limits()).max_upload_mb * 1024 * 1024),
-        allowed_paths=[str(root)],
-    )
+    serve(demo, host, port, share)

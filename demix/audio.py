@@ -3,7 +3,8 @@
 - wav, flac, ogg/opus, mp3, aiff are read through soundfile (libsndfile);
 - m4a/aac and the audio of video containers (mp4, mov, mkv, ...) through ffmpeg: a system
   ``ffmpeg`` if present, else the binary bundled by the ``imageio-ffmpeg`` wheel;
-- wav (16/24-bit integer, 32-bit float) and flac (16/24-bit) are written, atomically.
+- wav (16/24-bit integer, 32-bit float), flac (16/24-bit) and mp3 (constant bitrate, through
+  libsndfile's LAME encoder) are written, atomically.
 
 Arrays are float32 shaped [c, t] (channels first), as everywhere in demix.
 """
@@ -14,6 +15,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ _SUBTYPE_BITS = {
     "DOUBLE": "32f",
 }
 _BITS_SUBTYPE = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+OUTPUT_FORMATS = ("wav", "flac", "mp3")
+MP3_BITRATES_KBPS = (64, 96, 128, 160, 192, 224, 256, 320)
+MP3_MAX_RATE = 48000
 
 
 class AudioError(Exception):
@@ -55,6 +60,7 @@ class AudioInfo:
     frames: int
     bit_depth: str  # "16", "24" or "32f": the depth to write stems at by default
     backend: str  # "soundfile" or "ffmpeg"
+    notes: tuple[str, ...] = ()  # what is odd but readable (shown as warnings)
 
     @property
     def seconds(self) -> float:
@@ -196,6 +202,45 @@ def _ffmpeg_blocks(
         proc.stderr.close()
 
 
+@contextlib.contextmanager
+def _quiet_decoder(path: Path) -> Iterator[None]:
+    """Silence what libmpg123 prints on the process's stderr while an mp3 is opened ("Xing
+    stream size off by more than 1%" for a cut-off file): demix reports problems in its own
+    one-line messages. Other formats are opened as they are."""
+    if path.suffix.lower() != ".mp3":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def find_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, its output subfolder) for each input: files as given go to the output folder
+    itself; folders are expanded (recursively, links to folders not followed) to the
+    audio/video files inside, whose subfolders are mirrored under the output folder
+    (``reel1/mix.wav`` → ``OUT/reel1/...``). An empty folder is reported on stderr."""
+    files: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+            )
+            if not found:
+                print(f"demix: {p}: folder holds no audio files", file=sys.stderr)
+            files += [(f, f.parent.relative_to(p)) for f in found]
+        else:
+            files.append((p, Path()))
+    return files
+
+
 def info(path: str | os.PathLike) -> AudioInfo:
     """Read a file's sample rate, channel count, length and bit depth without decoding it all.
 
@@ -212,7 +257,8 @@ def info(path: str | os.PathLike) -> AudioInfo:
     if path.suffix.lower() in FFMPEG_EXTENSIONS:
         return _ffprobe(path)
     try:
-        meta = sf.info(str(path))
+        with _quiet_decoder(path):
+            meta = sf.info(str(path))
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
         if path.suffix.lower() not in SOUNDFILE_EXTENSIONS:
             return _ffprobe(path)
@@ -225,6 +271,15 @@ def info(path: str | os.PathLike) -> AudioInfo:
             raise AudioError(
                 f"{path}: truncated file (the header promises more audio than the file holds)"
             )
+    notes = ()
+    if meta.format in ("WAV", "WAVEX", "RF64"):
+        extra = _bytes_after_wav_data(path)
+        if extra > max(64 * 1024, 0.01 * path.stat().st_size):
+            notes = (
+                f"{path}: {extra / 1e6:.1f} MB after the audio that the header declares "
+                f"({meta.frames / meta.samplerate:.1f} s) are not WAV chunks; only the declared "
+                "audio is separated (a header left short by the program that wrote the file?)",
+            )
     return AudioInfo(
         path,
         meta.samplerate,
@@ -232,7 +287,38 @@ def info(path: str | os.PathLike) -> AudioInfo:
         meta.frames,
         _SUBTYPE_BITS.get(meta.subtype, "24"),
         "soundfile",
+        notes,
     )
+
+
+def _bytes_after_wav_data(path: Path) -> int:
+    """Bytes after a WAV file's data chunk that do not parse as RIFF chunks (0 if all do).
+
+    A header that understates the data (a recorder that crashed before fixing its sizes,
+    a tool that wrote a 32-bit size for more than 4 GB) leaves audio that libsndfile skips
+    in silence; proper trailing chunks (LIST, id3, bext, iXML) have a printable id and fit.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if f.read(4) not in (b"RIFF", b"RF64", b"BW64"):
+            return 0
+        f.seek(12)
+        offset, after_data = 12, None
+        while offset + 8 <= size:
+            f.seek(offset)
+            head = f.read(8)
+            chunk, length = head[:4], int.from_bytes(head[4:], "little")
+            readable = all(32 <= c < 127 for c in chunk)
+            if after_data is not None and (not readable or offset + 8 + length > size):
+                return size - offset
+            if not readable:
+                return 0  # before the data chunk: libsndfile's problem, not ours
+            if chunk == b"data":
+                if length in (0, 0xFFFFFFFF):  # streamed placeholders (RF64: size in ds64)
+                    return 0
+                after_data = True
+            offset += 8 + length + (length & 1)
+    return 0
 
 
 def _header_overstates(line: str) -> bool:
@@ -278,11 +364,17 @@ def iter_blocks(
         yield block
     if offset == 0:
         raise AudioError(f"{path}: no audio (zero length)")
+    if meta.backend == "soundfile" and offset < meta.frames - max(0.01 * meta.frames, 4096):
+        # A cut-off mp3 whose Xing header gives the full length: decoding stops early.
+        raise AudioError(
+            f"{path}: truncated file (the header promises {meta.seconds:.1f} s, the audio "
+            f"stops at {offset / meta.sample_rate:.1f} s)"
+        )
 
 
 def _soundfile_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
     try:
-        with sf.SoundFile(str(path)) as f:
+        with _quiet_decoder(path), sf.SoundFile(str(path)) as f:
             while True:
                 data = f.read(block_frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
@@ -328,15 +420,46 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.ascontiguousarray(out.T, dtype=np.float32)
 
 
-def subtype_for(fmt: str, bit_depth: str) -> str:
-    """soundfile subtype for ``fmt`` ("wav"/"flac") at ``bit_depth`` ("16"/"24"/"32f")."""
+def subtype_for(fmt: str, bit_depth: str | None) -> str:
+    """soundfile subtype for ``fmt`` ("wav"/"flac"/"mp3") at ``bit_depth`` ("16"/"24"/"32f";
+    mp3 has no bit depth and ignores it)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise AudioError(f"unknown output format {fmt!r} (choose {', '.join(OUTPUT_FORMATS)})")
+    if fmt == "mp3":
+        return "MPEG_LAYER_III"
     if bit_depth not in _BITS_SUBTYPE:
         raise AudioError(f"unknown bit depth {bit_depth!r} (choose 16, 24 or 32f)")
     if fmt == "flac" and bit_depth == "32f":
         raise AudioError("flac stores 16- or 24-bit integers only: use --bit-depth 16/24 or wav")
-    if fmt not in ("wav", "flac"):
-        raise AudioError(f"unknown output format {fmt!r} (choose wav or flac)")
     return _BITS_SUBTYPE[bit_depth]
+
+
+def check_mp3(sample_rate: int, channels: int) -> None:
+    """Refuse, before any work, what an MP3 file cannot hold (more than 2 channels, rates
+    above 48 kHz): the message says what to use instead."""
+    if channels > 2:
+        raise AudioError(
+            f"mp3 holds mono or stereo only, not {channels} channels: use --format wav or flac"
+        )
+    if sample_rate > MP3_MAX_RATE:
+        raise AudioError(
+            f"mp3 holds at most {MP3_MAX_RATE} Hz, not {sample_rate} Hz: use --format wav or flac"
+        )
+
+
+def mp3_compression_level(bitrate_kbps: int, sample_rate: int) -> float:
+    """libsndfile's compression level (0 = best) for a constant ``bitrate_kbps``.
+
+    libsndfile maps the level linearly onto LAME's bitrate range for the MPEG version that
+    the rate implies (MPEG-1 at 32-48 kHz up to 320 kb/s, MPEG-2 at 16-24 kHz up to 160,
+    MPEG-2.5 below up to 64) and LAME takes the nearest legal bitrate; bitrates above the
+    version's maximum are written at its maximum. Checked by file size in the tests.
+    """
+    top, bottom = (
+        (320, 32) if sample_rate >= 32000 else (160, 8) if sample_rate >= 16000 else (64, 8)
+    )
+    level = (top - min(bitrate_kbps, top)) / (top - bottom)
+    return float(min(max(level, 0.0), 0.99))  # 1.0 itself is refused by libsndfile
 
 
 def temporary_path(path: Path) -> Path:
@@ -358,13 +481,31 @@ class AtomicWriter:
     Integer formats are quantised here, rounding to nearest (libsndfile's own float to
     integer conversion truncates, which biases the stems and breaks the null test by up to
     one step per stem); samples beyond full scale are clipped and counted in ``clipped``.
+    MP3 (``bitrate_kbps``, constant bitrate) is lossy: its stems no longer sum exactly to
+    the input, and samples beyond full scale are clipped and counted the same way.
     """
 
-    def __init__(self, path: Path, sample_rate: int, channels: int, fmt: str, bit_depth: str):
+    def __init__(
+        self,
+        path: Path,
+        sample_rate: int,
+        channels: int,
+        fmt: str,
+        bit_depth: str | None,
+        bitrate_kbps: int = 320,
+    ):
         self.path = Path(path)
         subtype = subtype_for(fmt, bit_depth)
         self.bits = {"PCM_16": 16, "PCM_24": 24}.get(subtype, 0)
         self.clipped = 0
+        self.lossy = fmt == "mp3"
+        options = {}
+        if self.lossy:
+            check_mp3(sample_rate, channels)
+            options = {
+                "compression_level": mp3_compression_level(bitrate_kbps, sample_rate),
+                "bitrate_mode": "CONSTANT",
+            }
         self.tmp = temporary_path(self.path)
         try:
             self._file = sf.SoundFile(
@@ -372,8 +513,9 @@ class AtomicWriter:
                 "w",
                 samplerate=sample_rate,
                 channels=channels,
-                format=fmt.upper(),
+                format="MP3" if fmt == "mp3" else fmt.upper(),
                 subtype=subtype,
+                **options,
             )
         except Exception as exc:  # noqa: BLE001 - libsndfile refuses rate/channels/format
             self.tmp.unlink(missing_ok=True)
@@ -384,6 +526,9 @@ class AtomicWriter:
 
     def write(self, block: np.ndarray) -> None:
         """Append float32 [c, t]."""
+        if self.lossy:  # the encoder clips at full scale: count it as for integer formats
+            self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
+            block = np.clip(block, -1.0, 1.0)
         if not self.bits:
             self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
             return

@@ -21,29 +21,10 @@ SEPARATE_EXAMPLES = """examples:
   demix separate film.mov -o stems/ --stems dialogue       dialogue + rest (the M&E)
   demix separate songs/ -o stems/ --head music --stems vocals,drums
   demix separate song.flac -o stems/ --head both --format flac --bit-depth 24
+  demix separate song.mp3 -o stems/ --head music --mp3 --mp3-bitrate 256 --shifts 2
+  demix separate reels/ -o stems/ --filename "{track}_{stem}.{ext}"
 """
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]"
-
-
-def _expand_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """(file, its output subfolder): files as given go to the output folder itself; folders
-    are expanded (recursively) to the audio/video files inside, whose subfolders are mirrored
-    under the output folder (``reel1/mix.wav`` → ``OUT/reel1/mix/``)."""
-    files: list[tuple[Path, Path]] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in audio.AUDIO_EXTENSIONS
-            )
-            if not found:
-                print(f"demix: {p}: folder holds no audio files", file=sys.stderr)
-            files += [(f, f.parent.relative_to(p)) for f in found]
-        else:
-            files.append((p, Path()))
-    return files
 
 
 def _parse_stems(text: str | None) -> list[str] | None:
@@ -90,7 +71,7 @@ class _ProgressBar:
 
 def cmd_separate(args: argparse.Namespace) -> int:
     """Separate every input; one line per failure, a summary at the end."""
-    from demix.separator import SeparationError, Separator
+    from demix.separator import SeparationError, Separator, stem_paths
 
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -114,7 +95,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.jobs)
-    options = {}
+    if args.mp3:
+        args.format = "mp3"
+    if args.format == "mp3" and args.bit_depth:
+        print("demix separate: mp3 has no bit depth (drop --bit-depth)", file=sys.stderr)
+        return 2
+    options = {"shifts": args.shifts}
     if args.segment is not None:
         options["segment_seconds"] = args.segment
     try:
@@ -129,28 +115,31 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 overlap_seconds=args.overlap * sep.chunk_samples / sep.sample_rate,
                 **options,
             )
-        sep.plan(args.head, _parse_stems(args.stems))  # validate before touching any file
+        outputs = sep.plan(args.head, _parse_stems(args.stems)).outputs  # validate up front
+        stem_paths(Path("x.wav"), out_dir, outputs, args.format, args.filename)
     except (SeparationError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
         return 2
-    files = _expand_inputs(inputs)
+    files = audio.find_inputs(inputs)
     ok, failed = [], []
-    tracks: dict[Path, Path] = {}  # track folder → the input that uses it
+    taken: dict[Path, Path] = {}  # stem file → the input that writes it
     started = time.time()
     for i, (path, subfolder) in enumerate(files, 1):
         label = f"[{i}/{len(files)}] {path.name}"
         bar = _ProgressBar(label, disabled=args.quiet)
         t0 = time.time()
-        first = tracks.setdefault(out_dir / subfolder / path.stem, path)
-        if first != path:
-            bar.close()
+        targets = stem_paths(path, out_dir / subfolder, outputs, args.format, args.filename)
+        clash = next((taken[t] for t in targets.values() if t in taken), None)
+        if clash is not None:
             failed.append(path)
             print(
-                f"demix: error: {path}: its stems would go to {out_dir / subfolder / path.stem}/, "
-                f"already used by {first} in this batch (separate it with another -o)",
+                f"demix: error: {path}: its stems would go to {next(iter(targets.values()))}, "
+                f"already written for {clash} in this batch (use another -o or a --filename "
+                "with {trackext})",
                 file=sys.stderr,
             )
             continue
+        taken.update(dict.fromkeys(targets.values(), path))
         try:
             written = sep.separate_file(
                 path,
@@ -161,6 +150,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 bit_depth=args.bit_depth,
                 overwrite=args.overwrite,
                 progress=bar,
+                filename=args.filename,
+                bitrate_kbps=args.mp3_bitrate,
                 warn=lambda text: print(f"demix: warning: {text}", file=sys.stderr),
             )
         except (audio.AudioError, SeparationError, OSError) as exc:
@@ -185,13 +176,77 @@ def cmd_separate(args: argparse.Namespace) -> int:
             return 130
         bar.close()
         ok.append(path)
-        folder = next(iter(written.values())).parent
-        print(f"{path} -> {folder}/ ({', '.join(written)}) in {time.time() - t0:.1f} s")
+        folders = sorted({str(p.parent) for p in written.values()})
+        where = f"{folders[0]}/" if len(folders) == 1 else f"{out_dir}/"
+        print(f"{path} -> {where} ({', '.join(written)}) in {time.time() - t0:.1f} s")
     print(
         f"done: {len(ok)} separated, {len(failed)} failed, {time.time() - started:.1f} s; "
         f"stems in {out_dir}/"
     )
     return 0 if not failed and files else 1
+
+
+def cmd_post(args: argparse.Namespace) -> int:
+    """Dialogue cleanup deliverables (DX, MX, FX, ME) for post-production; see ``cdx.post``."""
+    from cdx.post import describe_metadata, parse_deliver, post_batch
+    from demix.separator import SeparationError, Separator
+
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.check:
+        failed = 0
+        for path, _ in audio.find_inputs(args.inputs):
+            try:
+                print(describe_metadata(path))
+            except (audio.AudioError, OSError, ValueError) as exc:
+                failed += 1
+                print(f"demix: error: {path}: {exc}", file=sys.stderr)
+        return 1 if failed else 0
+    if not args.output:
+        print("demix post: give -o OUT (or --check to show metadata)", file=sys.stderr)
+        return 2
+    try:
+        deliver = parse_deliver(args.deliver)
+        sep = Separator.from_pretrained(args.model, device=args.device)
+    except (SeparationError, ValueError) as exc:
+        print(f"demix: {exc}", file=sys.stderr)
+        return 2
+    bar = tqdm(
+        total=0.0, unit="s", dynamic_ncols=True, disable=args.quiet, file=sys.stderr,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
+        "[{elapsed}<{remaining}]",
+    )  # fmt: skip
+
+    def progress(done: float, total: float, name: str) -> None:
+        bar.total, bar.n = round(total, 1), round(done, 1)
+        bar.set_description_str(Path(name).name or "done", refresh=False)
+        bar.refresh()
+
+    try:
+        results = post_batch(sep, args.inputs, args.output, deliver, args.overwrite, progress)
+    except KeyboardInterrupt:
+        bar.close()
+        print("demix: interrupted; finished inputs are kept, a rerun resumes", file=sys.stderr)
+        return 130
+    bar.close()
+    for r in results:
+        if r.status == "failed":
+            print(f"demix: error: {r.error}", file=sys.stderr)
+        elif r.status == "skipped":
+            print(f"{r.file}: deliverables complete, skipped (--overwrite to redo)")
+        else:
+            dx = r.levels.get("DX", {}).get("lufs")
+            note = f", {r.clipped_samples} samples clipped" if r.clipped_samples else ""
+            print(
+                f"{r.file} -> {', '.join(Path(o).name for o in r.outputs)} "
+                f"({r.layout}; DX {dx} LUFS; {r.seconds_taken:.1f} s{note})"
+            )
+    failed = sum(r.status == "failed" for r in results)
+    print(
+        f"done: {sum(r.status == 'done' for r in results)} delivered, "
+        f"{sum(r.status == 'skipped' for r in results)} skipped, {failed} failed; "
+        f"report in {Path(args.output) / 'report.csv'}"
+    )
+    return 1 if failed or not results else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -257,7 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         args.share,
-        Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds),
+        Limits(args.max_upload_mb, args.max_seconds, args.max_queue),
         args.compare,
     )
     return 0
@@ -291,10 +346,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="wav",
-        choices=["wav", "flac"],
-        help="file format of the stems (default wav)",
+        choices=list(audio.OUTPUT_FORMATS),
+        help="file format of the stems (default wav); mp3 is lossy, so its stems no longer "
+        "sum exactly to the input",
     )
-    p.add_argument("--bit-depth", choices=["16", "24", "32f"], help="default: the input's")
+    p.add_argument("--mp3", action="store_true", help="same as --format mp3 (as demucs)")
+    p.add_argument(
+        "--mp3-bitrate",
+        type=int,
+        default=320,
+        choices=list(audio.MP3_BITRATES_KBPS),
+        metavar="KBPS",
+        help="constant bitrate of mp3 stems (default 320; one of "
+        f"{', '.join(map(str, audio.MP3_BITRATES_KBPS))})",
+    )
+    p.add_argument(
+        "--bit-depth",
+        choices=["16", "24", "32f"],
+        help="wav/flac sample format (default: the input's)",
+    )
+    p.add_argument(
+        "--filename",
+        default="{track}/{stem}.{ext}",
+        metavar="TEMPLATE",
+        help="where each stem goes under -o, with {track}, {trackext}, {stem}, {ext} "
+        "(default {track}/{stem}.{ext})",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "-n",
@@ -318,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRACTION",
         help="overlap of consecutive chunks as a fraction of the chunk (default 1 s)",
     )
+    p.add_argument(
+        "--shifts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="average N passes on randomly shifted input (as demucs; N times slower, "
+        "slightly better; default 1)",
+    )
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU threads (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace existing stems")
     p.add_argument(
@@ -330,12 +415,22 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config", add_help=False)
     t.set_defaults(func=None)
     d = sub.add_parser("demo", help="start the Gradio demo in a local web server")
-    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)",
+    )
     d.add_argument("--port", type=int, default=7860)
     d.add_argument("--share", action="store_true", help="also create a public Gradio link")
     d.add_argument("--model", default="demix-small")
-    d.add_argument("--max-upload-mb", type=float, default=200.0)
+    d.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
     d.add_argument("--max-seconds", type=float, default=600.0, help="longest accepted input")
+    d.add_argument(
+        "--max-queue",
+        type=int,
+        default=8,
+        help="separations that may wait; later visitors are told the queue is full",
+    )
     d.add_argument(
         "--compare",
         action="append",
@@ -344,6 +439,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="another model to offer for A/B comparison (repeatable)",
     )
     d.set_defaults(func=cmd_demo)
+    q = sub.add_parser(
+        "post",
+        help="dialogue cleanup: DX / M&E deliverables for post-production",
+        description="Write DX (dialogue), MX, FX and ME (music + effects) deliverables that "
+        "add back to the input sample for sample, keeping rate, depth, channel layout and BWF "
+        "metadata; a report (CSV and JSON) with loudness, true peak and loudness range.",
+        epilog="examples:\n  demix post reel1.wav -o deliverables/\n"
+        "  demix post reels/ -o deliverables/ --deliver dx,mx,fx,me\n"
+        "  demix post deliverables/reel1_DX.wav --check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("inputs", nargs="+", help="audio/video files or folders")
+    q.add_argument("-o", "--output", help="output folder: OUT/<name>_DX.wav, ...")
+    q.add_argument(
+        "--deliver", default="dx,me", help="deliverables among dx, mx, fx, me (default dx,me)"
+    )
+    q.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
+    q.add_argument("--device", default="cpu", help="cpu or cuda")
+    q.add_argument("--overwrite", action="store_true", help="redo inputs already delivered")
+    q.add_argument("--check", action="store_true", help="show the layout and BWF metadata")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_post)
     i = sub.add_parser("info", help="describe a model: heads, stems, training, scores")
     i.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
     i.add_argument("--json", action="store_true", help="print every metadata field as JSON")

@@ -38,6 +38,7 @@ from demix.separate import iter_separate
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 BOTH = "both"
+DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 
 
 class SeparationError(ValueError):
@@ -52,6 +53,53 @@ class Plan:
     selected: dict[str, tuple[str, ...]]
     outputs: tuple[str, ...]
     rest_names: dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    """How the channels of a layout meet a stereo model.
+
+    ``pairs``: each model input's (left, right) input channels; a channel in several pairs
+    gets the mean of its estimates, a pair (i, i) is channel i as dual mono. ``bypass``:
+    channels that are not separated, each wholly given to the named stem (e.g. LFE to
+    effects) in the heads that have it, and split evenly between the stems of a head that
+    has not.
+    """
+
+    pairs: tuple[tuple[int, int], ...]
+    bypass: tuple[tuple[int, str], ...] = ()
+
+    @classmethod
+    def dual_mono(cls, channels: int) -> ChannelPlan:
+        """Every channel on its own (the default beyond stereo)."""
+        return cls(tuple((i, i) for i in range(channels)))
+
+    @classmethod
+    def centre_aware(cls, names: Sequence[str], lfe_stem: str = "effects") -> ChannelPlan:
+        """A film layout by speaker names (``demix.wav.speakers``): the centre is separated
+        together with each front channel, (L, C) and (C, R), so dialogue panned across the
+        front keeps its context; each left/right pair of surrounds (BL/BR, SL/SR, ...) as a
+        stereo pair; LFE is not separated and goes to ``lfe_stem``; anything else as dual mono.
+        """
+        index = {name: i for i, name in enumerate(names)}
+        pairs, used = [], set()
+        if "FC" in index:
+            for side in ("FL", "FR"):
+                if side in index:
+                    pair = (index[side], index["FC"])
+                    pairs.append(pair if side == "FL" else pair[::-1])
+                    used |= set(pair)
+        for left, right in (
+            ("FL", "FR"), ("BL", "BR"), ("SL", "SR"), ("FLC", "FRC"), ("TFL", "TFR"),
+            ("TBL", "TBR"),
+        ):  # fmt: skip
+            if left in index and right in index and not {index[left], index[right]} & used:
+                pairs.append((index[left], index[right]))
+                used |= {index[left], index[right]}
+        bypass = tuple((index["LFE"], lfe_stem) for _ in (0,) if "LFE" in index)
+        used |= {i for i, _ in bypass}
+        pairs += [(i, i) for i in range(len(names)) if i not in used]
+        return cls(tuple(pairs), bypass)
 
 
 def available_models() -> list[str]:
@@ -128,6 +176,10 @@ class Separator:
         overlap_seconds: overlap between consecutive chunks.
         batch_size: chunks per model call.
         segment_seconds: chunk length (default: the model's training-time segment).
+        shifts: model passes averaged per chunk (demucs' "shift trick"): 1 is a single pass;
+            N > 1 adds N − 1 passes on the chunk delayed by a random 1 sample to 0.5 s, each
+            output sample averaging the passes that saw it. Costs N times the compute; the
+            offsets come from a seeded generator, so a rerun gives the same stems.
     """
 
     def __init__(
@@ -138,8 +190,12 @@ class Separator:
         overlap_seconds: float = 1.0,
         batch_size: int = 4,
         segment_seconds: float | None = None,
+        shifts: int = 1,
     ):
         device = check_device(device)
+        if not 1 <= shifts <= 20:
+            raise SeparationError(f"shifts {shifts}: choose 1 (no shift) to 20")
+        self.shifts = shifts
         self.model = model.to(device).eval()
         self.metadata = metadata or {}
         self.device = device
@@ -209,11 +265,29 @@ class Separator:
 
     # ----------------------------------------------------------------- the pipeline
     def _model_fn(self, heads: tuple[str, ...]):
-        def run(x: torch.Tensor) -> torch.Tensor:  # [b, 2, t] → [b, S_total, 2, t]
+        def once(x: torch.Tensor) -> torch.Tensor:  # [b, 2, t] → [b, S_total, 2, t]
             out = self.model(x, heads=list(heads))
             return torch.cat([out[h] for h in heads], dim=1)
 
-        return run
+        if self.shifts == 1:
+            return once
+        rng = np.random.default_rng(0)  # per stream: the same file gives the same stems
+        max_shift = int(0.5 * self.sample_rate)
+
+        def shifted(x: torch.Tensor) -> torch.Tensor:
+            # Each pass sees the chunk from sample o on (real audio, no padding); sample n
+            # averages the passes with o <= n. The chunk's first samples, seen by fewer
+            # passes, lie in the overlap ramp, where the next chunk's estimate dominates.
+            t = x.shape[-1]
+            total = once(x)
+            count = torch.ones(t, device=total.device)
+            for _ in range(self.shifts - 1):
+                o = int(rng.integers(1, max(2, min(max_shift, t // 2))))
+                total[..., o:] += once(x[..., o:])
+                count[o:] += 1
+            return total / count
+
+        return shifted
 
     def stream(
         self,
@@ -222,10 +296,13 @@ class Separator:
         channels: int,
         head: str = "film",
         stems: Sequence[str] | None = None,
+        channel_plan: ChannelPlan | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
         """Separate a stream of input blocks [c, t]; yields {output: block [c, t]} in order.
 
         The yielded blocks of each output concatenate to exactly the input's length.
+        ``channel_plan``: how channels meet the stereo model (default: stereo as is, mono
+        duplicated, more channels each as dual mono).
         """
         plan = self.plan(head, stems)
         if not 1 <= channels <= audio.MAX_CHANNELS:
@@ -237,13 +314,24 @@ class Separator:
         pending: deque[np.ndarray] = deque()  # input at the file's rate awaiting its stems
         counts = {"in": 0}
 
+        if channel_plan is None and channels > model_channels:
+            channel_plan = ChannelPlan.dual_mono(channels)
+        if channel_plan is not None:
+            if model_channels != 2 or any(
+                not 0 <= i < channels for pair in channel_plan.pairs for i in pair
+            ):
+                raise SeparationError(f"channel plan {channel_plan} for {channels} channels")
+            left = torch.tensor([a for a, _ in channel_plan.pairs])
+            right = torch.tensor([b for _, b in channel_plan.pairs])
+            per_channel = torch.bincount(torch.cat([left, right]), minlength=channels).float()
+
         def to_model(x: np.ndarray) -> torch.Tensor:  # [c, t] → [g, 2, t]
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            if channel_plan is not None:
+                return torch.stack([t[left], t[right]], dim=1)
             if channels == model_channels:
                 return t[None]
-            if channels < model_channels:  # mono: duplicate
-                return t.expand(model_channels, -1)[None]
-            return t[:, None].expand(-1, model_channels, -1)  # each channel as dual mono
+            return t.expand(model_channels, -1)[None]  # mono: duplicate
 
         def model_blocks() -> Iterator[torch.Tensor]:
             for block in blocks:
@@ -258,10 +346,15 @@ class Separator:
             yield to_model(down(np.zeros((channels, 0), np.float32), last=True))
 
         def from_model(y: torch.Tensor) -> np.ndarray:  # [g, S, 2, t] → [S*c, t]
-            if channels == model_channels:
+            if channel_plan is not None:  # each channel: the mean of its estimates
+                acc = y.new_zeros(y.shape[1], channels, y.shape[-1])
+                acc.index_add_(1, left, y[:, :, 0].transpose(0, 1))
+                acc.index_add_(1, right, y[:, :, 1].transpose(0, 1))
+                y = acc / per_channel.clamp_min(1)[:, None]
+            elif channels == model_channels:
                 y = y[0]
             else:
-                y = y.mean(dim=2).transpose(0, 1)  # [S, g, t]; g == c (or 1 for mono)
+                y = y.mean(dim=2).transpose(0, 1)  # mono: [S, 1, t]
             return y.reshape(-1, y.shape[-1]).numpy()
 
         emitted = 0
@@ -269,7 +362,7 @@ class Separator:
         def finish(stems_block: np.ndarray) -> dict[str, np.ndarray]:
             nonlocal emitted
             n = stems_block.shape[1]
-            mix = _take(pending, n, channels)
+            mix = take_samples(pending, n, channels)
             emitted += n
             stems_block = stems_block.reshape(n_stems, channels, n)
             outputs: dict[str, np.ndarray] = {}
@@ -279,6 +372,10 @@ class Separator:
                 est = stems_block[offset : offset + len(names)]
                 offset += len(names)
                 est = est + (mix - est.sum(axis=0)) / len(names)  # stems sum to the mix
+                for channel, stem in channel_plan.bypass if channel_plan else ():
+                    if stem in names:  # not separated: all of this channel to one stem
+                        est[:, channel] = 0.0
+                        est[names.index(stem), channel] = mix[channel]
                 chosen = plan.selected[h]
                 for i, name in enumerate(names):
                     if name in chosen:
@@ -291,7 +388,7 @@ class Separator:
         model_fn = self._model_fn(plan.heads)
         # Each chunk carries one signal per channel beyond stereo: keep the number of signals
         # per model call (and so the peak memory) the same as for a stereo input.
-        groups = 1 if channels <= model_channels else channels
+        groups = len(channel_plan.pairs) if channel_plan is not None else 1
         chunks_per_call = max(1, self.batch_size // groups)
         for region in iter_separate(
             model_fn,
@@ -365,19 +462,25 @@ class Separator:
         overwrite: bool = False,
         progress=None,
         warn=None,
+        filename: str = DEFAULT_FILENAME,
+        bitrate_kbps: int = 320,
     ) -> dict[str, Path]:
-        """Separate one file into ``out_dir/<track>/<stem>.<fmt>``, streaming, atomically.
+        """Separate one file into ``out_dir/<track>/<stem>.<fmt>`` (or as ``filename`` says),
+        streaming, atomically.
 
         Args:
             path: input audio or video file.
             out_dir: output root; the track folder is created inside it.
             head, stems: as in ``separate``.
-            fmt: "wav" or "flac".
-            bit_depth: "16", "24" or "32f"; default keeps the input's depth.
+            fmt: "wav", "flac" or "mp3" (lossy: its stems do not sum exactly to the input).
+            bit_depth: "16", "24" or "32f"; default keeps the input's depth (not for mp3).
             overwrite: replace existing stems (otherwise refuse).
             progress: optional callable(seconds_done, seconds_total).
             warn: callable(message) for what went through but deserves a word (samples of an
                 integer-format stem clipped at full scale); default ``warnings.warn``.
+            filename: where each stem goes under ``out_dir``: a template with ``{track}``,
+                ``{trackext}``, ``{stem}`` and ``{ext}`` (see ``stem_paths``).
+            bitrate_kbps: constant bitrate of mp3 stems.
 
         Returns:
             {stem name: written path}.
@@ -387,66 +490,81 @@ class Separator:
         """
         path = Path(path)
         meta = audio.info(path)
+        for note in meta.notes:
+            (warn or (lambda text: warnings.warn(text, stacklevel=2)))(note)
         plan = self.plan(head, stems)
         depth = bit_depth or meta.bit_depth
         if bit_depth is None and fmt == "flac" and depth == "32f":
             depth = "24"  # FLAC has no float samples: a float input's default is 24-bit
         audio.subtype_for(fmt, depth)  # validate before doing any work
-        track_dir = Path(out_dir) / path.stem
-        targets = {name: track_dir / f"{name}.{fmt}" for name in plan.outputs}
+        if fmt == "mp3":
+            try:
+                audio.check_mp3(meta.sample_rate, meta.channels)
+            except audio.AudioError as exc:
+                raise SeparationError(f"{path}: {exc}") from exc
+        targets = stem_paths(path, out_dir, plan.outputs, fmt, filename)
         for target in targets.values():
             if target.resolve() == path.resolve():
                 raise SeparationError(f"{path}: output would overwrite the input")
             if target.exists() and not overwrite:
                 raise SeparationError(f"{target}: exists (use --overwrite to replace it)")
-        created = not track_dir.exists()
-        try:
-            track_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SeparationError(
-                f"{track_dir}: cannot create output folder ({exc.strerror})"
-            ) from exc
-        with _folder_lock(track_dir) as locked:
-            if not locked:
+        folders = sorted({t.parent for t in targets.values()})
+        created = []  # folders this call made, removed again if it fails
+        for folder in folders:
+            missing = [folder, *folder.parents]
+            missing = [f for f in missing if not f.exists()]
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
                 raise SeparationError(
-                    f"{track_dir}: another demix process is writing stems here; "
-                    "wait for it or choose another -o"
-                )
+                    f"{folder}: cannot create output folder ({exc.strerror})"
+                ) from exc
+            created += missing
+        with contextlib.ExitStack() as stack:
+            for folder in folders:
+                if not stack.enter_context(_folder_lock(folder)):
+                    raise SeparationError(
+                        f"{folder}: another demix process is writing stems here; "
+                        "wait for it or choose another -o"
+                    )
             try:
                 clipped = self._write_stems(
-                    path, meta, targets, track_dir, fmt, depth, head, stems, progress
+                    path, meta, targets, fmt, depth, bitrate_kbps, head, stems, progress
                 )
             except BaseException:
-                if created:  # leave no empty track folder behind
-                    with contextlib.suppress(OSError):
-                        track_dir.rmdir()
+                for folder in sorted(set(created), key=lambda f: len(f.parts), reverse=True):
+                    with contextlib.suppress(OSError):  # leave no empty folder behind
+                        folder.rmdir()
                 raise
         if clipped:
             counts = ", ".join(f"{name} {n}" for name, n in clipped.items())
+            kind = "mp3" if fmt == "mp3" else f"{depth}-bit"
             message = (
-                f"{path}: samples beyond full scale clipped in the {depth}-bit stems ({counts}); "
+                f"{path}: samples beyond full scale clipped in the {kind} stems ({counts}); "
                 "they no longer sum exactly to the input (use --bit-depth 32f to keep them)"
             )
             (warn or (lambda text: warnings.warn(text, stacklevel=2)))(message)
         return targets
 
-    def _write_stems(self, path, meta, targets, track_dir, fmt, depth, head, stems, progress):
-        """The body of ``separate_file``, run while the track folder is locked; returns the
-        number of clipped samples per stem (stems with none left out)."""
-        if not os.access(track_dir, os.W_OK):
-            raise SeparationError(f"{track_dir}: output folder is not writable")
+    def _write_stems(self, path, meta, targets, fmt, depth, bitrate_kbps, head, stems, progress):
+        """The body of ``separate_file``, run while the output folders are locked; returns
+        the number of clipped samples per stem (stems with none left out)."""
+        for folder in sorted({t.parent for t in targets.values()}):
+            if not os.access(folder, os.W_OK):
+                raise SeparationError(f"{folder}: output folder is not writable")
         for target in targets.values():
             # Temporaries of an earlier run that was killed (SIGKILL, power loss): the folder
             # lock says no other demix is writing them now.
-            for stale in track_dir.glob(f".{target.name}.*.tmp"):
+            for stale in target.parent.glob(f".{target.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
         # Stems keep the input's rate and layout; overwritten stems free their space only at the
         # rename, so they count as needed too.
-        needed = _bytes_needed(meta.frames, meta.channels, fmt, depth) * len(targets)
-        free = shutil.disk_usage(track_dir).free
+        first = next(iter(targets.values())).parent
+        needed = _bytes_needed(meta, fmt, depth, bitrate_kbps) * len(targets)
+        free = shutil.disk_usage(first).free
         if needed > free:
             raise SeparationError(
-                f"{track_dir}: no space left on device for the stems of {path.name} "
+                f"{first}: no space left on device for the stems of {path.name} "
                 f"(about {needed / 1e6:.0f} MB needed, {free / 1e6:.0f} MB free)"
             )
         writers: dict[str, audio.AtomicWriter] = {}
@@ -457,7 +575,7 @@ class Separator:
         try:
             for name, target in targets.items():
                 writers[name] = audio.AtomicWriter(
-                    target, meta.sample_rate, meta.channels, fmt, depth
+                    target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps
                 )
             blocks = audio.iter_blocks(path, meta=meta)
             for out in self.stream(blocks, meta.sample_rate, meta.channels, head, stems):
@@ -472,7 +590,7 @@ class Separator:
             return {name: w.clipped for name, w in writers.items() if w.clipped}
         except BaseException as exc:
             # (before the temporaries go, which frees the space again)
-            full = isinstance(exc, Exception) and _disk_full(exc, track_dir)
+            full = isinstance(exc, Exception) and _disk_full(exc, first)
             # All or nothing: drop temporaries and any stem of this track already renamed.
             for writer in writers.values():
                 writer.abort()
@@ -480,10 +598,51 @@ class Separator:
                 target.unlink(missing_ok=True)
             if full:
                 raise SeparationError(
-                    f"{track_dir}: no space left on device while writing the stems of "
+                    f"{first}: no space left on device while writing the stems of "
                     f"{path.name} (nothing was kept)"
                 ) from exc
             raise
+
+
+def stem_paths(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    outputs: Sequence[str],
+    fmt: str = "wav",
+    filename: str = DEFAULT_FILENAME,
+) -> dict[str, Path]:
+    """{output: file} for the stems of ``path``: ``out_dir / filename`` with ``{track}`` (the
+    input's name without extension), ``{trackext}`` (with it), ``{stem}`` and ``{ext}``
+    filled in, as demucs' ``--filename``.
+
+    Raises:
+        SeparationError: unknown field, no ``{stem}``, or a path that leaves ``out_dir``.
+    """
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(filename) if f is not None}
+    except ValueError as exc:
+        raise SeparationError(f"--filename {filename!r}: {exc}") from exc
+    unknown = fields - {"track", "trackext", "stem", "ext"}
+    if unknown:
+        raise SeparationError(
+            f"--filename {filename!r}: unknown field(s) {', '.join(sorted(unknown))} "
+            "(use {track}, {trackext}, {stem}, {ext})"
+        )
+    if "stem" not in fields:
+        raise SeparationError(f"--filename {filename!r}: needs {{stem}}, or every stem collides")
+    path = Path(path)
+    targets = {}
+    for name in outputs:
+        rel = Path(filename.format(track=path.stem, trackext=path.name, stem=name, ext=fmt))
+        if rel.is_absolute() or ".." in rel.parts or not rel.name:
+            raise SeparationError(
+                f"--filename {filename!r}: gives {rel}, which is not a file inside the "
+                "output folder"
+            )
+        targets[name] = Path(out_dir) / rel
+    return targets
 
 
 @contextlib.contextmanager
@@ -508,11 +667,13 @@ def _folder_lock(folder: Path) -> Iterator[bool]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _bytes_needed(frames: float, channels: int, fmt: str, depth: str) -> int:
+def _bytes_needed(meta: audio.AudioInfo, fmt: str, depth: str, bitrate_kbps: int) -> int:
     """Rough size of one stem file: PCM size for wav, about 70 % of it for flac (noise-like
-    stems compress little; the check must not refuse a run that fits)."""
+    stems compress little; the check must not refuse a run that fits), the bitrate for mp3."""
+    if fmt == "mp3":
+        return int(meta.seconds * bitrate_kbps * 1000 / 8)
     sample_bytes = {"16": 2, "24": 3, "32f": 4}[depth]
-    size = frames * channels * sample_bytes
+    size = meta.frames * meta.channels * sample_bytes
     return int(size * (0.7 if fmt == "flac" else 1.0))
 
 
@@ -526,8 +687,8 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
         return False
 
 
-def _take(pending: deque[np.ndarray], n: int, channels: int) -> np.ndarray:
-    """Pop exactly ``n`` samples [c, n] from the front of a queue of blocks."""
+def take_samples(pending: deque[np.ndarray], n: int, channels: int) -> np.ndarray:
+    """Pop exactly ``n`` samples [c, n] from the front of a queue of blocks [c, t]."""
     out = np.empty((channels, n), np.float32)
     filled = 0
     while filled < n:

@@ -223,7 +223,7 @@ def test_flac_cannot_hold_32_bit_float(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "fmt", "bit_depth", "message"),
     [
-        ("stem.mp3", None, "24", "format 'mp3'"),
+        ("stem.aiff", None, "24", "format 'aiff'"),
         ("stem.wav", "ogg", "24", "format 'ogg'"),
         ("stem.wav", None, "8", "bit depth '8'"),
     ],
@@ -233,6 +233,33 @@ def test_write_rejects_unknown_format_or_depth(
 ) -> None:
     with pytest.raises(audio.AudioError, match=message):
         audio.write(tmp_path / name, noise(2, 100), RATE, fmt=fmt, bit_depth=bit_depth)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("sample_rate", "kbps"), [(44100, 96), (48000, 256), (22050, 64)])
+def test_mp3_is_written_at_the_asked_constant_bitrate(
+    tmp_path: Path, sample_rate: int, kbps: int
+) -> None:
+    seconds = 10  # long enough for the header and the encoder's first frames not to count
+    path = tmp_path / "x.mp3"
+    writer = audio.AtomicWriter(path, sample_rate, 2, "mp3", None, bitrate_kbps=kbps)
+    writer.write(noise(2, seconds * sample_rate))
+    writer.commit()
+    info = sf.info(str(path))
+    assert (info.samplerate, info.channels, info.frames) == (sample_rate, 2, seconds * sample_rate)
+    measured = path.stat().st_size * 8 / seconds / 1000
+    assert abs(measured - kbps) < 0.08 * kbps, f"{measured:.0f} kb/s, asked for {kbps}"
+
+
+@pytest.mark.parametrize(
+    ("sample_rate", "channels", "message"),
+    [(96000, 2, "at most 48000 Hz"), (48000, 6, "mono or stereo only")],
+)
+def test_mp3_refuses_what_it_cannot_hold(
+    tmp_path: Path, sample_rate: int, channels: int, message: str
+) -> None:
+    with pytest.raises(audio.AudioError, match=message):
+        audio.write(tmp_path / "stem.mp3", noise(channels, 1000), sample_rate)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -352,7 +352,7 @@ def test_same_file_names_in_subfolders(tiny_checkpoint: Path, tmp_path: Path) ->
         assert_sums_to(stem_paths(tmp_path / "out" / reel / "mix", CDX_STEMS), source)
     # two files given by name that would share a track folder: the second is refused
     again = run_cli(tiny_checkpoint, a, b, "-o", tmp_path / "flat")
-    assert again.returncode == 1 and "already used by" in again.stderr
+    assert again.returncode == 1 and "already written for" in again.stderr
 
 
 # ------------------------------------------------------------------ interrupted runs
@@ -598,3 +598,59 @@ def test_demucs_style_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ):
         refused = run_cli(tiny_checkpoint, source, "-o", tmp_path / "x", "--head", "music", *bad)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
+def test_mp3_stems_at_the_asked_bitrate(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """--mp3 / --mp3-bitrate: constant-bitrate mp3 stems of the input's rate, layout and length,
+    close to (not exactly) summing to the input; what mp3 cannot hold is refused in one line."""
+    t = np.arange(4 * RATE) / RATE  # tones: mp3 keeps them (noise it thins out on purpose)
+    tones = sum(0.1 * np.sin(2 * np.pi * f * t + f) for f in (110, 440, 1234, 3100))
+    source = tmp_path / "song.wav"
+    sf.write(source, np.stack([tones, np.roll(tones, 99)], 1), RATE, subtype="PCM_24")
+    surround = write_input(tmp_path / "surround.wav", seconds=1.0, channels=6)
+    result = run_cli(
+        tiny_checkpoint, source, surround, "-o", tmp_path / "out", "--mp3", "--mp3-bitrate", 128
+    )
+    assert result.returncode == 1, result.stderr
+    assert "surround.wav: mp3 holds mono or stereo only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "surround").exists()
+    stems = stem_paths(tmp_path / "out" / "song", CDX_STEMS, "mp3")
+    for stem in stems:
+        info = sf.info(str(stem))
+        assert (info.format, info.samplerate, info.channels) == ("MP3", RATE, 2)
+        assert info.frames == sf.info(str(source)).frames
+        kbps = stem.stat().st_size * 8 / 4.0 / 1000
+        assert 115 <= kbps <= 140, f"{stem.name}: {kbps:.0f} kb/s, asked for 128"
+    error = sum(load(p) for p in stems) - load(source)
+    snr_db = 10 * np.log10(np.sum(load(source) ** 2) / np.sum(error**2))
+    assert snr_db > 12, f"mp3 stems sum to the input at only {snr_db:.1f} dB SNR"
+    refused = run_cli(tiny_checkpoint, source, "-o", tmp_path / "x", "--mp3", "--bit-depth", "24")
+    assert refused.returncode == 2 and "no bit depth" in refused.stderr
+
+
+def test_filename_template(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """--filename as in demucs: {track}, {trackext}, {stem}, {ext}; templates that lose stems
+    or leave -o are usage errors; two inputs mapped to one file are caught in the batch."""
+    a = write_input(tmp_path / "take.wav", seed=1)
+    b = write_input(tmp_path / "take.flac", seed=2, subtype="PCM_16")
+    out = tmp_path / "out"
+    result = run_cli(tiny_checkpoint, a, b, "-o", out, "--filename", "{stem}/{trackext}.{ext}")
+    assert result.returncode == 0, result.stderr
+    assert listing(out) == set(CDX_STEMS)
+    assert listing(out / "dialogue") == {"take.wav.wav", "take.flac.wav"}
+    assert_sums_to([out / s / "take.flac.wav" for s in CDX_STEMS], b)
+    clash = run_cli(
+        tiny_checkpoint, a, b, "-o", tmp_path / "flat", "--filename", "{track}_{stem}.{ext}"
+    )
+    assert clash.returncode == 1 and "already written for" in clash.stderr
+    assert listing(tmp_path / "flat") == {f"take_{s}.wav" for s in CDX_STEMS}
+    for template, message in (
+        ("{track}.{ext}", "needs {stem}"),
+        ("{song}/{stem}.{ext}", "unknown field(s) song"),
+        ("../{stem}.{ext}", "not a file inside the output folder"),
+        ("/tmp/{stem}.{ext}", "not a file inside the output folder"),
+    ):
+        refused = run_cli(tiny_checkpoint, a, "-o", tmp_path / "bad", "--filename", template)
+        assert refused.returncode == 2 and message in refused.stderr, (template, refused.stderr)
+        assert not (tmp_path / "bad").exists()

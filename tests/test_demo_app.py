@@ -4,6 +4,7 @@ app, and a real browser (Playwright driving Debian's Chromium) clicking through 
 import os
 import shutil
 import socket
+import threading
 import zipfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from apps.demo import DemoApp, Limits, build_demo  # noqa: E402
+from apps.demo import Cancelled, DemoApp, Limits, build_demo, serve  # noqa: E402
 from demix import Separator, audio  # noqa: E402
 from demix.demo import write_demo_clip  # noqa: E402
 
@@ -31,15 +32,9 @@ def served(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-root")
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
     sep = Separator.from_pretrained(str(tiny_checkpoint))
-    demo = build_demo(sep, Limits(max_upload_mb=50, max_seconds=60), root)
+    demo = build_demo(sep, Limits(max_upload_mb=2, max_seconds=60, max_queue=3), root)
     port = _free_port()
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        allowed_paths=[str(root)],
-    )
+    serve(demo, port=port, block=False)
     clip = write_demo_clip(tmp_path_factory.mktemp("clip") / "scene_01.wav", 6.0)
     yield f"http://127.0.0.1:{port}/", demo, clip, root
     demo.close()
@@ -70,6 +65,16 @@ def test_app_actions_and_limits(tiny_checkpoint, tmp_path):
     six = app.separate(surround, "film", None)
     _, _, _, _, text = app.compare(six, "original", "dialogue")
     assert text.count("LUFS") == 2 and "A − B" in text  # BS.1770 for 5.1, not an error
+    assert text.count("dBTP") == 2
+    kept = audio.read(app.remix(six, {"dialogue": 0.0}, set(), set()))[0]
+    assert kept.shape == film.shape  # the remix download keeps the 5.1 layout
+    np.testing.assert_allclose(kept, audio.read(six.tracks["original"])[0], atol=1e-4)
+    jobs = set((app.root / "jobs").iterdir())
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        app.separate(clip, "film", None, cancel=cancel)
+    assert set((app.root / "jobs").iterdir()) <= jobs  # a cancelled job keeps nothing
     both = app.separate(clip, "both", None)
     unity = audio.read(app.remix(both, {}, set(), set()))[0]
     np.testing.assert_allclose(unity, mix, atol=2e-3)  # not 6 dB too loud
@@ -107,7 +112,7 @@ def test_through_gradio_client(served):
 def test_in_a_real_browser(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    url, _, clip, _ = served
+    url, _, clip, root = served
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -121,31 +126,71 @@ def test_in_a_real_browser(served, tmp_path):
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--autoplay-policy=no-user-gesture-required",
             ],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(url)
         page.locator("input[type=file]").first.set_input_files(str(clip))
         expect(page.get_by_text("scene_01.wav").first).to_be_visible(timeout=20_000)
         page.get_by_role("button", name="Separate", exact=True).click()
         expect(page.get_by_text("Separated scene_01")).to_be_visible(timeout=120_000)
-        expect(page.locator("audio").first).to_be_attached(timeout=20_000)
-        assert page.get_by_text("dialogue").count() > 0
-        page.get_by_role("button", name="Compare", exact=True).click()
-        expect(page.get_by_text("A − B")).to_be_visible(timeout=30_000)
-        assert page.get_by_text("LUFS").count() > 0
-        gain = page.locator("input[type=number]").first  # the first remix slider's box
-        gain.fill("6")
-        gain.press("Enter")
-        page.get_by_role("button", name="Render remix").click()
-        link = page.locator("#remix-audio a[download]")
+        # the mixer: the film head's stems and the original, grouped, with levels
+        play = page.locator("#mixer .dx-play")
+        expect(play).to_be_enabled(timeout=30_000)
+        rows = page.locator("#mixer .dx-track")
+        assert rows.count() == 4
+        groups = [
+            " ".join(g.split()) for g in page.locator("#mixer .dx-group-title").all_inner_texts()
+        ]
+        assert len(groups) == 2 and "Listening Film head: dialogue" in groups[0], groups
+        assert groups[1].endswith("Original"), groups
+        levels = page.locator("#mixer .dx-levels").all_inner_texts()
+        assert all("LUFS" in t and "dBTP" in t for t in levels), levels
+        # one clock for every track: playing moves the shared playhead
+        play.click()
+        page.wait_for_function(
+            "document.querySelector('#mixer .dx-clock').textContent.split(' / ')[0] > '0:00.3'",
+            timeout=10_000,
+        )
+        play.click()  # pause
+        row = page.locator('#mixer .dx-track[data-label="dialogue"]')
+        row.locator(".dx-solo").click()
+        audible = {
+            label: page.locator(f'#mixer .dx-track[data-label="{label}"]').get_attribute(
+                "data-audible"
+            )
+            for label in ("dialogue", "music", "effects", "original")
+        }
+        assert audible == {"dialogue": "true", "music": "false", "effects": "false",
+                           "original": "false"}  # fmt: skip
+        row.locator(".dx-solo").click()
+        page.locator('#mixer .dx-listen[data-key="original"]').click()  # A/B against the mix
+        assert (
+            page.locator('#mixer .dx-track[data-label="original"]').get_attribute("data-audible")
+            == "true"
+        )
+        assert row.get_attribute("data-audible") == "false"
+        page.locator('#mixer .dx-listen[data-key="film"]').click()
+        row.locator(".dx-fader").evaluate(
+            "el => { el.value = 6; el.dispatchEvent(new Event('input')); }"
+        )
+        expect(row.locator(".dx-gain")).to_have_text("6.0 dB")
+        page.locator("#mixer .dx-render").click()
+        link = page.locator("#remix-file a[download]").first
         expect(link).to_be_attached(timeout=60_000)
         remix_file = tmp_path / "remix.wav"
         remix_file.write_bytes(page.request.get(link.get_attribute("href")).body())
         remix, _ = audio.read(remix_file)
         original, _ = audio.read(clip)
         assert remix.shape == original.shape
-        assert np.abs(remix - original).max() > 1e-3  # the +6 dB on the first stem took effect
+        job = max((root / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
+        dialogue, _ = audio.read(job / "main" / "original" / "dialogue.wav")
+        expected = original + (10 ** (6 / 20) - 1) * dialogue  # dialogue +6 dB, the rest as is
+        np.testing.assert_allclose(remix, expected, atol=2e-4)
+        page.get_by_role("button", name="Compare two tracks (A/B)").click()
+        page.get_by_role("button", name="Compare", exact=True).click()
+        expect(page.get_by_text("A − B")).to_be_visible(timeout=30_000)
         with page.expect_download(timeout=30_000) as download:
             page.locator("#download a[download]").first.click()
         target = tmp_path / "stems.zip"
@@ -219,3 +264,95 @@ def test_demix_demo_command_serves_the_page(tiny_checkpoint, tmp_path, extra):
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def test_server_limits_uploads_names_and_served_files(served, tmp_path):
+    """Uploads over the limit are refused by the server; a hostile file name stays a name;
+    only the app folder's files are served."""
+    import requests
+
+    url, _, _, root = served
+    big = tmp_path / "big.wav"
+    audio.write(big, np.zeros((2, 44100 * 15), np.float32), 44100, "wav", "16")  # 2.6 MB > 2 MB
+    with big.open("rb") as f:
+        refused = requests.post(f"{url}gradio_api/upload", files={"files": ("big.wav", f)})
+    assert refused.status_code == 413, refused.text
+    clip = write_demo_clip(tmp_path / "ok.wav", 1.0)
+    with clip.open("rb") as f:
+        sent = requests.post(
+            f"{url}gradio_api/upload", files={"files": ("../../../../tmp/evil name.wav", f)}
+        )
+    assert sent.status_code == 200, sent.text
+    stored = Path(sent.json()[0])
+    assert stored.resolve().is_relative_to(root.resolve()), stored
+    assert stored.name == "evil name.wav" and not Path("/tmp/evil name.wav").exists()
+    assert requests.get(f"{url}gradio_api/file={stored}").status_code == 200
+    for outside in ("/etc/passwd", f"{root}/../../etc/passwd", str(Path(__file__).resolve())):
+        assert requests.get(f"{url}gradio_api/file={outside}").status_code in (403, 404)
+
+
+def test_ten_clients_are_served_in_turn_or_told_the_queue_is_full(served, tmp_path):
+    """Ten browsers at once: one separation runs at a time, three wait, the others are told
+    the queue is full; every client gets an answer and memory stays bounded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    url, _, _, root = served
+    clip = write_demo_clip(tmp_path / "short.wav", 2.0)
+    before = _rss_mb()
+
+    def one(i: int) -> str:
+        client = Client(url, verbose=False)
+        try:
+            result = client.predict(
+                handle_file(str(clip)), "film", ["dialogue"], "none", api_name="/run"
+            )
+        except Exception as exc:  # noqa: BLE001 - the answer is what the test inspects
+            return f"error: {exc}"
+        return result[0]
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(one, range(10), timeout=600))
+    served_ok = [a for a in answers if a.startswith("Separated")]
+    full = [a for a in answers if "queue is full" in a.lower()]
+    assert len(served_ok) + len(full) == 10, answers
+    assert served_ok and full, answers
+    assert len(list((root / "jobs").iterdir())) <= 5  # job folders stay bounded
+    assert _rss_mb() - before < 400, f"RSS grew by {_rss_mb() - before:.0f} MB"
+
+
+def test_demo_binds_loopback_unless_told(tiny_checkpoint, tmp_path):
+    """``demix demo`` listens on 127.0.0.1 only (not 0.0.0.0) unless --host says otherwise."""
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demix.cli", "demo", "--model", str(tiny_checkpoint),
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )  # fmt: skip
+    try:
+        listening = []
+        deadline = time.time() + 120
+        while time.time() < deadline and not listening and proc.poll() is None:
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with open(table) as f:
+                    for line in f.readlines()[1:]:
+                        local, state = line.split()[1], line.split()[3]
+                        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                            listening.append(local.rsplit(":", 1)[0])
+            time.sleep(0.5)
+        assert listening, "demix demo never listened"
+        assert set(listening) == {"0100007F"}, listening  # 127.0.0.1, nothing else
+    finally:
+        proc.terminate()
+        proc.wait(30)

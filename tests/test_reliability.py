@@ -226,6 +226,49 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
+def test_lying_headers_truncated_lossy_files_and_images(tiny_checkpoint, tmp_path):
+    """In one batch: a PNG renamed .wav and an mp3 cut in half (its Xing header still gives the
+    full length) fail in one line each and keep nothing; a WAV whose header declares half of
+    its audio is separated as declared with a warning; an Ogg cut in half (Ogg states no
+    length) is separated up to where its data stops; the good file is separated."""
+    t = np.arange(4 * RATE) / RATE
+    tone = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 660 * t)], 1)
+    image = tmp_path / "poster.wav"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
+    for fmt, name in (("MP3", "cut_mp3.mp3"), ("OGG", "cut_ogg.ogg")):
+        whole = tmp_path / f"whole.{name.split('.')[1]}"
+        sf.write(whole, tone, RATE, format=fmt)
+        data = whole.read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        whole.unlink()
+    short = tmp_path / "short_header.wav"
+    sf.write(short, tone, RATE, subtype="PCM_16")
+    data = bytearray(short.read_bytes())
+    at = data.find(b"data")
+    declared = int.from_bytes(data[at + 4 : at + 8], "little") // 2
+    data[at + 4 : at + 8] = declared.to_bytes(4, "little")
+    short.write_bytes(bytes(data))
+    good = write_input(tmp_path / "good.wav")
+    inputs = [image, tmp_path / "cut_mp3.mp3", tmp_path / "cut_ogg.ogg", short, good]
+    result = run_cli(tiny_checkpoint, *inputs, "-o", tmp_path / "out")
+    assert result.returncode == 1, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("demix: error")]
+    assert len(errors) == 2, result.stderr
+    assert "poster.wav: not a readable audio file" in errors[0]
+    assert "cut_mp3.mp3: truncated file" in errors[1]
+    assert "Xing" not in result.stderr  # the mp3 decoder's own chatter is silenced
+    warned = [ln for ln in result.stderr.splitlines() if ln.startswith("demix: warning")]
+    assert len(warned) == 1 and "short_header.wav" in warned[0] and "declare" in warned[0]
+    assert sorted(listing(tmp_path / "out")) == ["cut_ogg", "good", "short_header"]
+    for name, frames in (
+        ("short_header", declared // 4),
+        ("cut_ogg", sf.info(str(inputs[2])).frames),
+    ):
+        stems = stem_paths(tmp_path / "out" / name, CDX_STEMS)
+        assert all(sf.info(str(p)).frames == frames for p in stems), name
+    assert frames < len(tone)
+
+
 @pytest.fixture(scope="module")
 def tiny_separator(tiny_checkpoint):
     return Separator.from_pretrained(str(tiny_checkpoint))
@@ -271,3 +314,40 @@ def test_stems_sum_to_the_mix_keep_length_and_stay_finite(
     total = sum(stems[s].double().numpy() for s in names)
     np.testing.assert_allclose(total, reference, atol=1e-4)
     np.testing.assert_array_equal(mix, original)  # the caller's array is not modified
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+@pytest.mark.slow
+def test_ten_hours_streamed_in_flat_memory(tiny_separator):
+    """Ten hours of stereo 48 kHz audio, generated block by block, through the streaming
+    pipeline (resampling included): every block's stems sum to it, the output has exactly the
+    input's length, and memory after ten hours is what it was after one."""
+    rate, block_s, hours = 48000, 60, 10
+    blocks = hours * 3600 // block_s
+    rng = np.random.default_rng(0)
+    sent: list[np.ndarray] = []
+
+    def generate():
+        for _ in range(blocks):
+            block = (0.1 * rng.standard_normal((2, block_s * rate))).astype(np.float32)
+            sent.append(block)
+            yield block
+
+    produced, rss_after_hour = 0, None
+    for out in tiny_separator.stream(generate(), rate, 2, "film"):
+        n = next(iter(out.values())).shape[1]
+        mix = np.concatenate(sent, axis=1)[:, :n] if len(sent) > 1 else sent[0][:, :n]
+        assert np.abs(sum(out.values()) - mix).max() < 1e-4
+        rest = np.concatenate(sent, axis=1)[:, n:]
+        sent.clear()
+        if rest.shape[1]:
+            sent.append(rest)
+        produced += n
+        if rss_after_hour is None and produced >= 3600 * rate:
+            rss_after_hour = _rss_mb()
+    assert produced == hours * 3600 * rate
+    assert _rss_mb() - rss_after_hour < 100, f"RSS grew {_rss_mb() - rss_after_hour:.0f} MB"

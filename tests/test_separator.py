@@ -93,3 +93,20 @@ def test_sum_to_mix_on_real_audio(sep):
 def test_short_chunk_model_keeps_a_sane_hop(tiny_checkpoint):
     short = Separator.from_pretrained(str(tiny_checkpoint), overlap_seconds=10.0)
     assert short.hop_samples == short.chunk_samples - short.chunk_samples // 2
+
+
+def test_shifts_average_shifted_passes_reproducibly(tiny_checkpoint):
+    """shifts=3 (demucs' shift trick): a different estimate from one pass, the same on every
+    call (seeded offsets), still summing to the mix; out-of-range counts are refused."""
+    rng = np.random.default_rng(3)
+    mix = (0.1 * rng.standard_normal((2, 3 * 44100))).astype(np.float32)
+    one = Separator.from_pretrained(str(tiny_checkpoint)).separate(mix, 44100)
+    shifted = Separator.from_pretrained(str(tiny_checkpoint), shifts=3)
+    first, again = shifted.separate(mix, 44100), shifted.separate(mix, 44100)
+    for name in CDX_STEMS:
+        assert torch.equal(first[name], again[name])
+        assert (first[name] - one[name]).abs().max() > 1e-4
+    assert np.abs(sum(v.numpy() for v in first.values()) - mix).max() < 1e-5
+    for bad in (0, 21):
+        with pytest.raises(SeparationError, match="shifts"):
+            Separator.from_pretrained(str(tiny_checkpoint), shifts=bad)

@@ -1,0 +1,349 @@
+"""Dialogue cleanup for post-production: DX, MX, FX and ME deliverables that null to the input.
+
+``post_file`` separates one input with the film head through ``Separator.stream`` (the one
+inference path) and writes, for the deliverables asked for, ``<name>_DX.wav`` (dialogue),
+``_MX`` (music), ``_FX`` (effects) and ``_ME`` (music + effects, the M&E of a dub):
+
+- **Null test exact in the files**: the deliverables are computed in the output's integer
+  format: DX (and MX) are quantised, then ME = input − DX and FX = input − DX − MX, so
+  DX + ME and DX + MX + FX give the input back sample for sample (counted and reported
+  where a difference would pass full scale and had to be clipped). 32-bit float inputs give
+  float deliverables, exact to float rounding.
+- **Format kept**: rate, bit depth (16, 24, 32f), length, channel mask
+  (WAVE_FORMAT_EXTENSIBLE), RF64 past 4 GiB, and the input's ``bext`` and ``iXML`` chunks
+  (description, originator, date, time reference: the stems land on the timeline at the
+  input's timecode) copied byte for byte into every deliverable (``demix.wav``).
+- **Centre-aware channels** (``ChannelPlan.centre_aware``): C is separated together with L
+  and with R, surrounds as pairs, LFE never goes to dialogue (it is effects, so M&E).
+- **Levels**: integrated loudness (BS.1770, LUFS), true peak (dBTP) and loudness range (LU)
+  of every deliverable, and the dialogue-to-M&E difference, metered while streaming
+  (``demix.meter``), so memory stays flat in the input's length.
+
+``post_batch`` runs a list of inputs, skipping those whose deliverables are complete,
+keeping going past bad files, and writes ``report.csv`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from demix import audio, wav
+from demix.meter import LoudnessMeter, weights_for
+from demix.separator import ChannelPlan, SeparationError, Separator, take_samples
+
+DELIVERABLES = {"dx": "DX", "mx": "MX", "fx": "FX", "me": "ME"}
+DEFAULT_DELIVER = ("dx", "me")
+LAYOUT_NAMES = {0x4: "mono", 0x3: "stereo", 0x3F: "5.1", 0x60F: "5.1", 0x63F: "7.1"}
+
+
+@dataclass
+class PostResult:
+    """One input's row of the report."""
+
+    file: str
+    status: str  # "done", "skipped" (deliverables already complete) or "failed"
+    error: str = ""
+    duration_s: float = 0.0
+    sample_rate: int = 0
+    bit_depth: str = ""
+    layout: str = ""
+    seconds_taken: float = 0.0
+    levels: dict[str, dict[str, float]] = field(default_factory=dict)  # DX → lufs, dbtp, lra
+    dialogue_to_me_db: float | None = None
+    clipped_samples: int = 0  # where a difference passed full scale (null test not exact)
+    outputs: list[str] = field(default_factory=list)
+
+
+def parse_deliver(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"dx,me"`` → ("dx", "me"); raises ValueError naming what is unknown."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    wanted = tuple(dict.fromkeys(i.strip().lower() for i in items if i.strip()))
+    unknown = [w for w in wanted if w not in DELIVERABLES]
+    if unknown or not wanted:
+        raise ValueError(
+            f"--deliver {','.join(unknown) or '(nothing)'}: choose from "
+            f"{', '.join(DELIVERABLES)} (e.g. dx,me or dx,mx,fx,me)"
+        )
+    return wanted
+
+
+def deliverable_paths(path: Path, out_dir: Path, deliver: Sequence[str]) -> dict[str, Path]:
+    """``out_dir/<name>_DX.wav`` (and so on) for each deliverable asked for."""
+    return {d: Path(out_dir) / f"{Path(path).stem}_{DELIVERABLES[d]}.wav" for d in deliver}
+
+
+def layout_name(mask: int, channels: int) -> str:
+    """A short description of a channel layout: ``5.1 (FL FR FC LFE SL SR)``."""
+    names = " ".join(wav.speakers(mask, channels))
+    common = LAYOUT_NAMES.get(mask) if bin(mask).count("1") == channels else None
+    return f"{common} ({names})" if common else f"{channels} ch ({names})"
+
+
+def post_file(
+    separator: Separator,
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    deliver: Sequence[str] = DEFAULT_DELIVER,
+    overwrite: bool = False,
+    progress: Callable[[float], None] | None = None,
+) -> PostResult:
+    """Write the deliverables of one input (see the module docstring).
+
+    Args:
+        separator: a model with a film head (dialogue, music, effects).
+        path: the input (any format demix reads; metadata chunks are read from WAV).
+        out_dir: where the deliverables go.
+        deliver: a subset of "dx", "mx", "fx", "me".
+        overwrite: replace complete deliverables (otherwise the input is skipped).
+        progress: called with the seconds of input done since the last call.
+
+    Returns:
+        The report row; failures are returned as status "failed" with the one-line reason,
+        never raised (except KeyboardInterrupt), and leave no deliverable behind.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    started = time.time()
+    result = PostResult(str(path), "done")
+    targets = deliverable_paths(path, out_dir, deliver)
+    try:
+        if not {"dialogue", "music", "effects"} <= set(separator.heads.get("film", ())):
+            raise SeparationError("the model has no film head with dialogue, music, effects")
+        if not overwrite and all(t.exists() for t in targets.values()):
+            result.status = "skipped"
+            result.outputs = [str(t) for t in targets.values()]
+            return result
+        meta = audio.info(path)
+        if meta.backend == "soundfile" and path.suffix.lower() in (".wav", ".wave"):
+            layout = wav.read_layout(path)
+        else:  # other formats carry no mask we read: the count's default order
+            layout = wav.WavLayout(
+                meta.channels, wav.DEFAULT_MASKS.get(meta.channels, 0), False, {}
+            )
+        names = wav.speakers(layout.channel_mask, meta.channels)
+        result.duration_s, result.sample_rate = meta.seconds, meta.sample_rate
+        result.bit_depth, result.layout = (
+            meta.bit_depth,
+            layout_name(layout.channel_mask, meta.channels),
+        )
+        for target in targets.values():
+            if target.resolve() == path.resolve():
+                raise SeparationError(f"{target}: output would overwrite the input")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write(separator, path, meta, layout, names, targets, result, progress)
+    except (audio.AudioError, SeparationError, OSError, ValueError) as exc:
+        result.status, result.error = "failed", _one_line(exc, path)
+    result.seconds_taken = round(time.time() - started, 2)
+    return result
+
+
+def _write(separator, path, meta, layout, names, targets, result, progress) -> None:
+    """Stream the separation into the deliverables (all or nothing)."""
+    integer = meta.bit_depth in ("16", "24")
+    scale = float(1 << (int(meta.bit_depth) - 1)) if integer else 1.0
+    plan = ChannelPlan.centre_aware(names) if meta.channels > 2 else None
+    meters = {
+        d: LoudnessMeter(meta.sample_rate, meta.channels, weights_for(names))
+        for d in (*targets, "mix")
+    }
+    writers: dict[str, wav.WavWriter] = {}
+    committed: list[Path] = []
+    pending: deque[np.ndarray] = deque()
+
+    def blocks():
+        for block in audio.iter_blocks(path, meta=meta):
+            pending.append(block)
+            yield block
+
+    try:
+        for d, target in targets.items():
+            writers[d] = wav.WavWriter(
+                target, meta.sample_rate, meta.channels, meta.bit_depth,
+                layout.channel_mask, layout.chunks,
+            )  # fmt: skip
+        stems = separator.stream(
+            blocks(), meta.sample_rate, meta.channels, "film", channel_plan=plan
+        )
+        for out in stems:
+            n = out["dialogue"].shape[1]
+            mix = take_samples(pending, n, meta.channels).astype(np.float64) * scale
+            if integer:
+                mix = np.rint(mix)  # exact: the file's integers
+            parts = _deliverables(out, mix, scale, integer, result)
+            for d, writer in writers.items():
+                if integer:
+                    writer.write_ints(parts[d].astype(np.int32))
+                else:
+                    writer.write_floats(parts[d])
+                meters[d].add(parts[d] / scale)
+            meters["mix"].add(mix / scale)
+            if progress is not None:
+                progress(n / meta.sample_rate)
+        for d, writer in writers.items():
+            writer.commit()
+            committed.append(targets[d])
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        for target in committed:
+            target.unlink(missing_ok=True)
+        raise
+    for d, meter in meters.items():
+        key = DELIVERABLES.get(d, "mix")
+        result.levels[key] = {
+            "lufs": _finite(meter.integrated_lufs()),
+            "dbtp": _finite(meter.true_peak_dbtp()),
+            "lra": round(meter.loudness_range_lu(), 2),
+        }
+    dx = meters["dx"].integrated_lufs() if "dx" in meters else None
+    me = meters["me"].integrated_lufs() if "me" in meters else None
+    if dx is not None and me is not None and np.isfinite(dx) and np.isfinite(me):
+        result.dialogue_to_me_db = round(dx - me, 2)
+    result.outputs = [str(t) for t in targets.values()]
+
+
+def _deliverables(
+    out: dict[str, np.ndarray], mix: np.ndarray, scale: float, integer: bool, result: PostResult
+) -> dict[str, np.ndarray]:
+    """DX, MX (quantised), ME = mix − DX, FX = mix − DX − MX, on the output's scale."""
+    low, high = (-scale, scale - 1) if integer else (-np.inf, np.inf)
+
+    def quantised(x: np.ndarray) -> np.ndarray:
+        y = np.asarray(x, dtype=np.float64) * scale
+        return np.clip(np.rint(y), low, high) if integer else y.astype(np.float32)
+
+    def difference(x: np.ndarray) -> np.ndarray:
+        if not integer:
+            return x.astype(np.float32)
+        beyond = int(np.count_nonzero((x < low) | (x > high)))
+        result.clipped_samples += beyond
+        return np.clip(x, low, high) if beyond else x
+
+    dx, mx = quantised(out["dialogue"]), quantised(out["music"])
+    mix = mix if integer else mix.astype(np.float32)
+    return {"dx": dx, "mx": mx, "me": difference(mix - dx), "fx": difference(mix - dx - mx)}
+
+
+def post_batch(
+    separator: Separator,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    deliver: Sequence[str] = DEFAULT_DELIVER,
+    overwrite: bool = False,
+    progress: Callable[[float, float, str], None] | None = None,
+) -> list[PostResult]:
+    """``post_file`` for every input (folders searched recursively, subfolders mirrored under
+    ``out_dir``); writes ``out_dir/report.csv`` and ``report.json``.
+
+    ``progress(done_seconds, total_seconds, file)`` follows the whole batch.
+    """
+    out_dir = Path(out_dir)
+    files = audio.find_inputs([str(i) for i in inputs])
+    durations = []
+    for f, _ in files:
+        with contextlib.suppress(audio.AudioError, OSError):
+            durations.append(audio.info(f).seconds)
+            continue
+        durations.append(0.0)
+    total, done = sum(durations), 0.0
+    results = []
+    for (f, sub), seconds in zip(files, durations):
+        if progress is not None:
+            progress(done, total, str(f))
+
+        def step(dt: float, f=f) -> None:
+            nonlocal done
+            done += dt
+            if progress is not None:
+                progress(done, total, str(f))
+
+        before = done
+        results.append(post_file(separator, f, out_dir / sub, deliver, overwrite, step))
+        done = before + seconds  # skipped and failed inputs count as done
+    if progress is not None:
+        progress(total, total, "")
+    write_report(results, out_dir, deliver)
+    return results
+
+
+def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence[str]) -> None:
+    """``report.json`` (every field) and ``report.csv`` (one row per input, one column per
+    level), written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = [DELIVERABLES[d] for d in deliver] + ["mix"]
+    payload = {
+        "deliver": [DELIVERABLES[d] for d in deliver],
+        "inputs": [asdict(r) for r in results],
+    }
+    _atomic_text(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
+    columns = ["file", "status", "error", "duration_s", "sample_rate", "bit_depth", "layout",
+               "seconds_taken", "dialogue_to_me_db", "clipped_samples"]  # fmt: skip
+    levels = [f"{k}_{m}" for k in keys for m in ("lufs", "dbtp", "lra")]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns + levels)
+    for r in results:
+        row = [getattr(r, c) for c in columns]
+        row += [r.levels.get(k, {}).get(m, "") for k in keys for m in ("lufs", "dbtp", "lra")]
+        writer.writerow(["" if v is None else v for v in row])
+    _atomic_text(out_dir / "report.csv", text.getvalue())
+
+
+def describe_metadata(path: str | os.PathLike) -> str:
+    """What ``demix post --check`` prints for a WAV file: layout and BWF/iXML metadata
+    (read with wavinfo)."""
+    import wavinfo
+
+    path = Path(path)
+    layout = wav.read_layout(path)
+    info = wavinfo.WavInfoReader(str(path))
+    lines = [f"{path}", f"  layout      {layout_name(layout.channel_mask, layout.channels)}"]
+    lines.append(f"  format      {info.fmt.sample_rate} Hz, {info.fmt.bits_per_sample}-bit")
+    bext = info.bext
+    if bext is None:
+        lines.append("  bext        none")
+    else:
+        seconds = bext.time_reference / info.fmt.sample_rate
+        lines += [
+            f"  description {bext.description.strip()}",
+            f"  originator  {bext.originator.strip()} ({bext.originator_ref.strip()})",
+            f"  origination {bext.originator_date} {bext.originator_time}",
+            f"  time ref    {bext.time_reference} samples = {_timecode(seconds)}",
+        ]
+    lines.append(f"  iXML        {'present' if layout.chunks.get(b'iXML') else 'none'}")
+    return "\n".join(lines)
+
+
+def _timecode(seconds: float) -> str:
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{int(h):02d}:{int(m):02d}:{s:06.3f}"
+
+
+def _finite(value: float) -> float | None:
+    return round(float(value), 2) if np.isfinite(value) else None
+
+
+def _one_line(exc: BaseException, path: Path) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = audio.temporary_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,230 @@
+"""WAV containers as a mix stage exchanges them: channel masks, BWF ``bext`` and ``iXML``, RF64.
+
+libsndfile (soundfile) reads all of these but writes neither a chosen channel mask nor the
+``bext``/``iXML`` chunks, and python-soundfile exposes none of its chunk commands; wavinfo
+reads them but writes nothing. So the deliverables of ``demix post`` are written here: a
+small streaming RIFF writer (header with placeholder sizes, data appended, sizes patched on
+close, promoted to RF64 through a reserved ``JUNK`` chunk when the file passes 4 GiB, as EBU
+Tech 3306 describes), and a chunk reader that copies metadata chunks byte for byte.
+
+Samples are [c, t] arrays, channels first, as everywhere in demix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from demix.audio import AudioError, temporary_path
+
+# WAVE_FORMAT_EXTENSIBLE speaker positions (dwChannelMask bits), in file order.
+SPEAKERS = (
+    "FL", "FR", "FC", "LFE", "BL", "BR", "FLC", "FRC", "BC", "SL", "SR", "TC",
+    "TFL", "TFC", "TFR", "TBL", "TBC", "TBR",
+)  # fmt: skip
+# Masks a reader assumes when a file has none (plain PCM): SMPTE / ITU orders.
+DEFAULT_MASKS = {1: 0x4, 2: 0x3, 3: 0x7, 4: 0x33, 5: 0x37, 6: 0x3F, 7: 0x13F, 8: 0x63F}
+METADATA_CHUNKS = (b"bext", b"iXML")  # copied from the input to every deliverable
+_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
+_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_* tail
+_MAX_RIFF = 0xFFFFFFFF
+
+
+def speakers(mask: int, channels: int) -> list[str]:
+    """Speaker names of the channels in file order (``CH<n>`` past the mask's bits)."""
+    names = [name for bit, name in enumerate(SPEAKERS) if mask >> bit & 1][:channels]
+    return names + [f"CH{i + 1}" for i in range(len(names), channels)]
+
+
+@dataclass(frozen=True)
+class WavLayout:
+    """What a WAV file's header and metadata chunks say, besides its samples."""
+
+    channels: int
+    channel_mask: int  # from WAVE_FORMAT_EXTENSIBLE, else the default for the count
+    mask_given: bool  # False: the file had no mask and the default is assumed
+    chunks: dict[bytes, bytes]  # raw payloads of bext, iXML (those present)
+
+
+def riff_chunks(path: str | os.PathLike) -> list[tuple[bytes, int, int]]:
+    """(id, payload offset, payload size) of each top-level chunk of a RIFF/RF64 WAV file.
+
+    RF64 sizes come from the ``ds64`` chunk. Stops at the first chunk that does not parse
+    (a size beyond the end of the file, a non-printable id).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    found: list[tuple[bytes, int, int]] = []
+    with path.open("rb") as f:
+        magic = f.read(12)
+        if len(magic) < 12 or magic[:4] not in (b"RIFF", b"RF64", b"BW64") or magic[8:] != b"WAVE":
+            raise AudioError(f"{path}: not a WAV file")
+        big_data = None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            head = f.read(8)
+            chunk, length = head[:4], struct.unpack("<I", head[4:])[0]
+            if not all(32 <= c < 127 for c in chunk):
+                break
+            if chunk == b"ds64":
+                big_data = struct.unpack("<Q", f.read(16)[8:16])[0]
+            if chunk == b"data" and length == _MAX_RIFF and big_data is not None:
+                length = big_data
+            if offset + 8 + length > size:
+                if chunk == b"data":  # a short final data chunk is still the data chunk
+                    found.append((chunk, offset + 8, size - offset - 8))
+                break
+            found.append((chunk, offset + 8, length))
+            offset += 8 + length + (length & 1)
+    return found
+
+
+def read_layout(path: str | os.PathLike) -> WavLayout:
+    """The channel mask and the metadata chunks (``bext``, ``iXML``) of a WAV file."""
+    path = Path(path)
+    chunks = riff_chunks(path)
+    fmt = next((c for c in chunks if c[0] == b"fmt "), None)
+    if fmt is None:
+        raise AudioError(f"{path}: WAV file without a fmt chunk")
+    with path.open("rb") as f:
+        f.seek(fmt[1])
+        payload = f.read(fmt[2])
+        tag, channels = struct.unpack("<HH", payload[:4])
+        mask = None
+        if tag == _EXTENSIBLE and len(payload) >= 24:
+            mask = struct.unpack("<I", payload[20:24])[0] or None
+        if mask is not None and bin(mask).count("1") < channels:
+            mask = None  # too few speaker bits: treat as unknown (players do likewise)
+        metadata = {}
+        for chunk, offset, size in chunks:
+            if chunk in METADATA_CHUNKS:
+                f.seek(offset)
+                metadata[chunk] = f.read(size)
+    default = DEFAULT_MASKS.get(channels, (1 << min(channels, len(SPEAKERS))) - 1)
+    return WavLayout(channels, mask or default, mask is not None, metadata)
+
+
+class WavWriter:
+    """Stream a WAV file: header first, samples appended, sizes patched on ``commit``.
+
+    Args:
+        path: the final file name (written under a temporary name, renamed on commit).
+        sample_rate: samples per second.
+        channels: channel count.
+        bit_depth: "16", "24" (integer PCM) or "32f" (IEEE float).
+        channel_mask: speaker bits; with more than two channels (or a mask that is not the
+            count's default) the header is WAVE_FORMAT_EXTENSIBLE carrying it.
+        chunks: raw payloads written before the audio (``bext``, ``iXML``), in order.
+
+    Files that outgrow 4 GiB become RF64 (the reserved ``JUNK`` chunk turns into ``ds64``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int,
+        channels: int,
+        bit_depth: str,
+        channel_mask: int | None = None,
+        chunks: dict[bytes, bytes] | None = None,
+    ):
+        if bit_depth not in ("16", "24", "32f"):
+            raise AudioError(f"unknown bit depth {bit_depth!r} (choose 16, 24 or 32f)")
+        self.path = Path(path)
+        self.channels, self.bit_depth = channels, bit_depth
+        self.sample_bytes = {"16": 2, "24": 3, "32f": 4}[bit_depth]
+        self.frames = 0
+        mask = channel_mask or DEFAULT_MASKS.get(channels, 0)
+        extensible = channels > 2 or mask != DEFAULT_MASKS.get(channels, 0)
+        tag = _FLOAT if bit_depth == "32f" else _PCM
+        block = channels * self.sample_bytes
+        fmt = struct.pack(
+            "<HHIIHH", _EXTENSIBLE if extensible else tag, channels, sample_rate,
+            sample_rate * block, block, 8 * self.sample_bytes,
+        )  # fmt: skip
+        if extensible:
+            fmt += struct.pack("<HHI", 22, 8 * self.sample_bytes, mask)
+            fmt += struct.pack("<H", tag) + _GUID_TAIL
+        header = bytearray(b"RIFF\0\0\0\0WAVE")
+        header += b"JUNK" + struct.pack("<I", 28) + bytes(28)  # room for ds64 (RF64)
+        header += _chunk(b"fmt ", fmt)
+        self._fact_at = None
+        if bit_depth == "32f":  # non-PCM formats carry a fact chunk (sample frames)
+            self._fact_at = len(header) + 8
+            header += _chunk(b"fact", bytes(4))
+        for name, payload in (chunks or {}).items():
+            header += _chunk(name, payload)
+        header += b"data\0\0\0\0"
+        self._data_at = len(header)
+        self.tmp = temporary_path(self.path)
+        self._file = self.tmp.open("wb")
+        self._file.write(header)
+
+    def write_ints(self, samples: np.ndarray) -> None:
+        """Append integer samples [c, t] at the file's depth (int16 range for 16 bit, the
+        signed 24-bit range for 24 bit), exactly as given."""
+        x = np.ascontiguousarray(np.asarray(samples).T)
+        if self.bit_depth == "16":
+            data = x.astype("<i2").tobytes()
+        elif self.bit_depth == "24":
+            wide = x.astype("<i4").reshape(-1, 1).view(np.uint8)
+            data = wide[:, :3].tobytes()
+        else:
+            raise AudioError(f"{self.path}: integer samples for a float file")
+        self._append(data, x.shape[0])
+
+    def write_floats(self, samples: np.ndarray) -> None:
+        """Append float samples [c, t] to a 32-bit float file."""
+        if self.bit_depth != "32f":
+            raise AudioError(f"{self.path}: float samples for an integer file")
+        x = np.ascontiguousarray(np.asarray(samples, dtype="<f4").T)
+        self._append(x.tobytes(), x.shape[0])
+
+    def _append(self, data: bytes, frames: int) -> None:
+        if frames and len(data) != frames * self.channels * self.sample_bytes:
+            raise AudioError(f"{self.path}: block with the wrong number of channels")
+        self._file.write(data)
+        self.frames += frames
+
+    def commit(self) -> None:
+        """Patch the sizes (RF64 beyond 4 GiB), close, and rename to the final name."""
+        data_bytes = self.frames * self.channels * self.sample_bytes
+        pad = data_bytes & 1
+        if pad:
+            self._file.write(b"\0")
+        riff_bytes = self._data_at + data_bytes + pad - 8
+        f = self._file
+        if riff_bytes > _MAX_RIFF or data_bytes > _MAX_RIFF:
+            f.seek(0)
+            f.write(b"RF64" + struct.pack("<I", _MAX_RIFF))
+            f.seek(12)
+            ds64 = struct.pack("<QQQI", riff_bytes, data_bytes, self.frames, 0)
+            f.write(b"ds64" + struct.pack("<I", 28) + ds64)
+            f.seek(self._data_at - 4)
+            f.write(struct.pack("<I", _MAX_RIFF))
+        else:
+            f.seek(4)
+            f.write(struct.pack("<I", riff_bytes))
+            f.seek(self._data_at - 4)
+            f.write(struct.pack("<I", data_bytes))
+        if self._fact_at is not None:
+            f.seek(self._fact_at)
+            f.write(struct.pack("<I", min(self.frames, _MAX_RIFF)))
+        f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _chunk(name: bytes, payload: bytes) -> bytes:
+    return name + struct.pack("<I", len(payload)) + payload + (b"\0" if len(payload) & 1 else b"")

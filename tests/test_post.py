@@ -1,0 +1,203 @@
+"""``demix post``: DX, MX, FX and ME deliverables of generated 5.1 and 7.1 reels with BWF chunks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_cli import _env
+
+from cdx.post import parse_deliver, post_batch, post_file
+from demix import Separator, wav
+from demix.data import loudness_lufs
+from demix.demo import demo_clip
+from demix.meter import LoudnessMeter
+
+RATE = 48000
+
+
+def bext_payload(description: str, time_reference: int) -> bytes:
+    """A BWF bext chunk (version 1 layout, 602 bytes before the coding history)."""
+    data = bytearray(602)
+    data[:32] = description.encode().ljust(32, b"\0")
+    data[256:288] = b"demix tests".ljust(32, b"\0")
+    data[320:330] = b"2026-11-26"
+    data[330:338] = b"10:00:00"
+    data[338:346] = time_reference.to_bytes(8, "little")
+    data[346:348] = (1).to_bytes(2, "little")
+    return bytes(data) + b"A=PCM,F=48000,W=24,M=multi\r\n"
+
+
+IXML = b'<?xml version="1.0"?><BWFXML><PROJECT>demix</PROJECT><SCENE>12A</SCENE></BWFXML>'
+
+
+def write_reel(path: Path, layout: str, seconds: float = 3.0, bits: str = "24") -> np.ndarray:
+    """A film reel: dialogue in C, music in L/R, effects in the surrounds, a 40 Hz LFE;
+    returns the integer samples [c, t] written."""
+    mask, channels = {"5.1": (0x60F, 6), "7.1": (0x63F, 8), "stereo": (0x3, 2)}[layout]
+    _, stems = demo_clip(seconds, RATE)
+    n = stems["dialogue"].shape[1]
+    names = wav.speakers(mask, channels)
+    x = np.zeros((channels, n))
+    if layout == "stereo":
+        x = stems["dialogue"] + stems["music"] + stems["effects"]
+    else:
+        x[names.index("FC")] = stems["dialogue"][0]
+        x[names.index("FL")], x[names.index("FR")] = stems["music"]
+        x[names.index("SL")], x[names.index("SR")] = stems["effects"]
+        if "BL" in names:
+            x[names.index("BL")], x[names.index("BR")] = 0.5 * stems["effects"]
+        x[names.index("LFE")] = 0.3 * np.sin(2 * np.pi * 40 * np.arange(n) / RATE)
+    scale = 2 ** (int(bits) - 1)
+    ints = np.clip(np.rint(x * scale), -scale, scale - 1).astype(np.int32)
+    chunks = {b"bext": bext_payload(f"{layout} reel", RATE * 3600), b"iXML": IXML}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = wav.WavWriter(path, RATE, channels, bits, mask, chunks)
+    writer.write_ints(ints)
+    writer.commit()
+    return ints
+
+
+def read_ints(path: Path, bits: str) -> np.ndarray:
+    samples, _ = sf.read(path, dtype="int32", always_2d=True)
+    return samples.T.astype(np.int64) >> (32 - int(bits))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint) -> Separator:
+    return Separator.from_pretrained(str(tiny_checkpoint))
+
+
+@pytest.mark.parametrize(("layout", "bits"), [("5.1", "24"), ("7.1", "24"), ("stereo", "16")])
+def test_deliverables_null_exactly_and_keep_format_layout_and_metadata(
+    tiny, tmp_path, layout, bits
+):
+    source = tmp_path / "reel.wav"
+    ints = write_reel(source, layout, bits=bits)
+    result = post_file(tiny, source, tmp_path / "out", parse_deliver("dx,mx,fx,me"))
+    assert result.status == "done", result.error
+    files = {k: tmp_path / "out" / f"reel_{k}.wav" for k in ("DX", "MX", "FX", "ME")}
+    parts = {k: read_ints(p, bits) for k, p in files.items()}
+    assert np.array_equal(parts["DX"] + parts["ME"], ints)  # sample for sample
+    assert np.array_equal(parts["DX"] + parts["MX"] + parts["FX"], ints)
+    source_layout = wav.read_layout(source)
+    for path in files.values():
+        info = sf.info(str(path))
+        assert (info.samplerate, info.frames, info.subtype) == (RATE, ints.shape[1], f"PCM_{bits}")
+        assert wav.read_layout(path) == source_layout  # mask, bext and iXML byte for byte
+    if layout != "stereo":
+        lfe = wav.speakers(source_layout.channel_mask, ints.shape[0]).index("LFE")
+        assert not parts["DX"][lfe].any() and not parts["MX"][lfe].any()
+        assert np.array_equal(parts["FX"][lfe], ints[lfe])  # LFE: effects, so M&E
+    assert result.levels["DX"]["lufs"] is not None and result.clipped_samples == 0
+    assert result.layout.startswith({"5.1": "5.1 (", "7.1": "7.1 (", "stereo": "stereo"}[layout])
+
+
+def test_bwf_time_reference_reads_back_with_wavinfo(tiny, tmp_path):
+    import wavinfo
+
+    source = tmp_path / "reel.wav"
+    write_reel(source, "5.1", seconds=1.0)
+    post_file(tiny, source, tmp_path / "out")
+    for name in ("reel_DX.wav", "reel_ME.wav"):
+        info = wavinfo.WavInfoReader(str(tmp_path / "out" / name))
+        assert info.bext.time_reference == RATE * 3600
+        assert info.bext.description == "5.1 reel" and info.ixml.project == "demix"
+
+
+def test_channels_land_in_their_stem_and_channel(tmp_path):
+    """The shipped model on a 5.1 reel: the dialogue stem follows the dialogue in C, the
+    effects (M&E) stem the effects in the surrounds."""
+    source = tmp_path / "reel.wav"
+    write_reel(source, "5.1", seconds=6.0)
+    _, stems = demo_clip(6.0, RATE)
+    result = post_file(Separator.from_pretrained("demix-small"), source, tmp_path / "out")
+    assert result.status == "done", result.error
+    dx = sf.read(tmp_path / "out" / "reel_DX.wav", always_2d=True)[0].T
+    me = sf.read(tmp_path / "out" / "reel_ME.wav", always_2d=True)[0].T
+    names = wav.speakers(0x60F, 6)
+    c, sl = names.index("FC"), names.index("SL")
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+    assert corr(dx[c], stems["dialogue"][0]) > 0.8
+    assert corr(me[sl], stems["effects"][0]) > corr(dx[sl], stems["effects"][0])
+    # demix-small v2 leaks some effects into dialogue in the surrounds (5.9 dB below the
+    # dialogue in C when this was written): the margin asked here is 3 dB
+    assert np.sum(dx[c] ** 2) > 2 * np.sum(dx[sl] ** 2)
+
+
+def test_batch_resumes_keeps_going_and_reports(tiny, tmp_path):
+    reels = tmp_path / "reels"
+    write_reel(reels / "r1.wav", "stereo", seconds=1.0, bits="16")
+    write_reel(reels / "act2" / "r2.wav", "5.1", seconds=1.0)
+    (reels / "bad.wav").write_text("not audio")
+    out = tmp_path / "out"
+    results = post_batch(tiny, [reels], out)
+    assert [Path(r.file).name for r in results] == ["r2.wav", "bad.wav", "r1.wav"]
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert "bad.wav" in results[1].error and "\n" not in results[1].error
+    assert sorted(p.name for p in (out / "act2").iterdir()) == ["r2_DX.wav", "r2_ME.wav"]
+    assert not list(out.glob("bad_*"))
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [r["status"] for r in rows] == ["done", "failed", "done"]
+    assert rows[2]["DX_lufs"] and rows[2]["ME_dbtp"] and rows[2]["dialogue_to_me_db"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["deliver"] == ["DX", "ME"] and len(report["inputs"]) == 3
+    again = post_batch(tiny, [reels], out)
+    assert [r.status for r in again] == ["skipped", "failed", "skipped"]
+
+
+def test_cli_post_and_check(tiny_checkpoint, tmp_path):
+    source = tmp_path / "reel.wav"
+    write_reel(source, "5.1", seconds=1.0)
+    cli = [sys.executable, "-m", "demix.cli", "post"]
+    run = subprocess.run(
+        [*cli, str(source), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint), "-q"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "reel_DX.wav, reel_ME.wav" in run.stdout and "5.1" in run.stdout
+    check = subprocess.run(
+        [*cli, str(tmp_path / "out" / "reel_DX.wav"), "--check"],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert "5.1 (FL FR FC LFE SL SR)" in check.stdout and "01:00:00.000" in check.stdout
+    bad = subprocess.run(
+        [*cli, str(source), "-o", str(tmp_path / "x"), "--deliver", "dx,stems"],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--deliver stems" in bad.stderr
+
+
+def test_rf64_beyond_the_riff_size_limit(tmp_path, monkeypatch):
+    """Past 4 GiB the writer switches to RF64 (tested with the limit lowered to 1 kB)."""
+    monkeypatch.setattr(wav, "_MAX_RIFF", 1000)
+    ints = np.arange(-3000, 3000, dtype=np.int32).reshape(2, -1) * 1000
+    writer = wav.WavWriter(tmp_path / "big.wav", RATE, 2, "24", None, {b"iXML": IXML})
+    writer.write_ints(ints)
+    writer.commit()
+    assert (tmp_path / "big.wav").read_bytes()[:4] == b"RF64"
+    assert np.array_equal(read_ints(tmp_path / "big.wav", "24"), ints)
+    assert wav.read_layout(tmp_path / "big.wav").chunks[b"iXML"] == IXML
+
+
+def test_streaming_meter_matches_the_whole_signal_meter():
+    rng = np.random.default_rng(0)
+    t = np.arange(12 * RATE) / RATE
+    x = (0.1 * rng.standard_normal((6, len(t))) * (1 + 0.8 * np.sin(2 * np.pi * t / 5))).astype(
+        np.float32
+    )
+    meter = LoudnessMeter(RATE, 6, [1, 1, 1, 0, 1.41, 1.41])
+    for i in range(0, x.shape[1], 10007):
+        meter.add(x[:, i : i + 10007])
+    assert abs(meter.integrated_lufs() - loudness_lufs(x, RATE)) < 0.01
+    assert 5 < meter.loudness_range_lu() < 20
