@@ -19,6 +19,10 @@ inference path) and writes, for the deliverables asked for, ``<name>_DX.wav`` (d
   of every deliverable, and the dialogue-to-M&E difference, metered while streaming
   (``demix.meter``), so memory stays flat in the input's length.
 
+With ``dialogue_gain_db``, also ``<name>_REMIX.wav``: an accessible mix (ME + DX raised),
+limited so it never clips, optionally normalised to -24 LKFS (ATSC A/85) or -23 LUFS (EBU
+R128); the stems are never normalised.
+
 ``post_batch`` runs a list of inputs, skipping those whose deliverables are complete,
 keeping going past bad files, and writes ``report.csv`` and ``report.json``.
 """
@@ -63,6 +67,7 @@ class PostResult:
     dialogue_to_me_db: float | None = None
     clipped_samples: int = 0  # where a difference passed full scale (null test not exact)
     outputs: list[str] = field(default_factory=list)
+    remix: dict[str, float | None] = field(default_factory=dict)  # see accessible_remix
 
 
 def parse_deliver(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -97,6 +102,8 @@ def post_file(
     deliver: Sequence[str] = DEFAULT_DELIVER,
     overwrite: bool = False,
     progress: Callable[[float], None] | None = None,
+    dialogue_gain_db: float | None = None,
+    normalise: str | None = None,
 ) -> PostResult:
     """Write the deliverables of one input (see the module docstring).
 
@@ -107,6 +114,9 @@ def post_file(
         deliver: a subset of "dx", "mx", "fx", "me".
         overwrite: replace complete deliverables (otherwise the input is skipped).
         progress: called with the seconds of input done since the last call.
+        dialogue_gain_db: also write ``<name>_REMIX.wav``, ME + DX raised by this much
+            (needs dx and me), limited below -1 dBFS (``accessible_remix``).
+        normalise: "atsc" (-24 LKFS) or "ebu" (-23 LUFS) for that remix.
 
     Returns:
         The report row; failures are returned as status "failed" with the one-line reason,
@@ -116,12 +126,18 @@ def post_file(
     started = time.time()
     result = PostResult(str(path), "done")
     targets = deliverable_paths(path, out_dir, deliver)
+    remix_path = out_dir / f"{path.stem}_REMIX.wav"
     try:
+        if dialogue_gain_db is not None and not {"dx", "me"} <= set(deliver):
+            raise ValueError("--dialogue-gain remixes DX and ME: deliver dx and me")
+        if normalise is not None and (dialogue_gain_db is None or normalise not in NORMALISE_LUFS):
+            raise ValueError("--normalise atsc|ebu applies to the --dialogue-gain remix")
         if not {"dialogue", "music", "effects"} <= set(separator.heads.get("film", ())):
             raise SeparationError("the model has no film head with dialogue, music, effects")
-        if not overwrite and all(t.exists() for t in targets.values()):
+        wanted = [*targets.values()] + ([remix_path] if dialogue_gain_db is not None else [])
+        if not overwrite and all(t.exists() for t in wanted):
             result.status = "skipped"
-            result.outputs = [str(t) for t in targets.values()]
+            result.outputs = [str(t) for t in wanted]
             return result
         meta = audio.info(path)
         if meta.backend == "soundfile" and path.suffix.lower() in (".wav", ".wave"):
@@ -141,6 +157,11 @@ def post_file(
                 raise SeparationError(f"{target}: output would overwrite the input")
         out_dir.mkdir(parents=True, exist_ok=True)
         _write(separator, path, meta, layout, names, targets, result, progress)
+        if dialogue_gain_db is not None:
+            result.remix = accessible_remix(
+                targets["dx"], targets["me"], remix_path, dialogue_gain_db, normalise
+            )
+            result.outputs.append(str(remix_path))
     except (audio.AudioError, SeparationError, OSError, ValueError) as exc:
         result.status, result.error = "failed", _one_line(exc, path)
     result.seconds_taken = round(time.time() - started, 2)
@@ -234,6 +255,132 @@ def _deliverables(
     return {"dx": dx, "mx": mx, "me": difference(mix - dx), "fx": difference(mix - dx - mx)}
 
 
+NORMALISE_LUFS = {"atsc": -24.0, "ebu": -23.0}  # ATSC A/85 (LKFS = LUFS), EBU R128
+
+
+class PeakLimiter:
+    """A look-ahead brickwall limiter that never lets a sample past ``ceiling``.
+
+    The gain needed at each sample (ceiling / peak across channels, at most 1) is taken as
+    the minimum over ±``window`` samples, then averaged over a centred window of the same
+    length: every averaged value is at most the gain needed at the centre, so no output
+    sample passes the ceiling, and the gain moves smoothly (over ``window_s``) rather than
+    clipping. Offline (it looks ahead as far as it looks back); state carries across blocks.
+    """
+
+    def __init__(self, sample_rate: int, channels: int, ceiling: float, window_s: float = 0.02):
+        self.ceiling = ceiling
+        self.half = max(1, int(window_s * sample_rate) // 2)
+        self._input = np.zeros((channels, 0))
+        self._need = np.ones(0)
+        self._started = False
+        self.limited_samples = 0
+        self.max_reduction_db = 0.0
+
+    def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        """Feed [c, t]; returns the limited signal delayed by the look-ahead (all of it once
+        ``last``)."""
+        from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+        h = self.half
+        if not self._started:  # context before the start: no limiting needed there
+            self._input = np.zeros((block.shape[0], 2 * h))
+            self._need = np.ones(2 * h)
+            self._started = True
+        peak = np.abs(block).max(axis=0) if block.shape[1] else np.zeros(0)
+        need = np.minimum(1.0, self.ceiling / np.maximum(peak, 1e-12))
+        self._input = np.concatenate([self._input, block], axis=1)
+        self._need = np.concatenate([self._need, need])
+        if last:
+            self._input = np.pad(self._input, ((0, 0), (0, 2 * h)))
+            self._need = np.concatenate([self._need, np.ones(2 * h)])
+        ready = self._need.shape[0] - 4 * h  # outputs whose ±2h context has arrived
+        if ready <= 0:
+            return np.zeros((block.shape[0], 0))
+        held = minimum_filter1d(self._need, 2 * h + 1, mode="nearest")
+        gain = uniform_filter1d(held, 2 * h + 1, mode="nearest")[2 * h : 2 * h + ready]
+        gain = np.minimum(gain, self._need[2 * h : 2 * h + ready])
+        out = self._input[:, 2 * h : 2 * h + ready] * gain
+        self.limited_samples += int(np.count_nonzero(gain < 1.0))
+        if gain.size:
+            self.max_reduction_db = max(self.max_reduction_db, -20 * float(np.log10(gain.min())))
+        self._input = self._input[:, ready:]
+        self._need = self._need[ready:]
+        return out
+
+
+def accessible_remix(
+    dx_path: Path,
+    me_path: Path,
+    out_path: Path,
+    dialogue_gain_db: float,
+    normalise: str | None = None,
+    ceiling_dbfs: float = -1.0,
+) -> dict[str, float | None]:
+    """Write ME + DX raised by ``dialogue_gain_db`` (an accessible "dialogue up" mix), limited
+    so that no sample passes ``ceiling_dbfs``; with ``normalise`` ("atsc" or "ebu") the
+    remix, never the stems, is first brought to −24 LKFS or −23 LUFS. Two passes over the
+    written deliverables (meter, then write), so memory stays flat.
+
+    Returns:
+        {"lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db"}.
+    """
+    import soundfile as sf
+
+    layout = wav.read_layout(dx_path)
+    info = sf.info(str(dx_path))
+    depth = {"PCM_16": "16", "PCM_24": "24"}.get(info.subtype, "32f")
+    names = wav.speakers(layout.channel_mask, info.channels)
+    gain = 10 ** (dialogue_gain_db / 20)
+
+    def remixed():
+        with sf.SoundFile(str(dx_path)) as dx, sf.SoundFile(str(me_path)) as me:
+            while True:
+                a = dx.read(1 << 18, dtype="float64", always_2d=True)
+                b = me.read(1 << 18, dtype="float64", always_2d=True)
+                if not len(a):
+                    return
+                yield (b + gain * a).T
+
+    meter = LoudnessMeter(info.samplerate, info.channels, weights_for(names))
+    for block in remixed():
+        meter.add(block)
+    level = meter.integrated_lufs()
+    norm_db = 0.0
+    if normalise is not None and np.isfinite(level):
+        norm_db = NORMALISE_LUFS[normalise] - level
+    scale = 10 ** (norm_db / 20)
+    limiter = PeakLimiter(info.samplerate, info.channels, 10 ** (ceiling_dbfs / 20))
+    final = LoudnessMeter(info.samplerate, info.channels, weights_for(names))
+    writer = wav.WavWriter(
+        out_path, info.samplerate, info.channels, depth, layout.channel_mask, layout.chunks
+    )
+    full = float(1 << (int(depth) - 1)) if depth != "32f" else 1.0
+
+    def emit(block: np.ndarray) -> None:
+        final.add(block)
+        if depth == "32f":
+            writer.write_floats(block)
+        else:
+            writer.write_ints(np.clip(np.rint(block * full), -full, full - 1).astype(np.int32))
+
+    try:
+        for block in remixed():
+            emit(limiter.process(block * scale))
+        emit(limiter.process(np.zeros((info.channels, 0)), last=True))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return {
+        "lufs": _finite(final.integrated_lufs()),
+        "dbtp": _finite(final.true_peak_dbtp()),
+        "normalise_gain_db": round(norm_db, 2),
+        "limited_samples": limiter.limited_samples,
+        "max_reduction_db": round(limiter.max_reduction_db, 2),
+    }
+
+
 def post_batch(
     separator: Separator,
     inputs: Sequence[str | os.PathLike],
@@ -241,6 +388,8 @@ def post_batch(
     deliver: Sequence[str] = DEFAULT_DELIVER,
     overwrite: bool = False,
     progress: Callable[[float, float, str], None] | None = None,
+    dialogue_gain_db: float | None = None,
+    normalise: str | None = None,
 ) -> list[PostResult]:
     """``post_file`` for every input (folders searched recursively, subfolders mirrored under
     ``out_dir``); writes ``out_dir/report.csv`` and ``report.json``.
@@ -268,7 +417,11 @@ def post_batch(
                 progress(done, total, str(f))
 
         before = done
-        results.append(post_file(separator, f, out_dir / sub, deliver, overwrite, step))
+        results.append(
+            post_file(
+                separator, f, out_dir / sub, deliver, overwrite, step, dialogue_gain_db, normalise
+            )
+        )
         done = before + seconds  # skipped and failed inputs count as done
     if progress is not None:
         progress(total, total, "")
@@ -288,13 +441,15 @@ def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence
     _atomic_text(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
     columns = ["file", "status", "error", "duration_s", "sample_rate", "bit_depth", "layout",
                "seconds_taken", "dialogue_to_me_db", "clipped_samples"]  # fmt: skip
+    remix_keys = ["lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db"]
     levels = [f"{k}_{m}" for k in keys for m in ("lufs", "dbtp", "lra")]
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(columns + levels)
+    writer.writerow(columns + levels + [f"remix_{k}" for k in remix_keys])
     for r in results:
         row = [getattr(r, c) for c in columns]
         row += [r.levels.get(k, {}).get(m, "") for k in keys for m in ("lufs", "dbtp", "lra")]
+        row += [r.remix.get(k, "") for k in remix_keys]
         writer.writerow(["" if v is None else v for v in row])
     _atomic_text(out_dir / "report.csv", text.getvalue())
 

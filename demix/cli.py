@@ -206,6 +206,10 @@ def cmd_post(args: argparse.Namespace) -> int:
         return 2
     try:
         deliver = parse_deliver(args.deliver)
+        if args.normalise and args.dialogue_gain is None:
+            raise ValueError("--normalise applies to the --dialogue-gain remix: give both")
+        if args.dialogue_gain is not None and not {"dx", "me"} <= set(deliver):
+            raise ValueError("--dialogue-gain remixes DX and ME: --deliver must hold dx and me")
         sep = Separator.from_pretrained(args.model, device=args.device)
     except (SeparationError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
@@ -222,7 +226,10 @@ def cmd_post(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        results = post_batch(sep, args.inputs, args.output, deliver, args.overwrite, progress)
+        results = post_batch(
+            sep, args.inputs, args.output, deliver, args.overwrite, progress,
+            args.dialogue_gain, args.normalise,
+        )  # fmt: skip
     except KeyboardInterrupt:
         bar.close()
         print("demix: interrupted; finished inputs are kept, a rerun resumes", file=sys.stderr)
@@ -236,6 +243,11 @@ def cmd_post(args: argparse.Namespace) -> int:
         else:
             dx = r.levels.get("DX", {}).get("lufs")
             note = f", {r.clipped_samples} samples clipped" if r.clipped_samples else ""
+            if r.remix:
+                note += (
+                    f"; remix {r.remix['lufs']} LUFS, {r.remix['dbtp']} dBTP, limited by up to "
+                    f"{r.remix['max_reduction_db']} dB"
+                )
             print(
                 f"{r.file} -> {', '.join(Path(o).name for o in r.outputs)} "
                 f"({r.layout}; DX {dx} LUFS; {r.seconds_taken:.1f} s{note})"
@@ -454,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", help="output folder: OUT/<name>_DX.wav, ...")
     q.add_argument(
         "--deliver", default="dx,me", help="deliverables among dx, mx, fx, me (default dx,me)"
+    )
+    q.add_argument(
+        "--dialogue-gain",
+        type=float,
+        metavar="DB",
+        help="also write <name>_REMIX.wav: ME + DX raised by DB (e.g. 6), limited below -1 dBFS",
+    )
+    q.add_argument(
+        "--normalise",
+        choices=["atsc", "ebu"],
+        help="bring that remix (never the stems) to -24 LKFS (ATSC A/85) or -23 LUFS (EBU R128)",
     )
     q.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
     q.add_argument("--device", default="cpu", help="cpu or cuda")

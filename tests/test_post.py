@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from test_cli import _env
 
-from cdx.post import parse_deliver, post_batch, post_file
+from cdx.post import PeakLimiter, parse_deliver, post_batch, post_file
 from demix import Separator, wav
 from demix.data import loudness_lufs
 from demix.demo import demo_clip
@@ -201,3 +201,39 @@ def test_streaming_meter_matches_the_whole_signal_meter():
         meter.add(x[:, i : i + 10007])
     assert abs(meter.integrated_lufs() - loudness_lufs(x, RATE)) < 0.01
     assert 5 < meter.loudness_range_lu() < 20
+
+
+def test_limiter_never_passes_the_ceiling_and_leaves_quiet_parts_alone():
+    rng = np.random.default_rng(1)
+    x = 0.1 * rng.standard_normal((2, 5 * RATE))
+    x[:, 2 * RATE : 2 * RATE + 4800] *= 15  # a 100 ms burst far over full scale
+    limiter = PeakLimiter(RATE, 2, ceiling=10 ** (-1 / 20))
+    out = np.concatenate(
+        [limiter.process(x[:, i : i + 7777]) for i in range(0, x.shape[1], 7777)]
+        + [limiter.process(np.zeros((2, 0)), last=True)],
+        axis=1,
+    )
+    assert out.shape == x.shape
+    assert np.abs(out).max() <= 10 ** (-1 / 20) + 1e-12
+    np.testing.assert_array_equal(out[:, :RATE], x[:, :RATE])  # untouched far from it
+    assert limiter.max_reduction_db > 10 and 0 < limiter.limited_samples < RATE
+
+
+def test_dialogue_gain_remix_is_limited_and_normalised(tiny, tmp_path):
+    source = tmp_path / "reel.wav"
+    write_reel(source, "5.1", seconds=4.0)
+    result = post_file(tiny, source, tmp_path / "out", dialogue_gain_db=6.0)
+    assert result.status == "done", result.error
+    remix = read_ints(tmp_path / "out" / "reel_REMIX.wav", "24") / 2**23
+    dx = read_ints(tmp_path / "out" / "reel_DX.wav", "24") / 2**23
+    me = read_ints(tmp_path / "out" / "reel_ME.wav", "24") / 2**23
+    assert np.abs(remix).max() <= 10 ** (-1 / 20) + 2**-23
+    expected = me + 10 ** (6 / 20) * dx
+    free = np.abs(expected).max(axis=0) < 0.5  # far below the ceiling: no limiting there
+    np.testing.assert_allclose(remix[:, free], expected[:, free], atol=2**-22)
+    assert wav.read_layout(tmp_path / "out" / "reel_REMIX.wav") == wav.read_layout(source)
+    normalised = post_file(tiny, source, tmp_path / "ebu", dialogue_gain_db=6.0, normalise="ebu")
+    assert normalised.status == "done", normalised.error
+    assert abs(normalised.remix["lufs"] - (-23.0)) < 0.5, normalised.remix
+    refused = post_file(tiny, source, tmp_path / "x", ("dx",), dialogue_gain_db=6.0)
+    assert refused.status == "failed" and "deliver dx and me" in refused.error
