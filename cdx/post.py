@@ -143,8 +143,15 @@ def post_file(
         if meta.backend == "soundfile" and path.suffix.lower() in (".wav", ".wave"):
             layout = wav.read_layout(path)
         else:  # other formats carry no mask we read: the count's default order
+            chunks = {}
+            if meta.timecode_seconds is not None:  # a video's timecode → the BWF time reference
+                chunks[b"bext"] = wav.bext_chunk(
+                    f"demix post of {path.name}",
+                    "demix",
+                    round(meta.timecode_seconds * meta.sample_rate),
+                )
             layout = wav.WavLayout(
-                meta.channels, wav.DEFAULT_MASKS.get(meta.channels, 0), False, {}
+                meta.channels, wav.DEFAULT_MASKS.get(meta.channels, 0), False, chunks
             )
         names = wav.speakers(layout.channel_mask, meta.channels)
         result.duration_s, result.sample_rate = meta.seconds, meta.sample_rate

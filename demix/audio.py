@@ -27,7 +27,9 @@ import soxr
 
 MAX_CHANNELS = 16  # up to 9.1.6 immersive beds
 SOUNDFILE_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}
-FFMPEG_EXTENSIONS = {".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".wma", ".m4v"}
+FFMPEG_EXTENSIONS = {
+    ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".wma", ".m4v", ".mxf",
+}  # fmt: skip
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
 # soundfile subtype → our bit-depth name; anything else (mp3, vorbis, opus, ffmpeg) → "24".
@@ -61,6 +63,7 @@ class AudioInfo:
     bit_depth: str  # "16", "24" or "32f": the depth to write stems at by default
     backend: str  # "soundfile" or "ffmpeg"
     notes: tuple[str, ...] = ()  # what is odd but readable (shown as warnings)
+    timecode_seconds: float | None = None  # a video container's start timecode, in seconds
 
     @property
     def seconds(self) -> float:
@@ -116,7 +119,38 @@ def _ffprobe(path: Path) -> AudioInfo:
     if frames <= 0:  # no usable duration in the header: count by decoding (streamed)
         frames = sum(b.shape[1] for b in _ffmpeg_blocks(path, rate, channels, 1 << 16))
     _check(path, rate, channels, frames)
-    return AudioInfo(path, rate, channels, frames, "24", "ffmpeg")
+    return AudioInfo(path, rate, channels, frames, "24", "ffmpeg", (), _ffmpeg_timecode(text))
+
+
+_NTSC_RATES = {"23.98": 24000 / 1001, "29.97": 30000 / 1001, "47.95": 48000 / 1001,
+               "59.94": 60000 / 1001}  # fmt: skip
+
+
+def _ffmpeg_timecode(text: str) -> float | None:
+    """Start of a container's timecode track ("timecode : 01:00:00:00", ";" for drop frame)
+    in seconds, at the video's frame rate (NTSC rates exact); None without either."""
+    code = fps_text = None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == "timecode" and code is None:
+            code = value.strip()
+        if "Video:" in line and fps_text is None:
+            fps_text = next(
+                (p.split()[0] for p in line.split(",") if p.strip().endswith(" fps")), None
+            )
+    if code is None or fps_text is None:
+        return None
+    try:
+        h, m, sec, f = (int(x) for x in code.replace(";", ":").split(":"))
+        fps = _NTSC_RATES.get(fps_text) or float(fps_text)
+    except ValueError:
+        return None
+    nominal = round(fps)
+    count = (h * 3600 + m * 60 + sec) * nominal + f
+    if ";" in code:  # drop frame: two (four at 59.94) frame numbers skipped most minutes
+        minutes = 60 * h + m
+        count -= (2 if nominal <= 30 else 4) * (minutes - minutes // 10)
+    return count / fps
 
 
 def _ffmpeg_duration_frames(text: str, sample_rate: int) -> int:

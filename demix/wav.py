@@ -226,5 +226,22 @@ class WavWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def bext_chunk(description: str, originator: str, time_reference: int, when=None) -> bytes:
+    """A BWF ``bext`` payload (EBU Tech 3285, version 1): description (256 bytes),
+    originator (32), originator reference (32), date and time of origination, the time
+    reference in samples since midnight, version 1, no coding history."""
+    import datetime
+
+    when = when or datetime.datetime.now()
+    return (
+        description.encode()[:256].ljust(256, b"\0")
+        + originator.encode()[:32].ljust(32, b"\0")
+        + bytes(32)
+        + when.strftime("%Y-%m-%d%H:%M:%S").encode()
+        + struct.pack("<QH", time_reference, 1)
+        + bytes(64 + 190)  # UMID and reserved
+    )
+
+
 def _chunk(name: bytes, payload: bytes) -> bytes:
     return name + struct.pack("<I", len(payload)) + payload + (b"\0" if len(payload) & 1 else b"")

@@ -237,3 +237,25 @@ def test_dialogue_gain_remix_is_limited_and_normalised(tiny, tmp_path):
     assert abs(normalised.remix["lufs"] - (-23.0)) < 0.5, normalised.remix
     refused = post_file(tiny, source, tmp_path / "x", ("dx",), dialogue_gain_db=6.0)
     assert refused.status == "failed" and "deliver dx and me" in refused.error
+
+
+def test_video_timecode_becomes_the_time_reference(tiny, tmp_path):
+    """A QuickTime file whose timecode track starts at 01:00:00:00 at 23.976 fps: the
+    deliverables' bext time reference is that start in samples (86,400 frames × 1001/24000 s)."""
+    import wavinfo
+
+    from demix.audio import ffmpeg_executable
+
+    movie = tmp_path / "scene.mov"
+    subprocess.run(
+        [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc=size=64x48:rate=24000/1001", "-f", "lavfi", "-i",
+         "sine=frequency=440:sample_rate=48000", "-t", "1.5", "-timecode", "01:00:00:00",
+         "-c:v", "mpeg4", "-c:a", "pcm_s24le", "-ac", "2", str(movie)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    result = post_file(tiny, movie, tmp_path / "out")
+    assert result.status == "done", result.error
+    info = wavinfo.WavInfoReader(str(tmp_path / "out" / "scene_DX.wav"))
+    assert info.bext.time_reference == round(86400 * 1001 / 24000 * 48000)
+    assert "scene.mov" in info.bext.description
