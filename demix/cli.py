@@ -454,9 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser(
         "post",
         help="dialogue cleanup: DX / M&E deliverables for post-production",
-        description="Write DX (dialogue), MX, FX and ME (music + effects) deliverables that "
-        "add back to the input sample for sample, keeping rate, depth, channel layout and BWF "
-        "metadata; a report (CSV and JSON) with loudness, true peak and loudness range.",
+        description="Write DX (dialogue), MX, FX and ME (music + effects) deliverables that\n"
+        "add back to the input sample for sample, keeping rate, depth, channel layout and\n"
+        "BWF metadata; a report (CSV and JSON) with loudness, true peak and loudness range.",
         epilog="examples:\n  demix post reel1.wav -o deliverables/\n"
         "  demix post reels/ -o deliverables/ --deliver dx,mx,fx,me\n"
         "  demix post deliverables/reel1_DX.wav --check",
