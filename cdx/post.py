@@ -207,7 +207,7 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
             mix = take_samples(pending, n, meta.channels).astype(np.float64) * scale
             if integer:
                 mix = np.rint(mix)  # exact: the file's integers
-            parts = _deliverables(out, mix, scale, integer, result)
+            parts = _deliverables(out, mix, scale, integer, targets, result)
             for d, writer in writers.items():
                 if integer:
                     writer.write_ints(parts[d].astype(np.int32))
@@ -242,25 +242,38 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
 
 
 def _deliverables(
-    out: dict[str, np.ndarray], mix: np.ndarray, scale: float, integer: bool, result: PostResult
+    out: dict[str, np.ndarray],
+    mix: np.ndarray,
+    scale: float,
+    integer: bool,
+    wanted: Sequence[str],
+    result: PostResult,
 ) -> dict[str, np.ndarray]:
-    """DX, MX (quantised), ME = mix − DX, FX = mix − DX − MX, on the output's scale."""
-    low, high = (-scale, scale - 1) if integer else (-np.inf, np.inf)
+    """The ``wanted`` ones of DX, MX (quantised), ME = mix − DX, FX = mix − DX − MX, on the
+    output's scale; samples of a delivered difference beyond full scale are counted."""
+    bits = int(np.log2(scale)) + 1 if integer else 0
 
-    def quantised(x: np.ndarray) -> np.ndarray:
-        y = np.asarray(x, dtype=np.float64) * scale
-        return np.clip(np.rint(y), low, high) if integer else y.astype(np.float32)
+    def quantised(x: np.ndarray) -> np.ndarray:  # integers as float64, so differences are exact
+        return audio.quantise(x, bits).astype(np.float64) if integer else x.astype(np.float32)
 
     def difference(x: np.ndarray) -> np.ndarray:
         if not integer:
             return x.astype(np.float32)
-        beyond = int(np.count_nonzero((x < low) | (x > high)))
+        beyond = int(np.count_nonzero((x < -scale) | (x > scale - 1)))
         result.clipped_samples += beyond
-        return np.clip(x, low, high) if beyond else x
+        return np.clip(x, -scale, scale - 1) if beyond else x
 
-    dx, mx = quantised(out["dialogue"]), quantised(out["music"])
+    dx = quantised(out["dialogue"])
     mix = mix if integer else mix.astype(np.float32)
-    return {"dx": dx, "mx": mx, "me": difference(mix - dx), "fx": difference(mix - dx - mx)}
+    parts = {"dx": dx}
+    if "me" in wanted:
+        parts["me"] = difference(mix - dx)
+    if {"mx", "fx"} & set(wanted):
+        mx = quantised(out["music"])
+        parts["mx"] = mx
+        if "fx" in wanted:
+            parts["fx"] = difference(mix - dx - mx)
+    return parts
 
 
 NORMALISE_LUFS = {"atsc": -24.0, "ebu": -23.0}  # ATSC A/85 (LKFS = LUFS), EBU R128
@@ -363,14 +376,13 @@ def accessible_remix(
     writer = wav.WavWriter(
         out_path, info.samplerate, info.channels, depth, layout.channel_mask, layout.chunks
     )
-    full = float(1 << (int(depth) - 1)) if depth != "32f" else 1.0
 
     def emit(block: np.ndarray) -> None:
         final.add(block)
         if depth == "32f":
             writer.write_floats(block)
         else:
-            writer.write_ints(np.clip(np.rint(block * full), -full, full - 1).astype(np.int32))
+            writer.write_ints(audio.quantise(block, int(depth)))
 
     try:
         for block in remixed():

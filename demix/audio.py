@@ -496,6 +496,14 @@ def mp3_compression_level(bitrate_kbps: int, sample_rate: int) -> float:
     return float(min(max(level, 0.0), 0.99))  # 1.0 itself is refused by libsndfile
 
 
+def quantise(x: np.ndarray, bits: int) -> np.ndarray:
+    """Float samples (full scale 1.0) → ``bits``-bit integers (int32), rounding to nearest and
+    clipping to the format's range (+1.0 itself maps to the top code)."""
+    full_scale = float(1 << (bits - 1))
+    ints = np.rint(np.asarray(x, dtype=np.float64) * full_scale)
+    return np.clip(ints, -full_scale, full_scale - 1).astype(np.int32)
+
+
 def temporary_path(path: Path) -> Path:
     """A new hidden temporary file beside ``path`` (same filesystem, so a rename is atomic),
     with the permissions a plain ``open`` would give it (umask honoured, not mkstemp's 0600).
@@ -566,10 +574,8 @@ class AtomicWriter:
         if not self.bits:
             self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
             return
-        full_scale = float(1 << (self.bits - 1))
-        ints = np.rint(np.asarray(block, dtype=np.float64) * full_scale)
         self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
-        ints = np.clip(ints, -full_scale, full_scale - 1)  # +1.0 itself maps to the top code
+        ints = quantise(block, self.bits)
         if self.bits == 16:
             data = ints.astype(np.int16)
         else:  # soundfile maps int32 to 24-bit by keeping the top 24 bits
