@@ -102,13 +102,18 @@ class FilmMixDataset(torch.utils.data.Dataset):
                     f"{root}: no {'/'.join(kinds)} files in split {config.split!r}"
                     + (f" under {', '.join(prefix)}" if prefix else "")
                 )
-            return data.ClipPool([r.path for r in rows], rate, cache, channels)
+            return data.ClipPool([r.path for r in rows], rate, cache, channels, key_root=root)
 
         self.speech = pool(["speech"], 1, config.speech_sources)
         self.music = pool(["music"], 2, config.music_sources)
         self.effects = pool(["effects"], 1, config.effects_sources)
         rir_rows = data.read_manifest(root, ["rir"], None, trainable_only=True)
-        self.rirs = [data.audio.read(r.path, rate)[0][0] for r in rir_rows]
+        # Impulse responses: a pool like the others (cached, and carried by training packs).
+        self.rir_pool = None
+        if rir_rows:
+            self.rir_pool = data.ClipPool([r.path for r in rir_rows], rate, cache, 1, key_root=root)
+        pool_clips = range(len(self.rir_pool)) if self.rir_pool else []
+        self.rirs = [self.rir_pool.clip(i)[0] for i in pool_clips]
         self.songs = None
         if config.p_song > 0:
             # Songs come from the music track's mixer, looked up by name in the registry

@@ -7,6 +7,7 @@ plus an index), memory-mapped by every data worker. Arrays are float32 [c, t] in
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -128,6 +129,19 @@ def subset_manifest(
     return out_dir
 
 
+def pool_digest(key: str) -> str:
+    """The file name part of a pool cache (``pool-<digest>.npy`` / ``.json``) for its key."""
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def relative_names(paths: Iterable[Path], root: Path | None) -> list[str]:
+    """Paths as strings relative to ``root`` (as given when ``root`` is None): what pool
+    cache keys name, so that a cache does not depend on where the corpus lies."""
+    if root is None:
+        return [str(p) for p in paths]
+    return [os.path.relpath(p, root) for p in paths]
+
+
 class ClipPool:
     """Decoded clips at one sample rate, cached as float16 and memory-mapped.
 
@@ -137,6 +151,9 @@ class ClipPool:
         cache_dir: where the decoded cache lives (built on first use).
         channels: 1 (mixed down) or 2 (mono clips duplicated).
         min_seconds: clips shorter than this are dropped.
+        key_root: the data root: the cache is keyed by the paths relative to it, so that a
+            cache (or a training pack, ``demix.pack``) serves the same corpus wherever it
+            lies. None: keyed by the paths as given.
     """
 
     def __init__(
@@ -146,11 +163,14 @@ class ClipPool:
         cache_dir: Path,
         channels: int = 1,
         min_seconds: float = 0.05,
+        key_root: Path | None = None,
     ):
         paths = sorted(Path(p) for p in paths)
         if not paths:
             raise ValueError("empty clip pool")
-        key = json.dumps([[str(p) for p in paths], sample_rate, channels])
+        key = json.dumps([relative_names(paths, key_root), sample_rate, channels])
+        # Caches made before keys were relative to the data root are taken over (hard link).
+        legacy = json.dumps([[str(p) for p in paths], sample_rate, channels])
 
         def decoded() -> Iterable[tuple[str, np.ndarray]]:
             for p in tqdm(paths, desc=f"decoding pool ({len(paths)} files)", leave=False):
@@ -158,7 +178,7 @@ class ClipPool:
                 if wav.shape[1] >= min_seconds * sample_rate:
                     yield str(p), wav
 
-        self._open(key, decoded, sample_rate, Path(cache_dir), channels)
+        self._open(key, decoded, sample_rate, Path(cache_dir), channels, legacy)
 
     @classmethod
     def rendered(
@@ -168,14 +188,17 @@ class ClipPool:
         sample_rate: int,
         cache_dir: Path,
         channels: int = 1,
+        legacy_key: str | None = None,
     ) -> ClipPool:
         """A pool of generated clips, built once by ``render()`` and cached under ``key``.
 
         ``render`` yields ``(name, clip [c, t])`` at ``sample_rate``; ``key`` must change
-        whenever what ``render`` produces changes (include a version and the seed).
+        whenever what ``render`` produces changes (include a version and the seed), and should
+        not name machine-specific paths (see ``relative_names``). A cache under
+        ``legacy_key`` (an older form of the same key) is taken over.
         """
         pool = cls.__new__(cls)
-        pool._open(key, render, sample_rate, Path(cache_dir), channels)
+        pool._open(key, render, sample_rate, Path(cache_dir), channels, legacy_key)
         return pool
 
     def _open(
@@ -185,12 +208,20 @@ class ClipPool:
         sample_rate: int,
         cache_dir: Path,
         channels: int,
+        legacy_key: str | None = None,
     ) -> None:
-        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        digest = pool_digest(key)
+        self.key, self.digest = key, digest
         self.sample_rate = sample_rate
         self.channels = channels
         data_file = cache_dir / f"pool-{digest}.npy"
         index_file = cache_dir / f"pool-{digest}.json"
+        if not index_file.exists() and legacy_key is not None and legacy_key != key:
+            old = pool_digest(legacy_key)
+            if (cache_dir / f"pool-{old}.json").exists():
+                for suffix in (".npy", ".json"):  # data first: the index marks it complete
+                    with contextlib.suppress(FileExistsError):
+                        os.link(cache_dir / f"pool-{old}{suffix}", data_file.with_suffix(suffix))
         if not index_file.exists():
             self._build(produce(), data_file, index_file)
         index = json.loads(index_file.read_text())

@@ -85,6 +85,7 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     autocast_bf16: bool = False
     checkpoint_every: int = 200
+    checkpoint_every_seconds: float = 0.0  # also checkpoint when this long has passed (0: off)
     snapshot_every: int = 0  # keep a copy of the EMA weights every N steps (learning curves)
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (pip install tensorboard)
     log_every: int = 10
@@ -291,7 +292,7 @@ def train(cfg: TrainConfig) -> Path:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: setattr(_Stop, "requested", True))
-    process_start = time.time()
+    process_start = last_checkpoint = time.time()
     started = process_start - elapsed_s
     window_start, window_examples = time.time(), 0
     running = [0.0] * len(sources)
@@ -365,8 +366,12 @@ def train(cfg: TrainConfig) -> Path:
                     flush=True,
                 )
             window_start, window_examples = now, 0
-        if step % cfg.checkpoint_every == 0:
+        if step % cfg.checkpoint_every == 0 or (
+            cfg.checkpoint_every_seconds
+            and time.time() - last_checkpoint > cfg.checkpoint_every_seconds
+        ):
             checkpoint()
+            last_checkpoint = time.time()
         if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
             snapshot = run / "snapshots" / f"ema-{step:07d}.safetensors"
             save_checkpoint(snapshot, ema, cfg.model, info())

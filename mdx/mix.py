@@ -74,7 +74,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
             ]
 
         def pool(paths, channels=1):
-            return data.ClipPool(paths, rate, cache, channels) if paths else None
+            return data.ClipPool(paths, rate, cache, channels, key_root=root) if paths else None
 
         sonic = [r for r in rows if "sonic-pi" in str(r.path)]
         self.drum_loops = pool(
@@ -86,13 +86,13 @@ class MusicMixDataset(torch.utils.data.Dataset):
             "snare": ("sn_", "drum_snare", "elec_snare", "elec_hi_snare"),
             "hat": ("hat_", "drum_cymbal", "drum_tom"),
         }
+        self.hit_pools = {
+            kind: pool([r.path for r in sonic if r.path.name.startswith(prefixes)])
+            for kind, prefixes in hit_names.items()
+        }
         self.hits = {}
-        for kind, prefixes in hit_names.items():
-            clips = [
-                data.audio.read(r.path, rate)[0].mean(0)
-                for r in sonic
-                if r.path.name.startswith(prefixes)
-            ]
+        for kind, hit_pool in self.hit_pools.items():
+            clips = [hit_pool.clip(i)[0] for i in range(len(hit_pool))] if hit_pool else []
             self.hits[kind] = [c[: int(rate * 1.0)] / (np.abs(c).max() + 1e-6) for c in clips]
         # Real guitar: sonic-pi's guitar samples and the lead-guitar stems of real multitracks
         # (stems/<song>/guitar.*, e.g. Frets on Fire, MIT); their backing stems mix drums, bass
@@ -116,7 +116,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
         if config.sung_phrases and speech_paths:
             try:
                 self.sung = sing.singing_pool(
-                    speech_paths, rate, cache, config.sung_phrases, seed=0
+                    speech_paths, rate, cache, config.sung_phrases, seed=0, key_root=root
                 )
             except ImportError as exc:
                 warnings.warn(f"no sung vocals in music mixes: {exc}", stacklevel=2)

@@ -154,8 +154,10 @@ def singing_pool(
     phrases: int = 160,
     seed: int = 0,
     max_seconds: float = 6.0,
+    key_root: Path | None = None,
 ) -> data.ClipPool:
-    """A cached pool of ``phrases`` sung phrases rendered from random ``speech_paths``."""
+    """A cached pool of ``phrases`` sung phrases rendered from random ``speech_paths``
+    (cached under their paths relative to ``key_root``, the data root)."""
     paths = sorted(Path(p) for p in speech_paths)
     if not paths:
         raise ValueError("no speech to sing")
@@ -174,5 +176,14 @@ def singing_pool(
                 speech = speech[start : start + limit]
             yield path.name, sung_phrase(speech, rate, sample_rate, rng)[None]
 
-    key = f"sing v{SING_VERSION} {[str(p) for p in paths]} {sample_rate} {phrases} {seed}"
-    return data.ClipPool.rendered(key, render, sample_rate, cache_dir, channels=1)
+    def key(names: list[str]) -> str:
+        return f"sing v{SING_VERSION} {names} {sample_rate} {phrases} {seed}"
+
+    return data.ClipPool.rendered(
+        key(data.relative_names(paths, key_root)),
+        render,
+        sample_rate,
+        cache_dir,
+        channels=1,
+        legacy_key=key(data.relative_names(paths, None)),
+    )

@@ -311,8 +311,14 @@ def stem_pools(
     soundfont: Path | None = None,
 ) -> dict[str, data.ClipPool]:
     """Cached per-stem pools of ``songs`` rendered songs (mono clips; songs where a stem has no
-    part are left out of that stem's pool). Stems without any part in any song are absent."""
+    part are left out of that stem's pool). Stems without any part in any song are absent.
+
+    The cache is keyed by the SoundFont's file name, not its folder, so a cached (or packed,
+    ``demix.pack``) render serves on a machine without FluidSynth or the SoundFont; rendering
+    anew there raises RuntimeError.
+    """
     soundfont = soundfont or find_soundfont()
+    soundfont_name = Path(soundfont).name if soundfont else Path(SOUNDFONT_PATHS[0]).name
     pools = {}
     for stem in MDX_STEMS:
 
@@ -330,10 +336,14 @@ def stem_pools(
                     if np.abs(audio).max() > 1e-4:
                         yield f"song{i:04d}-{stem}", audio
 
-        key = f"soundfont v{SOUNDFONT_VERSION} {soundfont} {stem} {sample_rate}"
-        key += f" {songs} {seconds} {seed}"
+        def key(font: object, stem: str = stem) -> str:
+            spec = f"{stem} {sample_rate} {songs} {seconds} {seed}"
+            return f"soundfont v{SOUNDFONT_VERSION} {font} {spec}"
+
         try:
-            pools[stem] = data.ClipPool.rendered(key, render, sample_rate, cache_dir, channels=1)
+            pools[stem] = data.ClipPool.rendered(
+                key(soundfont_name), render, sample_rate, cache_dir, 1, legacy_key=key(soundfont)
+            )
         except ValueError:  # no song had this stem
             continue
     return pools

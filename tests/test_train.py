@@ -95,6 +95,27 @@ def test_snapshots_and_training_time_span_resumes(tmp_path):
     assert seconds == sorted(seconds) and seconds[0] > 0  # the clock continues after resume
 
 
+def test_time_based_checkpoints(tmp_path, monkeypatch):
+    """``checkpoint_every_seconds`` checkpoints whenever that long has passed, whatever the
+    step count (what a GPU burst uses); without it, only ``checkpoint_every`` and the end."""
+    import demix.train
+
+    saved_steps = []
+    real_save = demix.train.save_checkpoint
+
+    def counting_save(path, model, name, info):
+        if path.name == "last.safetensors":
+            saved_steps.append(info["steps"])
+        return real_save(path, model, name, info)
+
+    monkeypatch.setattr(demix.train, "save_checkpoint", counting_save)
+    train(_config(tmp_path / "by-steps", steps=4))
+    assert saved_steps == [4]  # checkpoint_every=1000: the end only
+    saved_steps.clear()
+    train(_config(tmp_path / "by-time", steps=4, checkpoint_every_seconds=1e-6))
+    assert saved_steps == [1, 2, 3, 4, 4]
+
+
 def test_tensorboard_log(tmp_path):
     import pytest
 
