@@ -13,8 +13,9 @@ inference path) and writes, for the deliverables asked for, ``<name>_DX.wav`` (d
   (WAVE_FORMAT_EXTENSIBLE), RF64 past 4 GiB, and the input's ``bext`` and ``iXML`` chunks
   (description, originator, date, time reference: the stems land on the timeline at the
   input's timecode) copied byte for byte into every deliverable (``demix.wav``).
-- **Centre-aware channels** (``ChannelPlan.centre_aware``): C is separated together with L
-  and with R, surrounds as pairs, LFE never goes to dialogue (it is effects, so M&E).
+- **Centre-aware channels** (``ChannelPlan.centre_aware``): C is separated on its own (as
+  dual mono: its dialogue centred, as in training), L/R and the surrounds as stereo pairs,
+  LFE never goes to dialogue (it is effects, so M&E).
 - **Levels**: integrated loudness (BS.1770, LUFS), true peak (dBTP) and loudness range (LU)
   of every deliverable, and the dialogue-to-M&E difference, metered while streaming
   (``demix.meter``), so memory stays flat in the input's length.
@@ -204,17 +205,18 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
         )
         for out in stems:
             n = out["dialogue"].shape[1]
-            mix = take_samples(pending, n, meta.channels).astype(np.float64) * scale
-            if integer:
-                mix = np.rint(mix)  # exact: the file's integers
+            mix = take_samples(pending, n, meta.channels)
+            if integer:  # exact: the file's integers
+                mix = np.rint(mix.astype(np.float64) * scale).astype(np.int32)
             parts = _deliverables(out, mix, scale, integer, targets, result)
+            gain = np.float32(1.0 / scale)
             for d, writer in writers.items():
                 if integer:
-                    writer.write_ints(parts[d].astype(np.int32))
+                    writer.write_ints(parts[d])
                 else:
                     writer.write_floats(parts[d])
-                meters[d].add(parts[d] / scale)
-            meters["mix"].add(mix / scale)
+                meters[d].add(parts[d].astype(np.float32) * gain)
+            meters["mix"].add(mix.astype(np.float32) * gain)
             _return_free_memory()
             if progress is not None:
                 progress(n / meta.sample_rate)
@@ -250,21 +252,23 @@ def _deliverables(
     result: PostResult,
 ) -> dict[str, np.ndarray]:
     """The ``wanted`` ones of DX, MX (quantised), ME = mix − DX, FX = mix − DX − MX, on the
-    output's scale; samples of a delivered difference beyond full scale are counted."""
+    output's scale (int32 for integer formats: differences of 24-bit codes are exact in it,
+    at half the memory of float64); samples of a delivered difference beyond full scale are
+    counted."""
     bits = int(np.log2(scale)) + 1 if integer else 0
 
-    def quantised(x: np.ndarray) -> np.ndarray:  # integers as float64, so differences are exact
-        return audio.quantise(x, bits).astype(np.float64) if integer else x.astype(np.float32)
+    def quantised(x: np.ndarray) -> np.ndarray:
+        return audio.quantise(x, bits) if integer else x.astype(np.float32)
 
     def difference(x: np.ndarray) -> np.ndarray:
         if not integer:
             return x.astype(np.float32)
         beyond = int(np.count_nonzero((x < -scale) | (x > scale - 1)))
         result.clipped_samples += beyond
-        return np.clip(x, -scale, scale - 1) if beyond else x
+        return np.clip(x, -int(scale), int(scale) - 1) if beyond else x
 
     dx = quantised(out["dialogue"])
-    mix = mix if integer else mix.astype(np.float32)
+    mix = np.asarray(mix, dtype=np.int32 if integer else np.float32)
     parts = {"dx": dx}
     if "me" in wanted:
         parts["me"] = difference(mix - dx)

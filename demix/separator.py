@@ -76,19 +76,21 @@ class ChannelPlan:
 
     @classmethod
     def centre_aware(cls, names: Sequence[str], lfe_stem: str = "effects") -> ChannelPlan:
-        """A film layout by speaker names (``demix.wav.speakers``): the centre is separated
-        together with each front channel, (L, C) and (C, R), so dialogue panned across the
-        front keeps its context; each left/right pair of surrounds (BL/BR, SL/SR, ...) as a
-        stereo pair; LFE is not separated and goes to ``lfe_stem``; anything else as dual mono.
+        """A film layout by speaker names (``demix.wav.speakers``): the centre on its own as
+        dual mono, so that its dialogue sits in the middle of the stereo image as in every
+        training mix; each left/right pair (FL/FR, surrounds BL/BR, SL/SR, ...) as a stereo
+        pair; LFE is not separated and goes to ``lfe_stem``; anything else as dual mono.
+
+        (Pairing the centre with each front channel, (FL, FC) and (FC, FR), was tried first:
+        the model then hears the dialogue hard-panned, unlike anything it was trained on.
+        On a 5.1 reel with dialogue in C only, the dialogue stem's correlation with the true
+        dialogue in C was 0.75 that way and 0.999 with C as dual mono, demix-small v3.)
         """
         index = {name: i for i, name in enumerate(names)}
         pairs, used = [], set()
         if "FC" in index:
-            for side in ("FL", "FR"):
-                if side in index:
-                    pair = (index[side], index["FC"])
-                    pairs.append(pair if side == "FL" else pair[::-1])
-                    used |= set(pair)
+            pairs.append((index["FC"], index["FC"]))
+            used.add(index["FC"])
         for left, right in (
             ("FL", "FR"), ("BL", "BR"), ("SL", "SR"), ("FLC", "FRC"), ("TFL", "TFR"),
             ("TBL", "TBR"),
@@ -174,7 +176,8 @@ class Separator:
         metadata: the checkpoint metadata (shown by ``describe``).
         device: "cpu" or "cuda".
         overlap_seconds: overlap between consecutive chunks.
-        batch_size: chunks per model call.
+        batch_size: stereo signals per model call (chunks of a stereo input; a multichannel
+            input's channel pairs): peak memory grows with it.
         segment_seconds: chunk length (default: the model's training-time segment).
         shifts: model passes averaged per chunk (demucs' "shift trick"): 1 is a single pass;
             N > 1 adds N − 1 passes on the chunk delayed by a random 1 sample to 0.5 s, each
@@ -385,9 +388,18 @@ class Separator:
                     outputs[plan.rest_names[h]] = mix - picked
             return {k: outputs[k].astype(np.float32) for k in plan.outputs}
 
-        model_fn = self._model_fn(plan.heads)
-        # Each chunk carries one signal per channel beyond stereo: keep the number of signals
-        # per model call (and so the peak memory) the same as for a stereo input.
+        whole_fn = self._model_fn(plan.heads)
+
+        def model_fn(x: torch.Tensor) -> torch.Tensor:
+            # At most batch_size signals per model call: a chunk of a 5.1 input carries one
+            # stereo signal per channel pair, and the call's activations grow with the
+            # signals in it (about 150 MB per 6-s signal on the CPU).
+            if x.shape[0] <= self.batch_size:
+                return whole_fn(x)
+            return torch.cat([whole_fn(part) for part in x.split(self.batch_size)])
+
+        # Each chunk carries one signal per channel pair: as many signals per call as for a
+        # stereo input.
         groups = len(channel_plan.pairs) if channel_plan is not None else 1
         chunks_per_call = max(1, self.batch_size // groups)
         for region in iter_separate(
