@@ -53,7 +53,14 @@ class LoudnessMeter:
         self._peak = 0.0
 
     def add(self, block: np.ndarray) -> None:
-        """Meter the next block [c, t] of the signal."""
+        """Meter the next block [c, t] of the signal (in pieces of at most one second, so
+        that the float64 filtering and 4x oversampled copies stay small whatever the
+        block's length; the state carries across pieces, so the figures are the same)."""
+        block = np.asarray(block)
+        for start in range(0, block.shape[1], self.sample_rate):
+            self._add(block[:, start : start + self.sample_rate])
+
+    def _add(self, block: np.ndarray) -> None:
         x = np.asarray(block, dtype=np.float64)
         self._peak = max(self._peak, float(np.abs(x).max(initial=0.0)))
         if self._upsample is not None and x.shape[1]:

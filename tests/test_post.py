@@ -210,6 +210,11 @@ def test_streaming_meter_matches_the_whole_signal_meter():
         meter.add(x[:, i : i + 10007])
     assert abs(meter.integrated_lufs() - loudness_lufs(x, RATE)) < 0.01
     assert 5 < meter.loudness_range_lu() < 20
+    whole = LoudnessMeter(RATE, 6, [1, 1, 1, 0, 1.41, 1.41])
+    whole.add(x)  # one 12-s block: metered in one-second pieces, the same figures
+    assert abs(whole.integrated_lufs() - meter.integrated_lufs()) < 1e-9
+    assert abs(whole.loudness_range_lu() - meter.loudness_range_lu()) < 1e-9
+    assert abs(whole.true_peak_dbtp() - meter.true_peak_dbtp()) < 1e-3
 
 
 def test_limiter_never_passes_the_ceiling_and_leaves_quiet_parts_alone():
