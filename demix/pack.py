@@ -110,6 +110,8 @@ def pack(
     pools: dict[str, data.ClipPool] = {}
     for _, ds in sources:
         pools.update(dataset_pools(ds))
+    if not pools:
+        raise ValueError(f"{config_path}: its sources hold no clip pools to pack")
     roots = {Path(ds.config.data_root) if ds.config.data_root else data.default_data_root()
              for _, ds in sources}  # fmt: skip
     if len(roots) != 1:
