@@ -96,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_yaml(TrainConfig, args.config, [])
     cache = Path(tempfile.mkdtemp(prefix="demix-burst-cache-"))
     try:
+        return _unpack_and_train(args, cfg, cache, started)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # also when the pack is refused
+
+
+def _unpack_and_train(
+    args: argparse.Namespace, cfg: TrainConfig, cache: Path, started: float
+) -> int:
+    try:
         info = packs.unpack(Path(args.pack), cache)
     except (FileNotFoundError, ValueError) as exc:
         print(f"demix.burst: {exc}", file=sys.stderr)
@@ -123,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, warmup_steps=args.warmup_steps)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    try:
-        train(cfg)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    train(cfg)
     return 0
 
 
