@@ -142,6 +142,21 @@ def relative_names(paths: Iterable[Path], root: Path | None) -> list[str]:
     return [os.path.relpath(p, root) for p in paths]
 
 
+def write_pool_cache(
+    data_file: Path, samples: np.ndarray, names: list[str], offsets: list[int]
+) -> None:
+    """Write a pool cache: ``samples`` [c, total] (float16) as ``data_file`` (``.npy``) and
+    its index (clip names, offsets) beside it as ``.json``, each atomically, the index last
+    (its presence marks the cache complete)."""
+    # Unique temporary names: several processes may build the same pool at once.
+    tmp = data_file.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, samples)
+    os.replace(tmp, data_file)
+    tmp_index = data_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp_index.write_text(json.dumps({"names": names, "offsets": offsets}))
+    os.replace(tmp_index, data_file.with_suffix(".json"))
+
+
 class ClipPool:
     """Decoded clips at one sample rate, cached as float16 and memory-mapped.
 
@@ -223,15 +238,13 @@ class ClipPool:
                     with contextlib.suppress(FileExistsError):
                         os.link(cache_dir / f"pool-{old}{suffix}", data_file.with_suffix(suffix))
         if not index_file.exists():
-            self._build(produce(), data_file, index_file)
+            self._build(produce(), data_file)
         index = json.loads(index_file.read_text())
         self.names: list[str] = index["names"]
         self.offsets = np.asarray(index["offsets"], dtype=np.int64)  # [clips + 1]
         self.data = np.load(data_file, mmap_mode="r")  # [channels, total] float16
 
-    def _build(
-        self, clips_in: Iterable[tuple[str, np.ndarray]], data_file: Path, index_file: Path
-    ) -> None:
+    def _build(self, clips_in: Iterable[tuple[str, np.ndarray]], data_file: Path) -> None:
         data_file.parent.mkdir(parents=True, exist_ok=True)
         clips, names = [], []
         for name, wav in clips_in:
@@ -249,13 +262,7 @@ class ClipPool:
         if not clips:
             raise ValueError(f"{data_file.name}: the pool produced no clips")
         offsets = np.cumsum([0] + [c.shape[1] for c in clips]).tolist()
-        # Unique temporary names: several processes may build the same pool at once.
-        tmp = data_file.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, np.concatenate(clips, axis=1))
-        os.replace(tmp, data_file)
-        tmp_index = index_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp_index.write_text(json.dumps({"names": names, "offsets": offsets}))
-        os.replace(tmp_index, index_file)
+        write_pool_cache(data_file, np.concatenate(clips, axis=1), names, offsets)
 
     def __len__(self) -> int:
         return len(self.names)

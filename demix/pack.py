@@ -200,11 +200,9 @@ def _unpack_one(args: tuple[Path, Path, int, int]) -> str:
     total = index["offsets"][-1]
     wav = np.pad(wav[:, :total], ((0, 0), (0, max(0, total - wav.shape[1]))))
     wav = np.clip(wav[:channels], -1.0, 1.0).astype(np.float16)
-    data_file = cache_dir / ogg.with_suffix(".npy").name
-    tmp = data_file.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, wav)
-    os.replace(tmp, data_file)
-    shutil.copyfile(ogg.with_suffix(".json"), cache_dir / ogg.with_suffix(".json").name)
+    data.write_pool_cache(
+        cache_dir / ogg.with_suffix(".npy").name, wav, index["names"], index["offsets"]
+    )
     return ogg.stem
 
 
