@@ -349,7 +349,7 @@ def train(cfg: TrainConfig) -> Path:
             now = time.time()
             rate = window_examples / (now - window_start)
             log.writerow(
-                [step, round(now - started, 1), round(rate, 2), f"{lr:.2e}"]
+                [step, round(now - started, 3), round(rate, 2), f"{lr:.2e}"]
                 + [f"{x:.5f}" for x in losses]
             )
             log_file.flush()
