@@ -26,6 +26,12 @@ R128); the stems are never normalised.
 
 ``post_batch`` runs a list of inputs, skipping those whose deliverables are complete,
 keeping going past bad files, and writes ``report.csv`` and ``report.json``.
+
+**Resume within a reel**: every ``RESUME_EVERY_S`` the partial deliverables are synced to
+disk and a checkpoint records how far they go, with the loudness meters' state (``_Resume``);
+after Ctrl-C, SIGTERM, a crash or a power cut, the same command continues from there: the
+separation restarts a chunk earlier on the same chunk grid (``Separator.restart_point``), so
+the continued files are those of an uninterrupted run to float rounding (tested).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from demix.separator import ChannelPlan, SeparationError, Separator, take_sample
 
 DELIVERABLES = {"dx": "DX", "mx": "MX", "fx": "FX", "me": "ME"}
 DEFAULT_DELIVER = ("dx", "me")
+RESUME_EVERY_S = 30.0  # wall seconds between resume checkpoints of a deliverable in progress
 LAYOUT_NAMES = {0x4: "mono", 0x3: "stereo", 0x3F: "5.1", 0x60F: "5.1", 0x63F: "7.1"}
 
 
@@ -69,6 +76,7 @@ class PostResult:
     clipped_samples: int = 0  # where a difference passed full scale (null test not exact)
     outputs: list[str] = field(default_factory=list)
     remix: dict[str, float | None] = field(default_factory=dict)  # see accessible_remix
+    resumed_from_s: float = 0.0  # an interrupted run's deliverables were continued from here
 
 
 def parse_deliver(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -164,7 +172,7 @@ def post_file(
             if target.resolve() == path.resolve():
                 raise SeparationError(f"{target}: output would overwrite the input")
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write(separator, path, meta, layout, names, targets, result, progress)
+        _write(separator, path, meta, layout, names, targets, result, progress, overwrite)
         if dialogue_gain_db is not None:
             result.remix = accessible_remix(
                 targets["dx"], targets["me"], remix_path, dialogue_gain_db, normalise
@@ -176,8 +184,9 @@ def post_file(
     return result
 
 
-def _write(separator, path, meta, layout, names, targets, result, progress) -> None:
-    """Stream the separation into the deliverables (all or nothing)."""
+def _write(separator, path, meta, layout, names, targets, result, progress, overwrite) -> None:
+    """Stream the separation into the deliverables (all or nothing), continuing an
+    interrupted run's partial files where its resume checkpoint allows (``_Resume``)."""
     integer = meta.bit_depth in ("16", "24")
     scale = float(1 << (int(meta.bit_depth) - 1)) if integer else 1.0
     plan = ChannelPlan.centre_aware(names) if meta.channels > 2 else None
@@ -185,12 +194,24 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
         d: LoudnessMeter(meta.sample_rate, meta.channels, weights_for(names))
         for d in (*targets, "mix")
     }
+    resume = _Resume(separator, path, meta, targets, fresh=overwrite)
+    done = resume.frames  # frames already in the partial files
+    position = separator.restart_point(meta.sample_rate, done) if done else 0
+    if done:
+        result.resumed_from_s = round(done / meta.sample_rate, 3)
+        result.clipped_samples = resume.clipped_samples
+        if progress is not None:
+            progress(done / meta.sample_rate)
+    history_frames = int(0.01 * meta.sample_rate)  # refills the true-peak oversamplers
     writers: dict[str, wav.WavWriter] = {}
     committed: list[Path] = []
     pending: deque[np.ndarray] = deque()
+    consistent = not done  # every writer and meter has taken the same frames (on resume:
+    # once the meters are restored)
+    saved_at = time.monotonic()
 
     def blocks():
-        for block in audio.iter_blocks(path, meta=meta):
+        for block in audio.iter_blocks(path, meta=meta, start_frame=position):
             pending.append(block)
             yield block
 
@@ -198,7 +219,7 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
         for d, target in targets.items():
             writers[d] = wav.WavWriter(
                 target, meta.sample_rate, meta.channels, meta.bit_depth,
-                layout.channel_mask, layout.chunks,
+                layout.channel_mask, layout.chunks, resume.partials[d], done,
             )  # fmt: skip
         stems = separator.stream(
             blocks(), meta.sample_rate, meta.channels, "film", channel_plan=plan
@@ -208,8 +229,26 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
             mix = take_samples(pending, n, meta.channels)
             if integer:  # exact: the file's integers
                 mix = np.rint(mix.astype(np.float64) * scale).astype(np.int32)
-            parts = _deliverables(out, mix, scale, integer, targets, result)
             gain = np.float32(1.0 / scale)
+            skip = min(max(done - position, 0), n)  # written before the interruption
+            position += n
+            if skip:
+                if position >= done:  # the resume point: the meters go on from their state
+                    lead = slice(max(0, skip - history_frames), skip)
+                    parts = _deliverables(
+                        {k: v[:, lead] for k, v in out.items()}, mix[:, lead], scale,
+                        integer, targets, PostResult("", ""),
+                    )  # fmt: skip
+                    parts["mix"] = mix[:, lead]
+                    for d, meter in meters.items():
+                        meter.restore(resume.meters[d], parts[d].astype(np.float32) * gain)
+                    consistent = True
+                out = {k: v[:, skip:] for k, v in out.items()}
+                mix = mix[:, skip:]
+                if not mix.shape[1]:
+                    continue
+            consistent = False
+            parts = _deliverables(out, mix, scale, integer, targets, result)
             for d, writer in writers.items():
                 if integer:
                     writer.write_ints(parts[d])
@@ -217,17 +256,29 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
                     writer.write_floats(parts[d])
                 meters[d].add(parts[d].astype(np.float32) * gain)
             meters["mix"].add(mix.astype(np.float32) * gain)
+            consistent = True
             _return_free_memory()
             if progress is not None:
-                progress(n / meta.sample_rate)
+                progress(mix.shape[1] / meta.sample_rate)
+            if time.monotonic() - saved_at >= RESUME_EVERY_S:
+                resume.save(writers, meters, result.clipped_samples)
+                saved_at = time.monotonic()
         for d, writer in writers.items():
             writer.commit()
             committed.append(targets[d])
+        resume.discard()
+    except KeyboardInterrupt:  # also SIGTERM (the CLI): keep what a rerun can continue
+        if consistent and writers and len(writers) == len(targets):
+            resume.save(writers, meters, result.clipped_samples)
+        for writer in writers.values():
+            writer.close()
+        raise
     except BaseException:
         for writer in writers.values():
             writer.abort()
         for target in committed:
             target.unlink(missing_ok=True)
+        resume.discard()
         raise
     for d, meter in meters.items():
         key = DELIVERABLES.get(d, "mix")
@@ -241,6 +292,92 @@ def _write(separator, path, meta, layout, names, targets, result, progress) -> N
     if dx is not None and me is not None and np.isfinite(dx) and np.isfinite(me):
         result.dialogue_to_me_db = round(dx - me, 2)
     result.outputs = [str(t) for t in targets.values()]
+
+
+class _Resume:
+    """The resume checkpoint of one input's deliverables: fixed partial file names beside
+    the outputs (``.<name>_DX.wav.partial``) and ``.<name>.demix-post.npz`` holding the frames
+    they hold for certain (written after the partial files are synced), every loudness
+    meter's state and the clipped-sample count, under a fingerprint of the input (path,
+    size, modification time), the deliverables, the model and its chunking. A checkpoint
+    whose fingerprint differs is ignored (and replaced): the run starts over.
+
+    Args:
+        separator: the model that will run.
+        path, meta: the input and what ``audio.info`` says of it.
+        targets: deliverable → final path.
+        fresh: ignore (and remove) any checkpoint (``--overwrite``).
+    """
+
+    def __init__(self, separator, path: Path, meta, targets: dict[str, Path], fresh: bool):
+        out_dir = next(iter(targets.values())).parent
+        self.file = out_dir / f".{path.stem}.demix-post.npz"
+        self.partials = {d: t.with_name(f".{t.name}.partial") for d, t in targets.items()}
+        stat = path.stat()
+        self.fingerprint = json.dumps(
+            {
+                "input": str(path.resolve()),
+                "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "format": [meta.sample_rate, meta.channels, meta.bit_depth],
+                "deliver": list(targets),
+                "model": separator.metadata,
+                "chunking": [separator.chunk_samples, separator.hop_samples,
+                             separator.batch_size, separator.shifts],
+            },
+            sort_keys=True, default=str,
+        )  # fmt: skip
+        self.frames, self.clipped_samples = 0, 0
+        self.meters: dict[str, dict[str, np.ndarray]] = {}
+        if not fresh:
+            self._load(meta.frames)
+
+    def _load(self, total_frames: int) -> None:
+        try:
+            with np.load(self.file, allow_pickle=False) as saved:
+                arrays = {k: saved[k] for k in saved.files}
+        except (OSError, ValueError, EOFError):
+            return  # none, or unreadable: start over
+        frames = int(arrays.pop("frames", -1))
+        if (
+            str(arrays.pop("fingerprint", "")) != self.fingerprint
+            or not 0 < frames < total_frames
+            or not all(p.exists() for p in self.partials.values())
+        ):
+            return
+        self.frames = frames
+        self.clipped_samples = int(arrays.pop("clipped_samples", 0))
+        for key, value in arrays.items():  # "<meter>/<array>"
+            meter, name = key.split("/", 1)
+            self.meters.setdefault(meter, {})[name] = value
+
+    def save(self, writers: dict, meters: dict, clipped_samples: int) -> None:
+        """Sync the partial files, then record (atomically) what they hold."""
+        for writer in writers.values():
+            writer.sync()
+        arrays = {
+            f"{d}/{name}": value for d, meter in meters.items()
+            for name, value in meter.state().items()
+        }  # fmt: skip
+        arrays["frames"] = np.asarray(min(w.frames for w in writers.values()))
+        arrays["fingerprint"] = np.asarray(self.fingerprint)
+        arrays["clipped_samples"] = np.asarray(clipped_samples)
+        tmp = audio.temporary_path(self.file)
+        try:
+            with tmp.open("wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.file)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def discard(self) -> None:
+        """Remove the checkpoint (the deliverables are complete, or failed for good)."""
+        self.file.unlink(missing_ok=True)
+        for partial in self.partials.values():
+            partial.unlink(missing_ok=True)
 
 
 def _deliverables(

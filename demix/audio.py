@@ -376,9 +376,14 @@ def _short(exc: Exception) -> str:
 
 
 def iter_blocks(
-    path: str | os.PathLike, block_frames: int = 1 << 18, meta: AudioInfo | None = None
+    path: str | os.PathLike,
+    block_frames: int = 1 << 18,
+    meta: AudioInfo | None = None,
+    start_frame: int = 0,
 ) -> Iterator[np.ndarray]:
-    """Yield the file's audio as float32 blocks [c, t_block], in order, in constant memory.
+    """Yield the file's audio as float32 blocks [c, t_block], in order, in constant memory,
+    from frame ``start_frame`` on (seeked in files soundfile reads; decoded and dropped for
+    ffmpeg's containers, where a seek need not land on the very sample).
 
     Raises:
         AudioError: unreadable or truncated data, or NaN/Inf samples.
@@ -387,17 +392,19 @@ def iter_blocks(
     path = Path(path)
     if meta.backend == "ffmpeg":
         blocks = _ffmpeg_blocks(path, meta.sample_rate, meta.channels, block_frames)
+        blocks = _drop_frames(blocks, start_frame)
     else:
-        blocks = _soundfile_blocks(path, block_frames)
-    offset = 0
+        blocks = _soundfile_blocks(path, block_frames, start_frame)
+    offset = start_frame
     for block in blocks:
         if not np.isfinite(block).all():
             bad = offset + int(np.argmax(~np.isfinite(block).all(axis=0)))
             raise AudioError(f"{path}: NaN or infinite sample at {bad / meta.sample_rate:.3f} s")
         offset += block.shape[1]
         yield block
-    if offset == 0:
-        raise AudioError(f"{path}: no audio (zero length)")
+    if offset == start_frame:
+        where = f"from frame {start_frame} on" if start_frame else "(zero length)"
+        raise AudioError(f"{path}: no audio {where}")
     if meta.backend == "soundfile" and offset < meta.frames - max(0.01 * meta.frames, 4096):
         # A cut-off mp3 whose Xing header gives the full length: decoding stops early.
         raise AudioError(
@@ -406,9 +413,21 @@ def iter_blocks(
         )
 
 
-def _soundfile_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+def _drop_frames(blocks: Iterator[np.ndarray], frames: int) -> Iterator[np.ndarray]:
+    """The blocks [c, t] after their first ``frames`` frames."""
+    for block in blocks:
+        if frames >= block.shape[1]:
+            frames -= block.shape[1]
+            continue
+        yield block[:, frames:]
+        frames = 0
+
+
+def _soundfile_blocks(path: Path, block_frames: int, start_frame: int = 0) -> Iterator[np.ndarray]:
     try:
         with _quiet_decoder(path), sf.SoundFile(str(path)) as f:
+            if start_frame:
+                f.seek(start_frame)
             while True:
                 data = f.read(block_frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:

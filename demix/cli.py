@@ -234,7 +234,11 @@ def cmd_post(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except KeyboardInterrupt:
         bar.close()
-        print("demix: interrupted; finished inputs are kept, a rerun resumes", file=sys.stderr)
+        print(
+            "demix: interrupted; finished inputs are kept, and a rerun continues the one in "
+            "progress from its last checkpoint",
+            file=sys.stderr,
+        )
         return 130
     bar.close()
     for r in results:
@@ -245,6 +249,8 @@ def cmd_post(args: argparse.Namespace) -> int:
         else:
             dx = r.levels.get("DX", {}).get("lufs")
             note = f", {r.clipped_samples} samples clipped" if r.clipped_samples else ""
+            if r.resumed_from_s:
+                note += f", continued from {r.resumed_from_s:.1f} s"
             if r.remix:
                 note += (
                     f"; remix {r.remix['lufs']} LUFS, {r.remix['dbtp']} dBTP, limited by up to "

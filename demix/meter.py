@@ -75,6 +75,29 @@ class LoudnessMeter:
             self._powers.extend((steps**2).mean(axis=2).T)
         self._carry = x[:, whole:]
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The meter's figures so far, as arrays (for a resume checkpoint; see ``restore``)."""
+        saved = {f"filter{i}": z for i, z in enumerate(self._state)}
+        saved["carry"] = self._carry
+        saved["powers"] = np.asarray(self._powers).reshape(-1, self.channels)
+        saved["peak"] = np.asarray(self._peak)
+        return saved
+
+    def restore(self, saved: dict[str, np.ndarray], history: np.ndarray | None = None) -> None:
+        """Continue from ``state()`` of a meter of the same signal (same rate and channels).
+
+        The true-peak oversampler's filter memory is not part of the state (soxr keeps it
+        inside): ``history``, the last samples [c, t] before the resume point (a few
+        milliseconds are enough), refills it, so the first samples after the resume point
+        are not oversampled against silence.
+        """
+        self._state = [np.asarray(saved[f"filter{i}"]) for i in range(len(self._filters))]
+        self._carry = np.asarray(saved["carry"]).reshape(self.channels, -1)
+        self._powers = list(np.asarray(saved["powers"]).reshape(-1, self.channels))
+        self._peak = float(saved["peak"])
+        if self._upsample is not None and history is not None and history.shape[1]:
+            self._upsample.resample_chunk(np.ascontiguousarray(history.T, dtype=np.float32))
+
     def _loudness(self, steps_per_block: int) -> np.ndarray:
         """Loudness (LUFS) of every window of ``steps_per_block`` 100-ms steps, step 100 ms."""
         powers = np.asarray(self._powers)

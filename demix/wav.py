@@ -121,6 +121,11 @@ class WavWriter:
         channel_mask: speaker bits; with more than two channels (or a mask that is not the
             count's default) the header is WAVE_FORMAT_EXTENSIBLE carrying it.
         chunks: raw payloads written before the audio (``bext``, ``iXML``), in order.
+        partial: write under this name (kept by ``close`` for a later run to continue)
+            instead of a new hidden temporary file.
+        resume_frames: continue ``partial`` after its first ``resume_frames`` frames (what a
+            resume checkpoint recorded; anything written after them is cut off). Its header
+            must be the one these arguments give.
 
     Files that outgrow 4 GiB become RF64 (the reserved ``JUNK`` chunk turns into ``ds64``).
     """
@@ -133,6 +138,8 @@ class WavWriter:
         bit_depth: str,
         channel_mask: int | None = None,
         chunks: dict[bytes, bytes] | None = None,
+        partial: str | os.PathLike | None = None,
+        resume_frames: int = 0,
     ):
         if bit_depth not in ("16", "24", "32f"):
             raise AudioError(f"unknown bit depth {bit_depth!r} (choose 16, 24 or 32f)")
@@ -154,6 +161,7 @@ class WavWriter:
         header = bytearray(b"RIFF\0\0\0\0WAVE")
         header += b"JUNK" + struct.pack("<I", 28) + bytes(28)  # room for ds64 (RF64)
         header += _chunk(b"fmt ", fmt)
+        fmt_end = len(header)
         self._fact_at = None
         if bit_depth == "32f":  # non-PCM formats carry a fact chunk (sample frames)
             self._fact_at = len(header) + 8
@@ -162,9 +170,25 @@ class WavWriter:
             header += _chunk(name, payload)
         header += b"data\0\0\0\0"
         self._data_at = len(header)
-        self.tmp = temporary_path(self.path)
-        self._file = self.tmp.open("wb")
-        self._file.write(header)
+        self.tmp = Path(partial) if partial is not None else temporary_path(self.path)
+        if resume_frames:
+            self._file = self.tmp.open("r+b")
+            keep = self._data_at + resume_frames * block
+            found = self._file.read(self._data_at)
+            if (  # same format and the data where these chunks put it (bext may differ
+                # in its date: a video's is made when the run starts)
+                found[12:fmt_end] != bytes(header[12:fmt_end])
+                or found[-8:-4] != b"data"
+                or self.tmp.stat().st_size < keep
+            ):
+                self._file.close()
+                raise AudioError(f"{self.tmp}: partial file does not match its resume state")
+            self._file.truncate(keep)
+            self._file.seek(keep)
+            self.frames = resume_frames
+        else:
+            self._file = self.tmp.open("wb")
+            self._file.write(header)
 
     def write_ints(self, samples: np.ndarray) -> None:
         """Append integer samples [c, t] at the file's depth (int16 range for 16 bit, the
@@ -218,6 +242,15 @@ class WavWriter:
             f.write(struct.pack("<I", min(self.frames, _MAX_RIFF)))
         f.close()
         os.replace(self.tmp, self.path)
+
+    def sync(self) -> None:
+        """Push what was written so far to the disk (before a resume checkpoint names it)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close without committing: the partial file stays for a later run to continue."""
+        self._file.close()
 
     def abort(self) -> None:
         """Close and delete the temporary file."""

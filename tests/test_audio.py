@@ -462,3 +462,22 @@ def test_container_with_an_empty_audio_stream_raises_audio_error(tmp_path: Path)
     with pytest.raises(audio.AudioError) as err:
         audio.read(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("ext", ["wav", "mkv"])
+def test_blocks_from_a_start_frame(tmp_path: Path, ext: str) -> None:
+    """``iter_blocks(start_frame=)`` (a resumed ``demix post``): the file's samples from that
+    frame on, seeked (soundfile) or decoded and dropped (ffmpeg), whatever the block size."""
+    source = noise(2, 3 * RATE)
+    wav = tmp_path / "source.wav"
+    sf.write(wav, source.T, RATE, subtype="FLOAT")
+    path = wav
+    if ext == "mkv":
+        path = tmp_path / "video.mkv"
+        mux_with_video(wav, path, "pcm_f32le")  # lossless, so the samples compare exactly
+    whole = np.concatenate(list(audio.iter_blocks(path, block_frames=5000)), axis=1)
+    for start in (1, 4999, 5000, 12345, whole.shape[1] - 1):
+        part = np.concatenate(list(audio.iter_blocks(path, 5000, start_frame=start)), axis=1)
+        np.testing.assert_array_equal(part, whole[:, start:])
+    with pytest.raises(audio.AudioError, match=f"{path.name}.*no audio from frame"):
+        list(audio.iter_blocks(path, start_frame=whole.shape[1]))
