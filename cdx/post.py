@@ -41,6 +41,7 @@ import csv
 import io
 import json
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -206,8 +207,7 @@ def _write(separator, path, meta, layout, names, targets, result, progress, over
     writers: dict[str, wav.WavWriter] = {}
     committed: list[Path] = []
     pending: deque[np.ndarray] = deque()
-    consistent = not done  # every writer and meter has taken the same frames (on resume:
-    # once the meters are restored)
+    consistent = not done  # the meters are where the files are (on resume: once restored)
     saved_at = time.monotonic()
 
     def blocks():
@@ -247,16 +247,15 @@ def _write(separator, path, meta, layout, names, targets, result, progress, over
                 mix = mix[:, skip:]
                 if not mix.shape[1]:
                     continue
-            consistent = False
-            parts = _deliverables(out, mix, scale, integer, targets, result)
-            for d, writer in writers.items():
-                if integer:
-                    writer.write_ints(parts[d])
-                else:
-                    writer.write_floats(parts[d])
-                meters[d].add(parts[d].astype(np.float32) * gain)
-            meters["mix"].add(mix.astype(np.float32) * gain)
-            consistent = True
+            with _interrupts_held():  # every deliverable and meter takes the region whole
+                parts = _deliverables(out, mix, scale, integer, targets, result)
+                for d, writer in writers.items():
+                    if integer:
+                        writer.write_ints(parts[d])
+                    else:
+                        writer.write_floats(parts[d])
+                    meters[d].add(parts[d].astype(np.float32) * gain)
+                meters["mix"].add(mix.astype(np.float32) * gain)
             _return_free_memory()
             if progress is not None:
                 progress(mix.shape[1] / meta.sample_rate)
@@ -268,10 +267,12 @@ def _write(separator, path, meta, layout, names, targets, result, progress, over
             committed.append(targets[d])
         resume.discard()
     except KeyboardInterrupt:  # also SIGTERM (the CLI): keep what a rerun can continue
-        if consistent and writers and len(writers) == len(targets):
+        if consistent and len(writers) == len(targets):
             resume.save(writers, meters, result.clipped_samples)
         for writer in writers.values():
             writer.close()
+        if not resume.saved:  # nothing a rerun could continue
+            resume.discard()
         raise
     except BaseException:
         for writer in writers.values():
@@ -328,6 +329,7 @@ class _Resume:
             sort_keys=True, default=str,
         )  # fmt: skip
         self.frames, self.clipped_samples = 0, 0
+        self.saved = False  # a checkpoint on disk matches the partial files
         self.meters: dict[str, dict[str, np.ndarray]] = {}
         if not fresh:
             self._load(meta.frames)
@@ -345,7 +347,7 @@ class _Resume:
             or not all(p.exists() for p in self.partials.values())
         ):
             return
-        self.frames = frames
+        self.frames, self.saved = frames, True
         self.clipped_samples = int(arrays.pop("clipped_samples", 0))
         for key, value in arrays.items():  # "<meter>/<array>"
             meter, name = key.split("/", 1)
@@ -372,6 +374,7 @@ class _Resume:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self.saved = True
 
     def discard(self) -> None:
         """Remove the checkpoint (the deliverables are complete, or failed for good)."""
@@ -644,6 +647,31 @@ def _timecode(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{int(h):02d}:{int(m):02d}:{s:06.3f}"
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold SIGINT and SIGTERM until the block ends, then let them act as they would have
+    (raised again once the usual handlers are back), so that an interruption never falls
+    between the writes of one region: the files and meters stay in step for the checkpoint
+    taken on the way out. Outside the main thread (where Python delivers no signal) the
+    block just runs."""
+    caught: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {
+            s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in wanted
+        }
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught:
+        signal.raise_signal(caught[0])
 
 
 def _return_free_memory() -> None:

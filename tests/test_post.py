@@ -263,6 +263,40 @@ def test_cli_post_and_check(tiny_checkpoint, tmp_path):
     assert bad.returncode == 2 and "--deliver stems" in bad.stderr
 
 
+def test_cli_sigterm_then_rerun_continues_the_reel(tiny_checkpoint, tmp_path):
+    """``demix post`` killed with SIGTERM part-way through a reel exits 130 and keeps its
+    partial files and checkpoint; the same command then continues (and says so)."""
+    import signal
+    import time
+
+    source = tmp_path / "reel.wav"
+    ints = write_reel(source, "5.1", seconds=60.0)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "demix.cli", "post", str(source), "-o", str(out),
+           "--model", str(tiny_checkpoint), "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())  # fmt: skip
+    partial = out / ".reel_DX.wav.partial"
+    deadline = time.monotonic() + 300
+    # wait until some audio is in the partial file (more than its header), then stop it
+    while proc.poll() is None and time.monotonic() < deadline:
+        if partial.exists() and partial.stat().st_size > 6 * 3 * RATE:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "a rerun continues" in err
+    assert partial.exists() and (out / ".reel.demix-post.npz").exists()
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "continued from" in run.stdout
+    parts = [read_ints(out / f"reel_{k}.wav", "24") for k in ("DX", "ME")]
+    assert np.array_equal(parts[0] + parts[1], ints)
+    assert sorted(p.name for p in out.iterdir()) == ["reel_DX.wav", "reel_ME.wav", "report.csv",
+                                                     "report.json"]  # fmt: skip
+
+
 def test_rf64_beyond_the_riff_size_limit(tmp_path, monkeypatch):
     """Past 4 GiB the writer switches to RF64 (tested with the limit lowered to 1 kB)."""
     monkeypatch.setattr(wav, "_MAX_RIFF", 1000)
