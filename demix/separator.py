@@ -33,7 +33,7 @@ import numpy as np
 import soxr
 import torch
 
-from demix import audio, models  # noqa: F401 - models registers the architectures
+from demix import audio, models, wav  # noqa: F401 - models registers the architectures
 from demix.checkpoint import load_checkpoint
 from demix.separate import iter_separate
 
@@ -76,11 +76,15 @@ class ChannelPlan:
         return cls(tuple((i, i) for i in range(channels)))
 
     @classmethod
-    def centre_aware(cls, names: Sequence[str], lfe_stem: str = "effects") -> ChannelPlan:
-        """A film layout by speaker names (``demix.wav.speakers``): the centre on its own as
-        dual mono, so that its dialogue sits in the middle of the stereo image as in every
-        training mix; each left/right pair (FL/FR, surrounds BL/BR, SL/SR, ...) as a stereo
-        pair; LFE is not separated and goes to ``lfe_stem``; anything else as dual mono.
+    def centre_aware(
+        cls, names: Sequence[str], lfe_stems: Sequence[str] = ("effects", "bass")
+    ) -> ChannelPlan:
+        """A surround layout by speaker names (``demix.wav.speakers``): the centre on its own
+        as dual mono, so that its dialogue (or lead vocal) sits in the middle of the stereo
+        image as in every training mix; each left/right pair (FL/FR, surrounds BL/BR, SL/SR,
+        ...) as a stereo pair; LFE is not separated and goes to the first of ``lfe_stems``
+        that a head has (film: effects, never dialogue; music: bass); anything else as dual
+        mono.
 
         (Pairing the centre with each front channel, (FL, FC) and (FC, FR), was tried first:
         the model then hears the dialogue hard-panned, unlike anything it was trained on.
@@ -99,7 +103,7 @@ class ChannelPlan:
             if left in index and right in index and not {index[left], index[right]} & used:
                 pairs.append((index[left], index[right]))
                 used |= {index[left], index[right]}
-        bypass = tuple((index["LFE"], lfe_stem) for _ in (0,) if "LFE" in index)
+        bypass = tuple((index["LFE"], stem) for stem in lfe_stems if "LFE" in index)
         used |= {i for i, _ in bypass}
         pairs += [(i, i) for i in range(len(names)) if i not in used]
         return cls(tuple(pairs), bypass)
@@ -376,8 +380,10 @@ class Separator:
                 est = stems_block[offset : offset + len(names)]
                 offset += len(names)
                 est = est + (mix - est.sum(axis=0)) / len(names)  # stems sum to the mix
+                given = set()
                 for channel, stem in channel_plan.bypass if channel_plan else ():
-                    if stem in names:  # not separated: all of this channel to one stem
+                    if stem in names and channel not in given:  # all of it to one stem
+                        given.add(channel)
                         est[:, channel] = 0.0
                         est[names.index(stem), channel] = mix[channel]
                 chosen = plan.selected[h]
@@ -610,7 +616,13 @@ class Separator:
                     target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps
                 )
             blocks = audio.iter_blocks(path, meta=meta)
-            for out in self.stream(blocks, meta.sample_rate, meta.channels, head, stems):
+            channel_plan = None
+            if meta.channels > 2:  # surround: by the file's speakers (demix post does too)
+                names = wav.speakers(wav.channel_mask_of(path, meta.channels), meta.channels)
+                channel_plan = ChannelPlan.centre_aware(names)
+            for out in self.stream(
+                blocks, meta.sample_rate, meta.channels, head, stems, channel_plan
+            ):
                 for name, block in out.items():
                     writers[name].write(block)
                 done += next(iter(out.values())).shape[1]

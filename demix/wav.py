@@ -85,6 +85,15 @@ def riff_chunks(path: str | os.PathLike) -> list[tuple[bytes, int, int]]:
     return found
 
 
+def channel_mask_of(path: str | os.PathLike, channels: int) -> int:
+    """The speaker mask of a file's channels: a WAV file's own (``read_layout``), else (other
+    formats, or a WAV that does not parse here) the default for the count."""
+    if Path(path).suffix.lower() in (".wav", ".wave"):
+        with contextlib.suppress(AudioError, OSError, struct.error):
+            return read_layout(path).channel_mask
+    return DEFAULT_MASKS.get(channels, (1 << min(channels, len(SPEAKERS))) - 1)
+
+
 def read_layout(path: str | os.PathLike) -> WavLayout:
     """The channel mask and the metadata chunks (``bext``, ``iXML``) of a WAV file."""
     path = Path(path)

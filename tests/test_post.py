@@ -140,9 +140,25 @@ def test_channels_land_in_their_stem_and_channel(tmp_path):
 def test_centre_aware_plan_keeps_the_centre_on_its_own():
     plan = ChannelPlan.centre_aware(wav.speakers(0x60F, 6))  # FL FR FC LFE SL SR
     assert plan.pairs == ((2, 2), (0, 1), (4, 5))  # C as dual mono, then L/R, SL/SR
-    assert plan.bypass == ((3, "effects"),)
+    assert plan.bypass == ((3, "effects"), (3, "bass"))  # film: effects; music: bass
     plan = ChannelPlan.centre_aware(wav.speakers(0x63F, 8))  # 7.1: FL FR FC LFE BL BR SL SR
     assert plan.pairs == ((2, 2), (0, 1), (4, 5), (6, 7))
+
+
+def test_demix_separate_uses_the_surround_layout_too(tiny, tmp_path):
+    """``separate_file`` (``demix separate``) on a 5.1 WAV: the centre-aware plan by the
+    file's mask, LFE wholly to effects (film head) and to bass (music head)."""
+    source = tmp_path / "reel.wav"
+    ints = write_reel(source, "5.1", seconds=1.0)
+    lfe = wav.speakers(0x60F, 6).index("LFE")
+    written = tiny.separate_file(source, tmp_path / "out", head="both", bit_depth="32f")
+    stems = {name: sf.read(path, always_2d=True)[0].T for name, path in written.items()}
+    expected = ints[lfe] / 2**23
+    for name, x in stems.items():
+        if name in ("effects", "bass"):
+            np.testing.assert_allclose(x[lfe], expected, atol=1e-6)
+        else:
+            assert np.abs(x[lfe]).max() < 1e-6, name
 
 
 def test_batch_resumes_keeps_going_and_reports(tiny, tmp_path):
