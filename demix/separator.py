@@ -145,11 +145,32 @@ def checkpoint_path(name_or_path: str | Path) -> Path:
             known = ", ".join(available_models()) or "none"
             raise SeparationError(
                 f"unknown model {name_or_path!r} (embedded: {known}; "
-                "or give the path of a .safetensors checkpoint)"
+                "or give the path of a .safetensors checkpoint or .onnx export)"
             )
     elif not path.exists():
         raise SeparationError(f"{path}: no such checkpoint")
     return path
+
+
+def _load_torch(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
+    if path.suffix == ".onnx":
+        raise SeparationError(f"{path}: an ONNX export runs on the onnxruntime backend")
+    return load_checkpoint(path, device)
+
+
+def _load_onnxruntime(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
+    from demix import onnxrt  # onnx and onnxruntime are imported only when asked for
+
+    try:
+        return onnxrt.load_onnx(path if path.suffix == ".onnx" else onnxrt.cached_export(path),
+                                device)  # fmt: skip
+    except onnxrt.OnnxError as exc:
+        raise SeparationError(str(exc)) from exc
+
+
+# What runs the model between the STFT and the iSTFT: backend name → loader(path, device).
+BACKENDS = {"torch": _load_torch, "onnxruntime": _load_onnxruntime}
+DEFAULT_BACKEND = "torch"
 
 
 def check_device(device: str) -> str:
@@ -188,6 +209,8 @@ class Separator:
             N > 1 adds N − 1 passes on the chunk delayed by a random 1 sample to 0.5 s, each
             output sample averaging the passes that saw it. Costs N times the compute; the
             offsets come from a seeded generator, so a rerun gives the same stems.
+        backend: what runs ``model`` ("torch", or "onnxruntime" for a ``demix.onnxrt``
+            model); recorded for reports (``from_pretrained`` picks the loader by it).
     """
 
     def __init__(
@@ -199,8 +222,10 @@ class Separator:
         batch_size: int = 4,
         segment_seconds: float | None = None,
         shifts: int = 1,
+        backend: str = "torch",
     ):
         device = check_device(device)
+        self.backend = backend
         if not 1 <= shifts <= 20:
             raise SeparationError(f"shifts {shifts}: choose 1 (no shift) to 20")
         self.shifts = shifts
@@ -226,15 +251,27 @@ class Separator:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str = "demix-small", device: str = "cpu", **kwargs
+        cls,
+        name_or_path: str = "demix-small",
+        device: str = "cpu",
+        backend: str | None = None,
+        **kwargs,
     ) -> Separator:
-        """Load an embedded model by name (``demix-small``) or a checkpoint file by path.
+        """Load an embedded model by name (``demix-small``), a checkpoint file or an ONNX
+        export (``demix export``) by path.
 
-        Nothing is downloaded: names resolve to files shipped inside the package.
+        ``backend``: "torch", or "onnxruntime" (a checkpoint is exported once into the cache,
+        ``demix.onnxrt.cached_export``); default ``DEFAULT_BACKEND``, and "onnxruntime" for
+        an ``.onnx`` file. Nothing is downloaded: names resolve to files shipped inside the
+        package.
         """
         device = check_device(device)
-        model, meta = load_checkpoint(checkpoint_path(name_or_path), device)
-        return cls(model, meta, device, **kwargs)
+        path = checkpoint_path(name_or_path)
+        backend = backend or ("onnxruntime" if path.suffix == ".onnx" else DEFAULT_BACKEND)
+        if backend not in BACKENDS:
+            raise SeparationError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
+        model, meta = BACKENDS[backend](path, device)
+        return cls(model, meta, device, backend=backend, **kwargs)
 
     # ----------------------------------------------------------------- planning
     def plan(self, head: str = "film", stems: Sequence[str] | None = None) -> Plan:

@@ -1,14 +1,17 @@
 """Speed and memory benchmark of demix on this machine's CPU, against HTDemucs.
 
 ``python -m eval.speed [--model NAME_OR_PATH] [--seconds 60] [--long-minutes 10 60]
-[--long-head film] [--repeats 2] [--threads N] [--skip-htdemucs] [--out FILE.md]``
+[--long-head film] [--repeats 2] [--threads N] [--backends torch onnxruntime]
+[--batch-sizes 4] [--skip-htdemucs] [--out FILE.md]``
 
 Everything is measured in the same run, on this machine, and printed as a markdown table
 (also written to ``--out``); progress goes to stderr:
 
 1. real-time factor (processing seconds / audio seconds) of ``Separator.separate`` on
    ``--seconds`` of stereo 44.1 kHz audio (the synthetic demo clip, tiled) for head film,
-   music and both: one warm-up on a short input, then the best of ``--repeats`` runs;
+   music and both, for every backend (torch, onnxruntime) and batch size asked for, with
+   the time ratios of consecutive configurations: one warm-up on a short input, then the
+   best of ``--repeats`` runs;
 2. the HTDemucs reference: the architecture of the released ``htdemucs`` model with random
    weights (timing only, nothing is downloaded), run on the same input through
    ``demucs.apply.apply_model(model, mix[None], split=True, overlap=0.25)``, its standard
@@ -237,7 +240,12 @@ def current_rss_mb() -> tuple[float, float | None]:
 
 
 def separate_file_child(
-    model: str, path: str | os.PathLike, out_dir: str | os.PathLike, head: str, threads: int
+    model: str,
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    head: str,
+    threads: int,
+    backend: str = "torch",
 ) -> dict[str, float]:
     """Separate ``path`` with ``separate_file`` in this (fresh) process and measure it.
 
@@ -247,7 +255,7 @@ def separate_file_child(
         "peak_rss_mb" (of the whole process)}.
     """
     torch.set_num_threads(threads)
-    separator = Separator.from_pretrained(model)
+    separator = Separator.from_pretrained(model, backend=backend)
     loaded, loaded_file = current_rss_mb()
     meta = sf.info(str(path))
     start = time.perf_counter()
@@ -263,7 +271,7 @@ def separate_file_child(
 
 
 def measure_long_file(
-    model: str, path: Path, out_dir: Path, head: str, threads: int
+    model: str, path: Path, out_dir: Path, head: str, threads: int, backend: str = "torch"
 ) -> dict[str, float]:
     """Run ``separate_file_child`` in a fresh Python process and return its report."""
     root = str(Path(__file__).resolve().parent.parent)
@@ -279,6 +287,8 @@ def measure_long_file(
         head,
         "--threads",
         str(threads),
+        "--backends",
+        backend,
         "--child-file",
         str(path),
         "--child-out",
@@ -345,7 +355,7 @@ def machine_header(args: argparse.Namespace, separator: Separator) -> list[str]:
 def run_benchmark(args: argparse.Namespace) -> str:
     """Run every measurement asked for by ``args`` and return the markdown report."""
     torch.set_num_threads(args.threads)
-    separator = Separator.from_pretrained(args.model)
+    separator = Separator.from_pretrained(args.model, backend=args.backends[0])
     header = machine_header(args, separator)
     rows: list[Row] = []
     notes: list[str] = []
@@ -353,17 +363,36 @@ def run_benchmark(args: argparse.Namespace) -> str:
     audio_seconds = mix.shape[-1] / SAMPLE_RATE
     span = f"{args.seconds:g} s"
 
-    demix_times = time_heads(separator, mix, HEADS, args.repeats)
-    for head, seconds in demix_times.items():
-        rtf = seconds / audio_seconds
-        rows.append(
-            Row(
-                f"RTF `separate`, head {head} ({span})",
-                f"{rtf:.3f}",
-                f"≤ {RTF_TARGET:g}",
-                verdict(rtf, RTF_TARGET),
+    # Every backend and batch size on the same input, in this run: (backend, batch) → times.
+    runs: dict[tuple[str, int], dict[str, float]] = {}
+    for backend in args.backends:
+        for batch in args.batch_sizes:
+            _log(f"backend {backend}, batch {batch}:")
+            separator = Separator.from_pretrained(args.model, backend=backend, batch_size=batch)
+            runs[backend, batch] = time_heads(separator, mix, HEADS, args.repeats)
+    for (backend, batch), times in runs.items():
+        for head, seconds in times.items():
+            rtf = seconds / audio_seconds
+            rows.append(
+                Row(
+                    f"RTF `separate`, {backend}, batch {batch}, head {head} ({span})",
+                    f"{rtf:.3f}",
+                    f"≤ {RTF_TARGET:g}",
+                    verdict(rtf, RTF_TARGET),
+                )
             )
-        )
+    for first, second in zip(list(runs), list(runs)[1:]):
+        for head in HEADS:
+            rows.append(
+                Row(
+                    f"time {first[0]} batch {first[1]} / {second[0]} batch {second[1]}, "
+                    f"head {head}",
+                    f"{runs[first][head] / runs[second][head]:.2f}",
+                )
+            )
+    best = min(runs, key=lambda key: sum(runs[key].values()))
+    demix_times = runs[best]
+    notes.append(f"HTDemucs is compared with the fastest: {best[0]}, batch {best[1]}.")
 
     reference = None
     if args.skip_htdemucs:
@@ -418,13 +447,17 @@ def long_file_rows(args: argparse.Namespace, notes: list[str]) -> list[Row]:
             write_long_wav(path, minutes)
             _log(f"separating {path.name} (head {args.long_head}) in a subprocess ...")
             try:
-                report = measure_long_file(args.model, path, out_dir, args.long_head, args.threads)
+                report = measure_long_file(
+                    args.model, path, out_dir, args.long_head, args.threads, args.backends[0]
+                )
                 reports.append((minutes, report))
             finally:  # keep the disk use to one input and its stems at a time
                 path.unlink(missing_ok=True)
                 shutil.rmtree(out_dir, ignore_errors=True)
     for minutes, report in reports:
-        what = f"{_minutes(minutes)} file, head {args.long_head}, `separate_file`"
+        what = (
+            f"{_minutes(minutes)} file, head {args.long_head}, `separate_file` ({args.backends[0]})"
+        )
         peak = report["peak_rss_mb"]
         rows.append(
             Row(
@@ -473,6 +506,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--long-head", default="film", help="head used for the long files")
     p.add_argument("--repeats", type=int, default=2, help="timed runs (the best is kept)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["torch", "onnxruntime"],
+        default=["torch", "onnxruntime"],
+        help="backends timed side by side (default both); the long files use the first",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[4],
+        help="Separator batch sizes timed per backend (default 4)",
+    )
     p.add_argument("--skip-htdemucs", action="store_true", help="do not time HTDemucs")
     p.add_argument("--out", type=Path, help="also write the report to this markdown file")
     p.add_argument("--child-file", help=argparse.SUPPRESS)  # internal: the subprocess side
@@ -485,12 +532,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.child_file:
         report = separate_file_child(
-            args.model, args.child_file, args.child_out, args.long_head, args.threads
-        )
+            args.model, args.child_file, args.child_out, args.long_head, args.threads,
+            args.backends[0],
+        )  # fmt: skip
         print(json.dumps(report))
         return 0
     if args.seconds <= 0 or any(m <= 0 for m in args.long_minutes):
         _parser().error("--seconds and --long-minutes must be positive")
+    if any(b < 1 for b in args.batch_sizes):
+        _parser().error("--batch-sizes must be positive")
     try:
         text = run_benchmark(args)
     except SeparationError as exc:

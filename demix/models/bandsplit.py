@@ -75,7 +75,7 @@ def band_layout(n_bins: int, band_groups: Sequence[tuple[int, int]]) -> list[tup
 
 
 class BandSplit(nn.Module):
-    """Compressed complex spectrum [b, c, f, n] → band features [b, n, k, d]."""
+    """Spectrum [b, c, f, n, 2] (real, imaginary) → band features [b, n, k, d]."""
 
     def __init__(self, layout: list[tuple[int, int, int]], channels: int, dim: int):
         super().__init__()
@@ -90,8 +90,8 @@ class BandSplit(nn.Module):
         self.band_embedding = nn.Parameter(torch.zeros(sum(c for _, c, _ in layout), dim))
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        b, c, f, n = spec.shape
-        z = torch.view_as_real(spec).permute(0, 3, 2, 1, 4)  # [b, n, f, c, 2]
+        b, c, f, n, _ = spec.shape
+        z = spec.permute(0, 3, 2, 1, 4)  # [b, n, f, c, 2]
         z = F.pad(z, (0, 0, 0, 0, 0, self.padded_bins - f))
         out = []
         for (start, count, width), w, bias in zip(self.layout, self.weights, self.biases):
@@ -215,9 +215,11 @@ class BandSplitModel(MaskingModel):
         window = torch.hann_window(config.n_fft).sqrt()
         self.register_buffer("window", window, persistent=False)
 
-    def features(self, spec: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-        """Band features [b, n, k, d] of the power-law-compressed spectrum (phase kept,
-        dynamics squeezed: level-aware features)."""
-        with torch.autocast(mix.device.type, enabled=False):
-            features = spec * (spec.abs() + 1e-8) ** (self.config.compress_power - 1.0)
+    def features(self, spec: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Band features [b, n, k, d] of the power-law-compressed spectrum [b, c, f, n, 2]
+        (phase kept, dynamics squeezed: level-aware features, so ``level`` is unused)."""
+        with torch.autocast(spec.device.type, enabled=False):
+            spec = spec.float()
+            magnitude = spec.pow(2).sum(-1, keepdim=True).sqrt()
+            features = spec * (magnitude + 1e-8) ** (self.config.compress_power - 1.0)
         return self.blocks(self.band_split(features))

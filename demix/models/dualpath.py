@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from demix.models.bandsplit import BandBlock, BandSplit, MaskHead, band_layout
-from demix.models.spectral import MaskingModel, mix_rms
+from demix.models.spectral import MaskingModel
 from demix.registry import register_model
 
 
@@ -155,9 +155,10 @@ class DualPathModel(MaskingModel):
         )
         self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
 
-    def features(self, spec: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-        """Band features [b, n, k, d] of the spectrum over the mix's RMS: one level for every
-        example (a silent chunk stays silent: its masks multiply zeros)."""
-        with torch.autocast(mix.device.type, enabled=False):
-            features = spec / mix_rms(mix)[:, None, None, None]
+    def features(self, spec: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Band features [b, n, k, d] of the spectrum [b, c, f, n, 2] over the mix's RMS
+        ``level[b]``: one level for every example (a silent chunk stays silent: its masks
+        multiply zeros)."""
+        with torch.autocast(spec.device.type, enabled=False):
+            features = spec.float() / level.float()[:, None, None, None, None]
         return self.blocks(self.band_split(features))

@@ -26,7 +26,11 @@ class MaskingModel(nn.Module):
     ``channels``, ``segment_seconds`` and ``heads``), ``sample_rate``, ``channels``, ``heads``
     and ``segment_samples``. A subclass then sets ``window`` (a buffer) and ``mask_heads``
     (head → module giving masks [b, n, f_padded, s, c, 2] from band features) and implements
-    ``features(spec, mix) -> x[b, n, k, d]``.
+    ``features(spec, level) -> x[b, n, k, d]``.
+
+    ``forward`` is three steps: ``analyse`` (STFT), ``core`` (the network between the STFT
+    and the iSTFT, on real tensors only: what ``demix export`` writes as ONNX) and
+    ``synthesise`` (masks times spectrum, iSTFT).
     """
 
     window: torch.Tensor
@@ -44,50 +48,72 @@ class MaskingModel(nn.Module):
         self.heads: dict[str, tuple[str, ...]] = {h: tuple(s) for h, s in config.heads.items()}
         self.segment_samples = int(round(config.segment_seconds * config.sample_rate))
 
-    def features(self, spec: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-        """Band features [b, n, k, d] of ``spec[b, c, f, n]`` (complex) and ``mix[b, c, t]``."""
+    def features(self, spec: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Band features [b, n, k, d] of ``spec[b, c, f, n, 2]`` (real, imaginary) and the
+        mix's RMS ``level[b]`` (``mix_rms``)."""
         raise NotImplementedError
+
+    def check_heads(self, heads: Sequence[str] | None) -> list[str]:
+        """The asked heads (default: all), each checked to exist."""
+        heads = list(self.heads) if heads is None else list(heads)
+        for head in heads:
+            if head not in self.heads:
+                raise KeyError(f"unknown head {head!r} (this model has {', '.join(self.heads)})")
+        return heads
+
+    def analyse(self, mix: torch.Tensor) -> torch.Tensor:
+        """STFT of ``mix[b, c, t]`` as real pairs [b, c, f, n, 2], in float32 even under
+        autocast (bf16 FFTs are not supported and lose precision)."""
+        b, c, t = mix.shape
+        if c != self.channels:
+            raise ValueError(f"model expects {self.channels} channels, got {c}")
+        with torch.autocast(mix.device.type, enabled=False):
+            spec = torch.stft(
+                mix.float().reshape(b * c, t),
+                self.config.n_fft,
+                self.config.hop_samples,
+                window=self.window,
+                pad_mode="constant",  # any length works (reflect needs t > n_fft / 2)
+                return_complex=True,
+            )
+        return torch.view_as_real(spec).reshape(b, c, *spec.shape[-2:], 2)
+
+    def core(
+        self, spec: torch.Tensor, level: torch.Tensor, heads: Sequence[str]
+    ) -> list[torch.Tensor]:
+        """Complex masks [b, n, f, s, c, 2] (float32) per head in ``heads``, from the
+        spectrum ``spec[b, c, f, n, 2]`` and the mix's RMS ``level[b]``."""
+        x = self.features(spec, level)
+        f = spec.shape[2]
+        return [self.mask_heads[head](x)[:, :, :f].float() for head in heads]
+
+    def synthesise(self, spec: torch.Tensor, masks: torch.Tensor, length: int) -> torch.Tensor:
+        """Stems [b, s, c, length]: ``masks[b, n, f, s, c, 2]`` times ``spec[b, c, f, n, 2]``,
+        then the iSTFT (float32)."""
+        b, c, f, n, _ = spec.shape
+        with torch.autocast(spec.device.type, enabled=False):
+            spec_nf = spec.float().permute(0, 3, 2, 1, 4)[:, :, :, None]  # [b, n, f, 1, c, 2]
+            est = complex_mul(masks.float(), spec_nf)  # [b, n, f, s, c, 2]
+            s = est.shape[3]
+            est = torch.view_as_complex(est.permute(0, 3, 4, 2, 1, 5).contiguous())
+            wav = torch.istft(
+                est.reshape(b * s * c, f, n),
+                self.config.n_fft,
+                self.config.hop_samples,
+                window=self.window,
+                length=length,
+            )
+        return wav.reshape(b, s, c, length)
 
     def forward(
         self, mix: torch.Tensor, heads: Sequence[str] | None = None
     ) -> Mapping[str, torch.Tensor]:
         """Separate ``mix[b, c, t]`` into ``{head: stems[b, s, c, t]}`` for the asked heads;
         several heads cost one backbone pass."""
-        heads = list(self.heads) if heads is None else list(heads)
-        for head in heads:
-            if head not in self.heads:
-                raise KeyError(f"unknown head {head!r} (this model has {', '.join(self.heads)})")
-        b, c, t = mix.shape
-        if c != self.channels:
-            raise ValueError(f"model expects {self.channels} channels, got {c}")
-        n_fft, hop = self.config.n_fft, self.config.hop_samples
-        # STFT in float32 even under autocast: bf16 FFTs are not supported and lose precision.
-        with torch.autocast(mix.device.type, enabled=False):
-            mix = mix.float()
-            spec = torch.stft(
-                mix.reshape(b * c, t),
-                n_fft,
-                hop,
-                window=self.window,
-                pad_mode="constant",  # any length works (reflect needs t > n_fft / 2)
-                return_complex=True,
-            )
-            spec = spec.reshape(b, c, *spec.shape[-2:])  # [b, c, f, n]
-        x = self.features(spec, mix)
-        f, n = spec.shape[-2:]
-        spec_nf = torch.view_as_real(spec).permute(0, 3, 2, 1, 4)[:, :, :, None]  # [b,n,f,1,c,2]
-        out = {}
-        for head in heads:
-            masks = self.mask_heads[head](x)[:, :, :f].float()  # [b, n, f, s, c, 2]
-            with torch.autocast(mix.device.type, enabled=False):
-                est = complex_mul(masks, spec_nf)  # [b, n, f, s, c, 2]
-                s = est.shape[3]
-                est = torch.view_as_complex(est.permute(0, 3, 4, 2, 1, 5).contiguous())
-                wav = torch.istft(
-                    est.reshape(b * s * c, f, n), n_fft, hop, window=self.window, length=t
-                )
-            out[head] = wav.reshape(b, s, c, t)
-        return out
+        heads = self.check_heads(heads)
+        spec = self.analyse(mix)
+        masks = self.core(spec, mix_rms(mix), heads)
+        return {h: self.synthesise(spec, m, mix.shape[-1]) for h, m in zip(heads, masks)}
 
 
 def complex_mul(a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

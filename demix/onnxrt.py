@@ -1,0 +1,217 @@
+"""ONNX export of a model's core, and the ONNX Runtime backend of ``Separator``.
+
+What is exported is ``MaskingModel.core``: the network between the STFT and the iSTFT, both
+heads, on real tensors (``spec[b, c, f, n, 2]`` and the mix's RMS ``level[b]`` in, one
+``masks_<head>[b, n, f, s, c, 2]`` per head out), with the batch and frame axes dynamic. The
+STFT and iSTFT stay in torch around it (``OnnxModel``): ONNX has an STFT op (opset 17) but no
+inverse one, and both take a few per cent of the time. The file carries the checkpoint's
+metadata (``demix`` in ``metadata_props``, the same JSON as a safetensors checkpoint), so an
+exported model is self-describing and loads offline like any checkpoint.
+
+Exported with torch's TorchScript-based exporter (``dynamo=False``: the dynamo exporter
+needs onnxscript and gave nothing more here); ``nn.RMSNorm`` is swapped for the same
+arithmetic in plain ops first, since that exporter has no ``aten::rms_norm`` at opset 17.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from demix.audio import temporary_path
+from demix.checkpoint import load_checkpoint
+from demix.models.spectral import mix_rms
+from demix.registry import build_model
+
+ONNX_OPSET = 17
+_EXPORT_FRAMES = 64  # frames of the example input traced (the axis is dynamic)
+
+
+class OnnxError(ValueError):
+    """An ONNX file that is not a demix export, or an ONNX Runtime that cannot run it."""
+
+
+class _PlainRMSNorm(nn.Module):
+    """``nn.RMSNorm`` in elementary ops (same weights, same eps) for the exporter."""
+
+    def __init__(self, norm: nn.RMSNorm):
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class _Core(nn.Module):
+    """``model.core`` for every head, in the order of ``model.heads``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).float().eval()
+        for module in list(self.model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.RMSNorm):
+                    setattr(module, name, _PlainRMSNorm(child))
+        self.heads = list(model.heads)
+
+    def forward(self, spec: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.core(spec, level, self.heads))
+
+
+def export_onnx(model: nn.Module, metadata: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``model``'s core (see the module docstring) to ``path`` as ONNX, atomically,
+    with ``metadata`` (the checkpoint's) inside.
+
+    Raises:
+        OnnxError: the ``onnx`` package is missing.
+    """
+    try:
+        import onnx
+    except ImportError as exc:  # the exporter itself needs it
+        raise OnnxError("exporting to ONNX needs the onnx package: pip install onnx") from exc
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    core = _Core(model.to("cpu"))
+    samples = (_EXPORT_FRAMES - 1) * model.config.hop_samples
+    mix = 0.1 * torch.randn(1, model.channels, samples, generator=torch.Generator().manual_seed(0))
+    spec, level = model.analyse(mix), mix_rms(mix)
+    outputs = [f"masks_{head}" for head in core.heads]
+    axes = {"spec": {0: "batch", 3: "frames"}, "level": {0: "batch"}}
+    axes.update({name: {0: "batch", 1: "frames"} for name in outputs})
+    tmp = temporary_path(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's notes on LSTMs and batch sizes
+            torch.onnx.export(
+                core, (spec, level), str(tmp), input_names=["spec", "level"],
+                output_names=outputs, dynamic_axes=axes, opset_version=ONNX_OPSET,
+                dynamo=False,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "demix", json.dumps(metadata)
+        proto.producer_name = "demix"
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class OnnxModel(nn.Module):
+    """Stands in for a registered model in ``Separator``: STFT and iSTFT in torch, the core
+    in an ONNX Runtime session. ``forward(mix[b, c, t], heads) -> {head: stems[b, s, c, t]}``.
+
+    Args:
+        skeleton: the registered model rebuilt from the metadata (its STFT settings and
+            window are used, its weights are not).
+        session: an ``onnxruntime.InferenceSession`` of an ``export_onnx`` file.
+    """
+
+    def __init__(self, skeleton: nn.Module, session):
+        super().__init__()
+        self.skeleton = skeleton.eval()
+        self.session = session
+        self.config = skeleton.config
+        self.sample_rate, self.channels = skeleton.sample_rate, skeleton.channels
+        self.heads, self.segment_samples = skeleton.heads, skeleton.segment_samples
+        # the exporter drops an input the graph does not use (``level`` of a model whose
+        # features ignore the mix's RMS)
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def forward(self, mix: torch.Tensor, heads: Sequence[str] | None = None):
+        heads = self.skeleton.check_heads(heads)
+        spec = self.skeleton.analyse(mix)
+        feeds = {
+            "spec": spec.detach().cpu().numpy(),
+            "level": mix_rms(mix).detach().cpu().numpy(),
+        }
+        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
+        masks = self.session.run([f"masks_{h}" for h in heads], feeds)
+        return {
+            h: self.skeleton.synthesise(spec, torch.from_numpy(m).to(spec.device), mix.shape[-1])
+            for h, m in zip(heads, masks)
+        }
+
+
+def load_onnx(path: str | os.PathLike, device: str = "cpu") -> tuple[OnnxModel, dict[str, Any]]:
+    """An ``export_onnx`` file as (``OnnxModel``, metadata), on the CPU or, where ONNX
+    Runtime has the CUDA provider, the GPU.
+
+    Raises:
+        OnnxError: not a demix export, no onnxruntime, or no CUDA provider for ``device``.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise OnnxError(
+            "the onnxruntime backend needs the onnxruntime package: pip install onnxruntime"
+        ) from exc
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise OnnxError(
+                f"device {device}: this onnxruntime has no CUDA provider "
+                "(pip install onnxruntime-gpu, or use --backend torch)"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        providers = [("CUDAExecutionProvider", {"device_id": index}), *providers]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as torch would (OMP_NUM_THREADS)
+    options.log_severity_level = 3  # errors only: not its notes on unused initialisers
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        raw = session.get_modelmeta().custom_metadata_map.get("demix")
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise OnnxError(f"{path}: not an ONNX model ({' '.join(str(exc).split())[:200]})") from exc
+    if raw is None:
+        raise OnnxError(f"{path}: no demix metadata (not exported by demix export)")
+    meta = json.loads(raw)
+    try:
+        skeleton = build_model(meta["model"], meta["config"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise OnnxError(f"{path}: cannot rebuild the model around it ({exc})") from exc
+    return OnnxModel(skeleton, session), meta
+
+
+def cache_dir() -> Path:
+    """Where exports of checkpoints are kept for the onnxruntime backend: ``$DEMIX_CACHE``,
+    else ``$XDG_CACHE_HOME/demix``, else ``~/.cache/demix``."""
+    if os.environ.get("DEMIX_CACHE"):
+        return Path(os.environ["DEMIX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "demix"
+
+
+def cached_export(checkpoint: str | os.PathLike) -> Path:
+    """The ONNX export of a safetensors checkpoint, made once (a few seconds) and kept in
+    ``cache_dir()/onnx`` under the checkpoint's content hash; a temporary folder when the
+    cache cannot be written."""
+    checkpoint = Path(checkpoint)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    name = f"{checkpoint.stem}-{digest}-opset{ONNX_OPSET}.onnx"
+    for folder in (cache_dir() / "onnx", Path(tempfile.gettempdir()) / "demix-onnx"):
+        path = folder / name
+        if path.exists():
+            return path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            model, meta = load_checkpoint(checkpoint)
+            return export_onnx(model, meta, path)
+    raise OnnxError(f"{checkpoint}: no writable folder for its ONNX export (set DEMIX_CACHE)")

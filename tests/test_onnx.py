@@ -1,0 +1,143 @@
+"""The ONNX Runtime backend: ``demix export``, parity with torch on real audio, the file's
+metadata, batched = unbatched chunk inference, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from test_cli import _env
+
+from demix import Separator, audio
+from demix.checkpoint import load_checkpoint
+from demix.data import default_data_root
+from demix.demo import demo_clip
+from demix.onnxrt import export_onnx, load_onnx
+from demix.separator import SeparationError
+
+DATA = default_data_root()
+RATE = 44100
+# Largest |torch − onnxruntime| stem sample accepted (what demix export checks too); measured
+# about 1e-7 on demix-small: float32 rounding, the same arithmetic in another order.
+TOLERANCE = 1e-4
+# Pinned dev files (the corpus grows; these stay): a speaker, a film cue, a dog.
+REAL = ("speech/librispeech/1034-121119-0000.flac", "music/macleod/Dangerous.ogg",
+        "effects/esc10/001 - Dog bark/4-182395-A.ogg")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMIX_CACHE", str(tmp_path / "cache"))  # exports of checkpoints
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory) -> Path:
+    """demix-small (the shipped model) exported to ONNX."""
+    model, meta = load_checkpoint(Path("demix/pretrained/demix-small.safetensors"))
+    return export_onnx(model, meta, tmp_path_factory.mktemp("onnx") / "demix-small.onnx")
+
+
+def _real_mix(seconds: float) -> np.ndarray:
+    """Speech + music + a dog bark from the pinned dev files, stereo 44.1 kHz."""
+    parts = []
+    for name in REAL:
+        x, _ = audio.read(DATA / name, RATE)
+        x = np.repeat(x, 2, 0) if x.shape[0] == 1 else x[:2]
+        n = int(seconds * RATE)
+        parts.append(np.pad(x, ((0, 0), (0, max(n - x.shape[1], 0))))[:, :n])
+    return (0.5 * parts[0] + 0.2 * parts[1] + 0.3 * parts[2]).astype(np.float32)
+
+
+def test_parity_with_torch_on_real_audio(small_onnx):
+    if not (DATA / "MANIFEST.csv").exists():
+        pytest.skip(f"development data not found at {DATA}")
+    mix = _real_mix(7.0)  # more than one 6-s chunk: the overlap-add too
+    reference = Separator.from_pretrained("demix-small").separate(mix, RATE, head="both")
+    onnx = Separator.from_pretrained(str(small_onnx))
+    assert onnx.backend == "onnxruntime"
+    stems = onnx.separate(mix, RATE, head="both")
+    assert set(stems) == set(reference)
+    for name, x in stems.items():
+        assert float((x - reference[name]).abs().max()) < TOLERANCE, name
+    np.testing.assert_allclose(sum(s.numpy() for k, s in stems.items() if k in
+                                   ("dialogue", "music", "effects")), mix, atol=1e-5)  # fmt: skip
+
+
+def test_export_is_self_describing(small_onnx):
+    import onnx
+
+    proto = onnx.load(str(small_onnx), load_external_data=False)
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["demix"])
+    assert meta["model"] == "dualpath" and meta["heads"]["film"] == ["dialogue", "music", "effects"]
+    assert meta["info"]["name"] == "demix-small"
+    model, loaded_meta = load_onnx(small_onnx)
+    assert loaded_meta == meta and model.heads["music"][0] == "drums"
+    names = {i.name: i.shape for i in model.session.get_inputs()}
+    assert names["spec"][0] == "batch" and names["spec"][3] == "frames"  # dynamic axes
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_batched_chunks_equal_unbatched(tiny_checkpoint, backend):
+    """Chunks of one long input through the model 1 or 3 at a time: the same stems."""
+    mix, _ = demo_clip(5.0, RATE)  # the tiny model's chunks are 2 s, hop 1 s: 4 chunks
+    stems = [
+        Separator.from_pretrained(str(tiny_checkpoint), backend=backend, batch_size=b).separate(
+            mix, RATE, head="both"
+        )
+        for b in (1, 3)
+    ]
+    for name in stems[0]:
+        torch.testing.assert_close(stems[1][name], stems[0][name], atol=1e-5, rtol=0)
+
+
+def test_cli_export_then_separate_with_onnxruntime(tiny_checkpoint, tmp_path):
+    out = tmp_path / "tiny.onnx"
+    env = dict(_env(), DEMIX_CACHE=str(tmp_path / "cache"))
+    run = subprocess.run(
+        [sys.executable, "-m", "demix.cli", "export", str(tiny_checkpoint), str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {out}" in run.stdout and "largest |torch - onnxruntime|" in run.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "demix.cli", "export", str(tiny_checkpoint), str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 2 and "exists (use --overwrite" in again.stderr
+    source = tmp_path / "clip.wav"
+    mix, _ = demo_clip(3.0, RATE)
+    sf.write(source, mix.T, RATE, subtype="FLOAT")
+    for model, backend in ((str(out), []), (str(tiny_checkpoint), ["--backend", "onnxruntime"])):
+        sep = subprocess.run(
+            [sys.executable, "-m", "demix.cli", "separate", str(source), "-o",
+             str(tmp_path / "stems"), "--model", model, *backend, "--overwrite", "-q"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert sep.returncode == 0, sep.stderr
+        total = sum(sf.read(tmp_path / "stems" / "clip" / f"{s}.wav")[0] for s in
+                    ("dialogue", "music", "effects"))  # fmt: skip
+        np.testing.assert_allclose(total, mix.T, atol=1e-5)
+    assert list((tmp_path / "cache" / "onnx").glob("tiny-*.onnx"))  # the checkpoint's export
+
+
+def test_onnx_errors_are_one_line(tiny_checkpoint, tmp_path):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(SeparationError, match="bogus.onnx: not an ONNX model"):
+        Separator.from_pretrained(str(bogus))
+    with pytest.raises(SeparationError, match="runs on the onnxruntime backend"):
+        Separator.from_pretrained(str(bogus), backend="torch")
+    with pytest.raises(SeparationError, match="unknown backend 'tensorrt'"):
+        Separator.from_pretrained(str(tiny_checkpoint), backend="tensorrt")
+    run = subprocess.run(
+        [sys.executable, "-m", "demix.cli", "export", str(tiny_checkpoint),
+         str(tmp_path / "model.pt")],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2 and "must end in .onnx" in run.stderr
