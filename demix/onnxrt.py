@@ -15,6 +15,7 @@ arithmetic in plain ops first, since that exporter has no ``aten::rms_norm`` at 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -34,6 +35,7 @@ from demix.models.spectral import mix_rms
 from demix.registry import build_model
 
 ONNX_OPSET = 17
+CACHE_KEEP = 8  # exports kept in the cache (the most recently used); older ones are removed
 _EXPORT_FRAMES = 64  # frames of the example input traced (the axis is dynamic)
 
 
@@ -206,6 +208,8 @@ def cached_export(checkpoint: str | os.PathLike) -> Path:
     for folder in (cache_dir() / "onnx", Path(tempfile.gettempdir()) / "demix-onnx"):
         path = folder / name
         if path.exists():
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: kept by the clean-up below
             return path
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -213,5 +217,10 @@ def cached_export(checkpoint: str | os.PathLike) -> Path:
             continue
         if os.access(folder, os.W_OK):
             model, meta = load_checkpoint(checkpoint)
-            return export_onnx(model, meta, path)
+            export_onnx(model, meta, path)
+            # evaluating many snapshots would otherwise fill the cache (13 MB each)
+            exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
+            for old in exports[:-CACHE_KEEP]:
+                old.unlink(missing_ok=True)
+            return path
     raise OnnxError(f"{checkpoint}: no writable folder for its ONNX export (set DEMIX_CACHE)")

@@ -162,8 +162,16 @@ def _load_onnxruntime(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
     from demix import onnxrt  # onnx and onnxruntime are imported only when asked for
 
     try:
-        return onnxrt.load_onnx(path if path.suffix == ".onnx" else onnxrt.cached_export(path),
-                                device)  # fmt: skip
+        onnx_path = path if path.suffix == ".onnx" else onnxrt.cached_export(path)
+    except onnxrt.OnnxError as exc:
+        raise SeparationError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - torch's exporter raises many types
+        text = " ".join(str(exc).split())[:200]
+        raise SeparationError(
+            f"{path}: cannot export to ONNX ({type(exc).__name__}: {text})"
+        ) from exc
+    try:
+        return onnxrt.load_onnx(onnx_path, device)
     except onnxrt.OnnxError as exc:
         raise SeparationError(str(exc)) from exc
 
@@ -267,10 +275,20 @@ class Separator:
         """
         device = check_device(device)
         path = checkpoint_path(name_or_path)
-        backend = backend or ("onnxruntime" if path.suffix == ".onnx" else DEFAULT_BACKEND)
+        asked = backend or ("onnxruntime" if path.suffix == ".onnx" else None)
+        backend = asked or DEFAULT_BACKEND
         if backend not in BACKENDS:
             raise SeparationError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
-        model, meta = BACKENDS[backend](path, device)
+        try:
+            model, meta = BACKENDS[backend](path, device)
+        except SeparationError as exc:
+            if asked is not None or backend == "torch":
+                raise
+            # The default backend is a speed choice: where it cannot run here (no
+            # onnxruntime, no CUDA provider, no writable cache), torch runs the same model.
+            warnings.warn(f"{exc}; running it on torch instead", stacklevel=2)
+            backend = "torch"
+            model, meta = BACKENDS[backend](path, device)
         return cls(model, meta, device, backend=backend, **kwargs)
 
     # ----------------------------------------------------------------- planning

@@ -141,3 +141,22 @@ def test_onnx_errors_are_one_line(tiny_checkpoint, tmp_path):
         capture_output=True, text=True, env=_env(), timeout=300,
     )  # fmt: skip
     assert run.returncode == 2 and "must end in .onnx" in run.stderr
+
+
+def test_default_backend_falls_back_to_torch_where_onnxruntime_cannot_run(
+    tiny_checkpoint, monkeypatch
+):
+    """The default backend is a speed choice: if it cannot run here, torch runs the model
+    (with a warning); a backend asked for by name fails instead."""
+    from demix import onnxrt, separator
+
+    def refuse(path):
+        raise onnxrt.OnnxError(f"{path}: no writable folder for its ONNX export")
+
+    monkeypatch.setattr(separator, "DEFAULT_BACKEND", "onnxruntime")
+    monkeypatch.setattr(onnxrt, "cached_export", refuse)
+    with pytest.warns(UserWarning, match="no writable folder.*running it on torch instead"):
+        sep = Separator.from_pretrained(str(tiny_checkpoint))
+    assert sep.backend == "torch"
+    with pytest.raises(SeparationError, match="no writable folder"):
+        Separator.from_pretrained(str(tiny_checkpoint), backend="onnxruntime")
