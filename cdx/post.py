@@ -180,7 +180,7 @@ def post_file(
             )
             result.outputs.append(str(remix_path))
     except (audio.AudioError, SeparationError, OSError, ValueError) as exc:
-        result.status, result.error = "failed", _one_line(exc, path)
+        result.status, result.error = "failed", audio.one_line_error(exc, path)
     result.seconds_taken = round(time.time() - started, 2)
     return result
 
@@ -602,7 +602,7 @@ def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence
         "deliver": [DELIVERABLES[d] for d in deliver],
         "inputs": [asdict(r) for r in results],
     }
-    _atomic_text(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
+    audio.write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
     columns = ["file", "status", "error", "duration_s", "sample_rate", "bit_depth", "layout",
                "seconds_taken", "dialogue_to_me_db", "clipped_samples"]  # fmt: skip
     remix_keys = ["lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db"]
@@ -615,7 +615,7 @@ def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence
         row += [r.levels.get(k, {}).get(m, "") for k in keys for m in ("lufs", "dbtp", "lra")]
         row += [r.remix.get(k, "") for k in remix_keys]
         writer.writerow(["" if v is None else v for v in row])
-    _atomic_text(out_dir / "report.csv", text.getvalue())
+    audio.write_text_atomic(out_dir / "report.csv", text.getvalue())
 
 
 def describe_metadata(path: str | os.PathLike) -> str:
@@ -700,18 +700,3 @@ _LIBC = None
 
 def _finite(value: float) -> float | None:
     return round(float(value), 2) if np.isfinite(value) else None
-
-
-def _one_line(exc: BaseException, path: Path) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if str(path) in text else f"{path}: {text}"
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = audio.temporary_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

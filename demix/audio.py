@@ -535,6 +535,24 @@ def temporary_path(path: Path) -> Path:
     return Path(tmp)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file (a report) under a temporary name, then rename it into place."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def one_line_error(exc: BaseException, path: str | os.PathLike) -> str:
+    """``exc`` as one line that names ``path`` (prefixed with it unless the text has it)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if str(path) in text else f"{path}: {text}"
+
+
 class AtomicWriter:
     """Write a sound file block by block under a temporary name; rename it on ``commit``.
 

@@ -126,6 +126,11 @@ def cmd_separate(args: argparse.Namespace) -> int:
     except (SeparationError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
         return 2
+    if args.ray is not None:
+        if args.overlap is not None:
+            options["overlap_seconds"] = args.overlap * sep.chunk_samples / sep.sample_rate
+        del sep  # each Ray actor loads its own
+        return _separate_on_ray(args, inputs, out_dir, options)
     files = audio.find_inputs(inputs)
     ok, failed = [], []
     taken: dict[Path, Path] = {}  # stem file → the input that writes it
@@ -190,6 +195,53 @@ def cmd_separate(args: argparse.Namespace) -> int:
         f"stems in {out_dir}/"
     )
     return 0 if not failed and files else 1
+
+
+def _separate_on_ray(
+    args: argparse.Namespace, inputs: list[str], out_dir: Path, options: dict
+) -> int:
+    """``demix separate --ray``: the batch on a Ray cluster (``demix.catalogue``)."""
+    from demix.catalogue import separate_catalogue
+    from demix.separator import SeparationError
+
+    bar = tqdm(
+        total=0.0, unit="s", dynamic_ncols=True, disable=args.quiet, file=sys.stderr,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
+        "[{elapsed}<{remaining}]",
+    )  # fmt: skip
+
+    def progress(done_s: float, total_s: float, files_done: int, files: int) -> None:
+        bar.total, bar.n = round(total_s, 1), round(done_s, 1)
+        bar.set_description_str(f"{files_done}/{files} files", refresh=False)
+        bar.refresh()
+
+    try:
+        results = separate_catalogue(
+            inputs, out_dir, model=args.model, head=args.head, stems=_parse_stems(args.stems),
+            fmt=args.format, bit_depth=args.bit_depth, filename=args.filename,
+            bitrate_kbps=args.mp3_bitrate, overwrite=args.overwrite,
+            address=None if args.ray == "local" else args.ray, workers=args.workers,
+            threads_per_worker=args.jobs or 1, device=args.device, backend=args.backend,
+            separator_options=options, progress=progress,
+        )  # fmt: skip
+    except (SeparationError, audio.AudioError, ValueError) as exc:
+        bar.close()
+        print(f"demix: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        bar.close()
+        print("demix: interrupted; finished inputs are kept, a rerun skips them", file=sys.stderr)
+        return 130
+    bar.close()
+    for r in results:
+        if r.status == "failed":
+            print(f"demix: error: {r.error}", file=sys.stderr)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    print(
+        f"done: {counts['done']} separated, {counts['skipped']} skipped (stems already there), "
+        f"{counts['failed']} failed; report in {out_dir / 'report.csv'}"
+    )
+    return 1 if counts["failed"] or not results else 0
 
 
 def cmd_post(args: argparse.Namespace) -> int:
@@ -488,6 +540,21 @@ def build_parser() -> argparse.ArgumentParser:
         "wants more; memory grows with it; default 4)",
     )
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU threads (default: all)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="separate on a Ray cluster: no ADDRESS starts a local one, else auto or "
+        "ray://HOST:10001; finished inputs are skipped, OUT/report.csv lists every input",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --ray: actors, each with the model loaded once (default: as many as the "
+        "cluster's CPUs hold at --jobs threads each, or one per GPU)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing stems")
     p.add_argument(
         "--demo",

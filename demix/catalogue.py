@@ -1,0 +1,244 @@
+"""Catalogue-scale separation on a Ray cluster: ``demix separate IN... -o OUT --ray [ADDRESS]``.
+
+The driver lists the inputs (folders recursively, as ``demix separate`` does), skips those
+whose stems are all there already (so a rerun resumes), and hands the rest to a pool of Ray
+actors, each holding one loaded ``Separator`` (the model is loaded once per actor, on the CPUs
+or the GPU Ray gives it). Each actor runs ``Separator.separate_file`` on whole files: long ones
+are streamed in flat memory and every stem is written under a temporary name and renamed when
+complete, as without Ray. One bad file is one "failed" row, never the end of the batch; an
+actor that dies is replaced and its file reported failed. Every input ends up in
+``OUT/report.csv`` and ``OUT/report.json``: status, duration, seconds taken, the worker.
+
+Without an address a local cluster is started for the run (and stopped after it); with one
+(``auto``, ``ray://head:10001``) the run joins an existing cluster, whose nodes must have demix
+installed and see the inputs and ``OUT`` at the same paths (a shared file system).
+Ray is optional (``pip install demix[ray]``); nothing here imports it until a run starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from demix import audio
+from demix.separator import SeparationError, Separator, stem_paths
+
+
+@dataclass
+class CatalogueResult:
+    """One input's row of the report."""
+
+    file: str
+    status: str  # "done", "skipped" (its stems were already there) or "failed"
+    error: str = ""
+    duration_s: float = 0.0
+    seconds_taken: float = 0.0
+    worker: str = ""  # host:pid of the actor that ran it
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Job:
+    file: str  # as the driver lists it (the report's name for it)
+    path: str  # absolute
+    out_dir: str  # absolute
+    duration_s: float
+
+
+class _Worker:
+    """A Ray actor's state: one loaded separator, and what each file is separated with."""
+
+    def __init__(self, model: str, device: str, backend: str | None, options: dict,
+                 threads: int, settings: dict):  # fmt: skip
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.separator = Separator.from_pretrained(model, device=device, backend=backend, **options)
+        self.settings = settings
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(self, job: _Job) -> CatalogueResult:
+        started = time.time()
+        result = CatalogueResult(job.file, "done", duration_s=job.duration_s, worker=self.name)
+        try:
+            written = self.separator.separate_file(job.path, job.out_dir, **self.settings)
+            result.outputs = [str(p) for p in written.values()]
+        except (audio.AudioError, SeparationError, OSError) as exc:
+            result.status, result.error = "failed", audio.one_line_error(exc, job.path)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+            result.status = "failed"
+            result.error = f"{job.path}: unexpected failure ({type(exc).__name__}: {exc})"
+        result.seconds_taken = round(time.time() - started, 2)
+        return result
+
+
+def separate_catalogue(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    model: str = "demix-small",
+    head: str = "film",
+    stems: Sequence[str] | None = None,
+    fmt: str = "wav",
+    bit_depth: str | None = None,
+    filename: str = "{track}/{stem}.{ext}",
+    bitrate_kbps: int = 320,
+    overwrite: bool = False,
+    address: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    device: str = "cpu",
+    backend: str | None = None,
+    separator_options: dict[str, Any] | None = None,
+    progress: Callable[[float, float, int, int], None] | None = None,
+) -> list[CatalogueResult]:
+    """Separate every input on a Ray cluster; returns (and writes) the report.
+
+    Args:
+        inputs: files or folders (searched recursively, subfolders mirrored under
+            ``out_dir``, as ``demix separate`` does).
+        out_dir: the output root, reachable at this path from every node.
+        model, head, stems, fmt, bit_depth, filename, bitrate_kbps: as ``demix separate``.
+        overwrite: separate again inputs whose stems are there (otherwise they are skipped).
+        address: a running cluster (``auto``, ``ray://host:10001``); None starts a local one.
+        workers: actors (default: as many as the cluster's CPUs hold, or one per GPU).
+        threads_per_worker: torch threads (and Ray CPUs) of each actor.
+        device: "cpu", or "cuda" for one GPU per actor.
+        backend: as ``Separator.from_pretrained``.
+        separator_options: more ``Separator`` arguments (``batch_size``, ``shifts``, ...).
+        progress: called with (audio seconds done, audio seconds in all, files done, files).
+
+    Raises:
+        SeparationError: Ray is not installed or the cluster cannot be reached; bad
+            settings (checked on the driver before any work).
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise SeparationError("--ray needs Ray: pip install 'demix[ray]'") from exc
+    out_dir = Path(out_dir)
+    # checked here, before any work: the model, head and stems (and their output names)
+    outputs = Separator.from_pretrained(model, backend=backend).plan(head, stems).outputs
+    settings = dict(head=head, stems=list(stems) if stems else None, fmt=fmt,
+                    bit_depth=bit_depth, overwrite=overwrite, filename=filename,
+                    bitrate_kbps=bitrate_kbps)  # fmt: skip
+    audio.subtype_for(fmt, bit_depth or "24")  # a bad format or depth: refused up front
+    jobs, results = _plan(inputs, out_dir, outputs, fmt, filename, overwrite)
+    total_s = sum(j.duration_s for j in jobs)
+    done_s, files = 0.0, len(jobs) + len(results)
+    if progress is not None:
+        progress(0.0, total_s, len(results), files)
+    started_here = False
+    if jobs:
+        if not ray.is_initialized():
+            try:
+                if address is None:  # a local cluster for this run, on this machine only
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                             _node_ip_address="127.0.0.1", logging_level="ERROR")  # fmt: skip
+                else:
+                    ray.init(address=address, logging_level="ERROR")
+            except Exception as exc:  # noqa: BLE001 - Ray raises many kinds here
+                where = address or "a local cluster"
+                raise SeparationError(f"cannot start Ray on {where}: {exc}") from exc
+            started_here = True
+        try:
+            gpu = device.startswith("cuda")
+            actor_cls = ray.remote(num_cpus=threads_per_worker, num_gpus=1 if gpu else 0)(_Worker)
+            if workers is None:
+                free = ray.cluster_resources()
+                workers = int(free.get("GPU", 0)) if gpu else int(
+                    free.get("CPU", 1) // max(threads_per_worker, 1)
+                )  # fmt: skip
+            count = max(1, min(workers, len(jobs)))
+            args = (model, device, backend, separator_options or {}, threads_per_worker, settings)
+
+            def spawn():
+                return actor_cls.remote(*args)
+
+            idle = [spawn() for _ in range(count)]
+            pending, running = deque(jobs), {}
+            while pending or running:
+                while idle and pending:
+                    actor, job = idle.pop(), pending.popleft()
+                    running[actor.run.remote(job)] = (actor, job)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                actor, job = running.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                    idle.append(actor)
+                except ray.exceptions.RayActorError as exc:  # the actor died (killed, OOM)
+                    result = CatalogueResult(job.file, "failed", duration_s=job.duration_s)
+                    result.error = f"{job.file}: the worker separating it died ({_first(exc)})"
+                    idle.append(spawn())
+                except ray.exceptions.RayError as exc:
+                    result = CatalogueResult(job.file, "failed", duration_s=job.duration_s)
+                    result.error = f"{job.file}: {_first(exc)}"
+                    idle.append(actor)
+                results.append(result)
+                done_s += job.duration_s
+                if progress is not None:
+                    progress(done_s, total_s, len(results), files)
+        finally:
+            if started_here:
+                ray.shutdown()
+    order = {str(p): i for i, (p, _) in enumerate(audio.find_inputs([str(i) for i in inputs]))}
+    results.sort(key=lambda r: order.get(r.file, len(order)))
+    write_report(results, out_dir)
+    return results
+
+
+def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bool):
+    """The jobs to run, and the rows already known (skipped, or stems clashing with another
+    input's)."""
+    jobs, results = [], []
+    taken: dict[Path, Path] = {}
+    for path, subfolder in audio.find_inputs([str(i) for i in inputs]):
+        folder = out_dir / subfolder
+        targets = stem_paths(path, folder, outputs, fmt, filename)
+        clash = next((taken[t] for t in targets.values() if t in taken), None)
+        if clash is not None:
+            results.append(CatalogueResult(str(path), "failed", error=(
+                f"{path}: its stems would go where those of {clash} go (use a --filename "
+                "with {trackext})")))  # fmt: skip
+            continue
+        taken.update(dict.fromkeys(targets.values(), path))
+        try:
+            duration = audio.info(path).seconds
+        except (audio.AudioError, OSError):
+            duration = 0.0  # the worker reports the reason
+        if not overwrite and all(t.exists() for t in targets.values()):
+            results.append(CatalogueResult(str(path), "skipped", duration_s=duration,
+                                           outputs=[str(t) for t in targets.values()]))  # fmt: skip
+            continue
+        # absolute paths for the workers (other processes, maybe other machines)
+        jobs.append(_Job(str(path), str(Path(path).resolve()), str(folder.resolve()), duration))
+    return jobs, results
+
+
+def write_report(results: Sequence[CatalogueResult], out_dir: str | os.PathLike) -> None:
+    """``report.json`` (every field) and ``report.csv`` (one row per input), atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in results]
+    audio.write_text_atomic(out_dir / "report.json", json.dumps({"inputs": rows}, indent=2) + "\n")
+    text = io.StringIO()
+    columns = ["file", "status", "error", "duration_s", "seconds_taken", "worker", "outputs"]
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([";".join(row[c]) if c == "outputs" else row[c] for c in columns])
+    audio.write_text_atomic(out_dir / "report.csv", text.getvalue())
+
+
+def _first(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__

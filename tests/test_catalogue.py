@@ -1,0 +1,58 @@
+"""``demix separate --ray``: a batch on a local Ray cluster that the run starts on loopback and
+stops, with a bad file in it, then a resumed rerun that skips what is done."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_cli import _env
+
+from demix.demo import demo_clip
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'demix[ray]')")
+RATE = 44100
+STEMS = ("dialogue", "music", "effects")
+
+
+def test_ray_batch_with_a_bad_file_then_a_resumed_rerun(tiny_checkpoint, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "act2").mkdir(parents=True)
+    mixes = {}
+    for name, seconds in (("a", 2.0), ("act2/b", 3.0)):
+        mixes[name], _ = demo_clip(seconds, RATE)
+        sf.write(inputs / f"{name}.wav", mixes[name].T, RATE, subtype="FLOAT")
+    (inputs / "bad.wav").write_text("not audio")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "demix.cli", "separate", str(inputs), "-o", str(out),
+           "--model", str(tiny_checkpoint), "--ray", "--workers", "2", "-q"]  # fmt: skip
+    env = dict(_env(), DEMIX_CACHE=str(tmp_path / "cache"))
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert run.returncode == 1, run.stderr  # one input failed, the others were separated
+    assert "bad.wav" in run.stderr and "2 separated, 0 skipped" in run.stdout
+    for name, mix in mixes.items():
+        total = sum(sf.read(out / name / f"{s}.wav")[0] for s in STEMS)
+        np.testing.assert_allclose(total, mix.T, atol=1e-5)  # stems sum to the input
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "report.csv").open())}
+    assert rows["a.wav"]["status"] == "done" and rows["b.wav"]["status"] == "done"
+    assert rows["bad.wav"]["status"] == "failed" and "bad.wav" in rows["bad.wav"]["error"]
+    assert float(rows["b.wav"]["duration_s"]) == pytest.approx(3.0)
+    assert float(rows["a.wav"]["seconds_taken"]) > 0 and rows["a.wav"]["worker"]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["inputs"]) == 3
+    assert not list(out.rglob(".*.tmp"))  # every stem written whole
+
+    first = (out / "a" / "dialogue.wav").stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert again.returncode == 1 and "0 separated, 2 skipped" in again.stdout
+    assert (out / "a" / "dialogue.wav").stat().st_mtime_ns == first  # not redone
+    statuses = {
+        Path(r["file"]).name: r["status"] for r in csv.DictReader((out / "report.csv").open())
+    }
+    assert statuses == {"a.wav": "skipped", "b.wav": "skipped", "bad.wav": "failed"}
