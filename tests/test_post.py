@@ -180,6 +180,12 @@ def test_batch_resumes_keeps_going_and_reports(tiny, tmp_path):
     assert report["deliver"] == ["DX", "ME"] and len(report["inputs"]) == 3
     again = post_batch(tiny, [reels], out)
     assert [r.status for r in again] == ["skipped", "failed", "skipped"]
+    write_reel(tmp_path / "other" / "r1.wav", "stereo", seconds=1.0, bits="16")
+    same_name = post_batch(
+        tiny, [reels / "r1.wav", tmp_path / "other" / "r1.wav"], tmp_path / "flat"
+    )
+    assert [r.status for r in same_name] == ["done", "failed"]  # not "skipped" as complete
+    assert "would be those of" in same_name[1].error and str(reels / "r1.wav") in same_name[1].error
 
 
 @pytest.mark.parametrize(
