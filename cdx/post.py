@@ -173,7 +173,7 @@ def post_file(
             if target.resolve() == path.resolve():
                 raise SeparationError(f"{target}: output would overwrite the input")
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write(separator, path, meta, layout, names, targets, result, progress, overwrite)
+        _write(separator, path, meta, layout, names, targets, result, progress)
         if dialogue_gain_db is not None:
             result.remix = accessible_remix(
                 targets["dx"], targets["me"], remix_path, dialogue_gain_db, normalise
@@ -185,7 +185,7 @@ def post_file(
     return result
 
 
-def _write(separator, path, meta, layout, names, targets, result, progress, overwrite) -> None:
+def _write(separator, path, meta, layout, names, targets, result, progress) -> None:
     """Stream the separation into the deliverables (all or nothing), continuing an
     interrupted run's partial files where its resume checkpoint allows (``_Resume``)."""
     integer = meta.bit_depth in ("16", "24")
@@ -195,8 +195,30 @@ def _write(separator, path, meta, layout, names, targets, result, progress, over
         d: LoudnessMeter(meta.sample_rate, meta.channels, weights_for(names))
         for d in (*targets, "mix")
     }
-    resume = _Resume(separator, path, meta, targets, fresh=overwrite)
+    # A checkpoint of this very input, model and deliverables is continued even with
+    # --overwrite: what it holds is what redoing would write.
+    resume = _Resume(separator, path, meta, targets)
+    writers: dict[str, wav.WavWriter] = {}
+
+    def open_writers(frames: int) -> None:
+        for d, target in targets.items():
+            writers[d] = wav.WavWriter(
+                target, meta.sample_rate, meta.channels, meta.bit_depth,
+                layout.channel_mask, layout.chunks, resume.partials[d], frames,
+            )  # fmt: skip
+
     done = resume.frames  # frames already in the partial files
+    try:
+        open_writers(done)
+    except (audio.AudioError, OSError):
+        for writer in writers.values():
+            writer.abort()
+        writers.clear()
+        if not done:
+            raise
+        resume.discard()  # partial files that do not match their checkpoint: start over
+        done = 0
+        open_writers(0)
     position = separator.restart_point(meta.sample_rate, done) if done else 0
     if done:
         result.resumed_from_s = round(done / meta.sample_rate, 3)
@@ -204,7 +226,6 @@ def _write(separator, path, meta, layout, names, targets, result, progress, over
         if progress is not None:
             progress(done / meta.sample_rate)
     history_frames = int(0.01 * meta.sample_rate)  # refills the true-peak oversamplers
-    writers: dict[str, wav.WavWriter] = {}
     committed: list[Path] = []
     pending: deque[np.ndarray] = deque()
     consistent = not done  # the meters are where the files are (on resume: once restored)
@@ -216,11 +237,6 @@ def _write(separator, path, meta, layout, names, targets, result, progress, over
             yield block
 
     try:
-        for d, target in targets.items():
-            writers[d] = wav.WavWriter(
-                target, meta.sample_rate, meta.channels, meta.bit_depth,
-                layout.channel_mask, layout.chunks, resume.partials[d], done,
-            )  # fmt: skip
         stems = separator.stream(
             blocks(), meta.sample_rate, meta.channels, "film", channel_plan=plan
         )
@@ -262,15 +278,20 @@ def _write(separator, path, meta, layout, names, targets, result, progress, over
             if time.monotonic() - saved_at >= RESUME_EVERY_S:
                 resume.save(writers, meters, result.clipped_samples)
                 saved_at = time.monotonic()
-        for d, writer in writers.items():
-            writer.commit()
-            committed.append(targets[d])
-        resume.discard()
-    except KeyboardInterrupt:  # also SIGTERM (the CLI): keep what a rerun can continue
-        if consistent and len(writers) == len(targets):
-            resume.save(writers, meters, result.clipped_samples)
+        with _interrupts_held():  # all deliverables or none, then no checkpoint
+            for d, writer in writers.items():
+                writer.commit()
+                committed.append(targets[d])
+            resume.discard()
+    except (KeyboardInterrupt, OSError):  # also SIGTERM (the CLI), a full disk: keep what a
+        # rerun can continue (it cuts the files back to the checkpoint)
+        if consistent and len(writers) == len(targets) and min(w.frames for w in
+                                                                writers.values()) > 0:  # fmt: skip
+            with contextlib.suppress(Exception):  # the interruption is what matters
+                resume.save(writers, meters, result.clipped_samples)
         for writer in writers.values():
-            writer.close()
+            with contextlib.suppress(Exception):
+                writer.close()
         if not resume.saved:  # nothing a rerun could continue
             resume.discard()
         raise
@@ -307,16 +328,18 @@ class _Resume:
         separator: the model that will run.
         path, meta: the input and what ``audio.info`` says of it.
         targets: deliverable → final path.
-        fresh: ignore (and remove) any checkpoint (``--overwrite``).
     """
 
-    def __init__(self, separator, path: Path, meta, targets: dict[str, Path], fresh: bool):
+    FORMAT = 1  # of the checkpoint file
+
+    def __init__(self, separator, path: Path, meta, targets: dict[str, Path]):
         out_dir = next(iter(targets.values())).parent
         self.file = out_dir / f".{path.stem}.demix-post.npz"
         self.partials = {d: t.with_name(f".{t.name}.partial") for d, t in targets.items()}
         stat = path.stat()
         self.fingerprint = json.dumps(
             {
+                "checkpoint": self.FORMAT,
                 "input": str(path.resolve()),
                 "bytes": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns,
@@ -331,15 +354,18 @@ class _Resume:
         self.frames, self.clipped_samples = 0, 0
         self.saved = False  # a checkpoint on disk matches the partial files
         self.meters: dict[str, dict[str, np.ndarray]] = {}
-        if not fresh:
-            self._load(meta.frames)
+        self._load(meta.frames)
+        if not self.saved:  # starting over: partial files of an earlier, other run go
+            self.file.unlink(missing_ok=True)
+            for stray in out_dir.glob(f".{path.stem}_*.wav.partial"):
+                stray.unlink(missing_ok=True)
 
     def _load(self, total_frames: int) -> None:
         try:
             with np.load(self.file, allow_pickle=False) as saved:
                 arrays = {k: saved[k] for k in saved.files}
-        except (OSError, ValueError, EOFError):
-            return  # none, or unreadable: start over
+        except Exception:  # noqa: BLE001 - none, truncated or not ours: start over
+            return
         frames = int(arrays.pop("frames", -1))
         if (
             str(arrays.pop("fingerprint", "")) != self.fingerprint
@@ -347,11 +373,12 @@ class _Resume:
             or not all(p.exists() for p in self.partials.values())
         ):
             return
-        self.frames, self.saved = frames, True
-        self.clipped_samples = int(arrays.pop("clipped_samples", 0))
+        meters: dict[str, dict[str, np.ndarray]] = {}
         for key, value in arrays.items():  # "<meter>/<array>"
-            meter, name = key.split("/", 1)
-            self.meters.setdefault(meter, {})[name] = value
+            meter, _, name = key.partition("/")
+            meters.setdefault(meter, {})[name] = value
+        self.clipped_samples = int(meters.pop("clipped_samples", {}).get("", 0))
+        self.frames, self.saved, self.meters = frames, True, meters
 
     def save(self, writers: dict, meters: dict, clipped_samples: int) -> None:
         """Sync the partial files, then record (atomically) what they hold."""
@@ -378,6 +405,7 @@ class _Resume:
 
     def discard(self) -> None:
         """Remove the checkpoint (the deliverables are complete, or failed for good)."""
+        self.saved = False
         self.file.unlink(missing_ok=True)
         for partial in self.partials.values():
             partial.unlink(missing_ok=True)

@@ -498,6 +498,8 @@ class Separator:
         at other rates the restarted resamplers differ by about 3e-7, which came out of a
         small model as 6e-6 of full scale (-104 dBFS).
         """
+        if self.shifts > 1:
+            return 0  # the shifts' random offsets start again: only a whole rerun is the same
         g = math.gcd(sample_rate, self.sample_rate)
         unit_in, unit_model = sample_rate // g, self.sample_rate // g  # a common instant
         step = unit_in * (self.hop_samples // math.gcd(self.hop_samples, unit_model))

@@ -260,6 +260,20 @@ def test_a_checkpoint_for_another_input_or_model_is_not_resumed(tiny, tmp_path, 
     assert again.status == "done" and again.resumed_from_s == 0
     assert sf.info(str(out / "reel_DX.wav")).frames == sf.read(source)[0].shape[0]
     assert sorted(p.name for p in out.iterdir()) == ["reel_DX.wav", "reel_ME.wav"]
+    # a truncated checkpoint (a crash while it was written elsewhere) and a partial file that
+    # is not a WAV: the run starts over instead of failing
+    with pytest.raises(KeyboardInterrupt):
+        post_file(tiny, source, out / "2", progress=stop)
+    checkpoint = out / "2" / ".reel.demix-post.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    assert post_file(tiny, source, out / "2").resumed_from_s == 0
+    with pytest.raises(KeyboardInterrupt):
+        post_file(tiny, source, out / "3", progress=stop)
+    (out / "3" / ".reel_DX.wav.partial").write_bytes(b"garbage")
+    third = post_file(tiny, source, out / "3")
+    assert third.status == "done" and third.resumed_from_s == 0, third.error
+    for folder in (out / "2", out / "3"):
+        assert sorted(p.name for p in folder.iterdir()) == ["reel_DX.wav", "reel_ME.wav"]
 
 
 def test_cli_post_and_check(tiny_checkpoint, tmp_path):
