@@ -17,6 +17,7 @@ Ray is optional (``pip install demix[ray]``); nothing here imports it until a ru
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -47,11 +48,24 @@ class CatalogueResult:
 
 
 @dataclass(frozen=True)
-class _Job:
+class _File:
     file: str  # as the driver lists it (the report's name for it)
     path: str  # absolute
     out_dir: str  # absolute
     duration_s: float
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Files one actor separates in turn: those whose stems share an output folder (a
+    ``--filename`` without a folder per track) go together, since ``separate_file`` locks
+    the folders it writes to."""
+
+    files: tuple[_File, ...]
+
+    @property
+    def duration_s(self) -> float:
+        return sum(f.duration_s for f in self.files)
 
 
 class _Worker:
@@ -66,19 +80,29 @@ class _Worker:
         self.settings = settings
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, job: _Job) -> CatalogueResult:
+    def ready(self) -> str:
+        """The actor's name, once its model is loaded."""
+        return self.name
+
+    def run(self, job: _Job) -> list[CatalogueResult]:
+        return [self._one(f) for f in job.files]
+
+    def _one(self, item: _File) -> CatalogueResult:
         started = time.time()
-        result = CatalogueResult(job.file, "done", duration_s=job.duration_s, worker=self.name)
+        result = CatalogueResult(item.file, "done", duration_s=item.duration_s, worker=self.name)
         try:
-            written = self.separator.separate_file(job.path, job.out_dir, **self.settings)
+            written = self.separator.separate_file(item.path, item.out_dir, **self.settings)
             result.outputs = [str(p) for p in written.values()]
         except (audio.AudioError, SeparationError, OSError) as exc:
-            result.status, result.error = "failed", audio.one_line_error(exc, job.path)
+            result.status, result.error = "failed", audio.one_line_error(exc, item.path)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
             result.status = "failed"
-            result.error = f"{job.path}: unexpected failure ({type(exc).__name__}: {exc})"
+            result.error = f"{item.path}: unexpected failure ({type(exc).__name__}: {exc})"
         result.seconds_taken = round(time.time() - started, 2)
         return result
+
+
+READY_TIMEOUT_S = 300.0  # for the actors to be placed and load the model
 
 
 def separate_catalogue(
@@ -112,14 +136,15 @@ def separate_catalogue(
         address: a running cluster (``auto``, ``ray://host:10001``); None starts a local one.
         workers: actors (default: as many as the cluster's CPUs hold, or one per GPU).
         threads_per_worker: torch threads (and Ray CPUs) of each actor.
-        device: "cpu", or "cuda" for one GPU per actor.
+        device: "cpu", or "cuda" for one GPU per actor (Ray picks which).
         backend: as ``Separator.from_pretrained``.
         separator_options: more ``Separator`` arguments (``batch_size``, ``shifts``, ...).
         progress: called with (audio seconds done, audio seconds in all, files done, files).
 
     Raises:
-        SeparationError: Ray is not installed or the cluster cannot be reached; bad
-            settings (checked on the driver before any work).
+        SeparationError: Ray is not installed, the cluster cannot be reached or has no room
+            for one actor, the actors cannot load the model; bad settings (checked on the
+            driver, on its CPU, before any work).
     """
     try:
         import ray
@@ -132,9 +157,10 @@ def separate_catalogue(
                     bit_depth=bit_depth, overwrite=overwrite, filename=filename,
                     bitrate_kbps=bitrate_kbps)  # fmt: skip
     audio.subtype_for(fmt, bit_depth or "24")  # a bad format or depth: refused up front
+    gpu = device.startswith("cuda")
     jobs, results = _plan(inputs, out_dir, outputs, fmt, filename, overwrite)
     total_s = sum(j.duration_s for j in jobs)
-    done_s, files = 0.0, len(jobs) + len(results)
+    done_s, files = 0.0, sum(len(j.files) for j in jobs) + len(results)
     if progress is not None:
         progress(0.0, total_s, len(results), files)
     started_here = False
@@ -142,7 +168,10 @@ def separate_catalogue(
         if not ray.is_initialized():
             try:
                 if address is None:  # a local cluster for this run, on this machine only
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                    cpus = (
+                        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+                    )
+                    ray.init(num_cpus=cpus, include_dashboard=False,
                              _node_ip_address="127.0.0.1", logging_level="ERROR")  # fmt: skip
                 else:
                     ray.init(address=address, logging_level="ERROR")
@@ -151,39 +180,44 @@ def separate_catalogue(
                 raise SeparationError(f"cannot start Ray on {where}: {exc}") from exc
             started_here = True
         try:
-            gpu = device.startswith("cuda")
+            resources = ray.cluster_resources()
+            if gpu and resources.get("GPU", 0) < 1:
+                raise SeparationError("--device cuda: the Ray cluster has no GPU")
+            if threads_per_worker > resources.get("CPU", 0):
+                raise SeparationError(
+                    f"--jobs {threads_per_worker}: the Ray cluster has "
+                    f"{resources.get('CPU', 0):g} CPUs"
+                )
             actor_cls = ray.remote(num_cpus=threads_per_worker, num_gpus=1 if gpu else 0)(_Worker)
             if workers is None:
-                free = ray.cluster_resources()
-                workers = int(free.get("GPU", 0)) if gpu else int(
-                    free.get("CPU", 1) // max(threads_per_worker, 1)
+                workers = int(resources.get("GPU", 0)) if gpu else int(
+                    resources.get("CPU", 1) // max(threads_per_worker, 1)
                 )  # fmt: skip
-            count = max(1, min(workers, len(jobs)))
-            args = (model, device, backend, separator_options or {}, threads_per_worker, settings)
-
-            def spawn():
-                return actor_cls.remote(*args)
-
-            idle = [spawn() for _ in range(count)]
+            args = ("cuda" if gpu else device, backend, separator_options or {},
+                    threads_per_worker, settings)  # fmt: skip
+            idle = _start_actors(ray, actor_cls, (model, *args), max(1, min(workers, len(jobs))))
             pending, running = deque(jobs), {}
             while pending or running:
                 while idle and pending:
                     actor, job = idle.pop(), pending.popleft()
                     running[actor.run.remote(job)] = (actor, job)
+                if not running:  # every actor died: report the rest as failed
+                    for job in pending:
+                        results += _failed(job, "no worker is left to separate it")
+                    break
                 ready, _ = ray.wait(list(running), num_returns=1)
                 actor, job = running.pop(ready[0])
                 try:
-                    result = ray.get(ready[0])
+                    batch = ray.get(ready[0])
                     idle.append(actor)
                 except ray.exceptions.RayActorError as exc:  # the actor died (killed, OOM)
-                    result = CatalogueResult(job.file, "failed", duration_s=job.duration_s)
-                    result.error = f"{job.file}: the worker separating it died ({_first(exc)})"
-                    idle.append(spawn())
+                    batch = _failed(job, f"the worker separating it died ({_first(exc)})")
+                    with contextlib.suppress(SeparationError):
+                        idle += _start_actors(ray, actor_cls, (model, *args), 1)
                 except ray.exceptions.RayError as exc:
-                    result = CatalogueResult(job.file, "failed", duration_s=job.duration_s)
-                    result.error = f"{job.file}: {_first(exc)}"
+                    batch = _failed(job, _first(exc))
                     idle.append(actor)
-                results.append(result)
+                results += batch
                 done_s += job.duration_s
                 if progress is not None:
                     progress(done_s, total_s, len(results), files)
@@ -196,10 +230,39 @@ def separate_catalogue(
     return results
 
 
+def _start_actors(ray, actor_cls, args: tuple, count: int) -> list:
+    """``count`` actors that have loaded the model (those not placed or loaded within
+    ``READY_TIMEOUT_S`` are given up); raises SeparationError when none could start."""
+    actors = [actor_cls.remote(*args) for _ in range(count)]
+    waiting = {actor.ready.remote(): actor for actor in actors}
+    ready, late = ray.wait(list(waiting), num_returns=len(waiting), timeout=READY_TIMEOUT_S)
+    started, errors = [], []
+    for ref in ready:
+        try:
+            ray.get(ref)
+            started.append(waiting[ref])
+        except ray.exceptions.RayError as exc:  # the model did not load there
+            errors.append(_first(exc))
+    for ref in late:  # never placed (no room for its CPUs or GPU) or still loading
+        ray.kill(waiting[ref])
+    if not started:
+        why = errors[0] if errors else (
+            f"none was placed within {READY_TIMEOUT_S:g} s: does the cluster have the CPUs "
+            "(--jobs) or GPUs (--device) each worker asks for?"
+        )  # fmt: skip
+        raise SeparationError(f"no Ray worker could start: {why}")
+    return started
+
+
+def _failed(job: _Job, why: str) -> list[CatalogueResult]:
+    return [CatalogueResult(f.file, "failed", error=f"{f.file}: {why}", duration_s=f.duration_s)
+            for f in job.files]  # fmt: skip
+
+
 def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bool):
-    """The jobs to run, and the rows already known (skipped, or stems clashing with another
-    input's)."""
-    jobs, results = [], []
+    """The jobs to run (files grouped by shared output folders), and the rows already known
+    (skipped, or stems clashing with another input's)."""
+    items, results = [], []
     taken: dict[Path, Path] = {}
     for path, subfolder in audio.find_inputs([str(i) for i in inputs]):
         folder = out_dir / subfolder
@@ -220,8 +283,28 @@ def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bo
                                            outputs=[str(t) for t in targets.values()]))  # fmt: skip
             continue
         # absolute paths for the workers (other processes, maybe other machines)
-        jobs.append(_Job(str(path), str(Path(path).resolve()), str(folder.resolve()), duration))
-    return jobs, results
+        item = _File(str(path), str(Path(path).resolve()), str(folder.resolve()), duration)
+        items.append((item, {t.parent for t in targets.values()}))
+    # files whose stems share a folder: one job (union-find over the folders)
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[Path, int] = {}
+    for i, (_, folders) in enumerate(items):
+        for folder in folders:
+            if folder in owner:
+                parent[root(i)] = root(owner[folder])
+            else:
+                owner[folder] = i
+    groups: dict[int, list[_File]] = {}
+    for i, (item, _) in enumerate(items):
+        groups.setdefault(root(i), []).append(item)
+    return [_Job(tuple(files)) for files in groups.values()], results
 
 
 def write_report(results: Sequence[CatalogueResult], out_dir: str | os.PathLike) -> None:

@@ -6,8 +6,10 @@ Exit status: 0 when every input succeeded, 1 when any failed, 2 for usage errors
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,9 +109,10 @@ def cmd_separate(args: argparse.Namespace) -> int:
     if args.segment is not None:
         options["segment_seconds"] = args.segment
     try:
-        sep = Separator.from_pretrained(
-            args.model, device=args.device, backend=args.backend, **options
-        )
+        sep = Separator.from_pretrained(  # with --ray only checked here (the GPUs are Ray's)
+            args.model, device="cpu" if args.ray is not None else args.device,
+            backend=args.backend, **options,
+        )  # fmt: skip
         if args.overlap is not None:
             if not 0 <= args.overlap < 1:
                 raise SeparationError(f"--overlap {args.overlap:g}: a fraction in [0, 1)")
@@ -350,25 +353,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         if out.exists() and not args.overwrite:
             raise SeparationError(f"{out}: exists (use --overwrite to replace it)")
         model, meta = load_checkpoint(path)
-        export_onnx(model, meta, out)
-        noise = np.random.default_rng(0).normal(0, 0.1, (2, 5 * model.sample_rate))
-        reference = Separator(model, meta).separate(noise, model.sample_rate, head="both")
-        exported = Separator.from_pretrained(str(out)).separate(
-            noise, model.sample_rate, head="both"
-        )
-        diff = max(float((reference[k] - exported[k]).abs().max()) for k in reference)
+        out.parent.mkdir(parents=True, exist_ok=True)
     except (SeparationError, ValueError, OSError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
         return 2
+    # Exported and checked in a temporary folder beside OUT: OUT appears only if it passes.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        candidate = Path(tmp) / out.name
+        try:
+            export_onnx(model, meta, candidate)
+            noise = np.random.default_rng(0).normal(0, 0.1, (2, 5 * model.sample_rate))
+            reference = Separator(model, meta).separate(noise, model.sample_rate, head="both")
+            exported = Separator.from_pretrained(str(candidate)).separate(
+                noise, model.sample_rate, head="both"
+            )
+            diff = max(float((reference[k] - exported[k]).abs().max()) for k in reference)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            print(f"demix: {path}: cannot export to ONNX ({type(exc).__name__}: "
+                  f"{' '.join(str(exc).split())[:300]})", file=sys.stderr)  # fmt: skip
+            return 2
+        if diff > EXPORT_TOLERANCE:
+            print(
+                f"demix: {path}: the export differs from torch by {diff:.1e} (more than "
+                f"{EXPORT_TOLERANCE:g}); nothing written",
+                file=sys.stderr,
+            )
+            return 1
+        os.replace(candidate, out)
     heads = ", ".join(f"{h} ({len(s)} stems)" for h, s in model.heads.items())
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {ONNX_OPSET}, heads {heads}); "
         f"largest |torch - onnxruntime| stem sample on 5 s of noise: {diff:.1e}"
     )
-    if diff > EXPORT_TOLERANCE:
-        print(f"demix: the export differs from torch by more than {EXPORT_TOLERANCE:g}",
-              file=sys.stderr)  # fmt: skip
-        return 1
     return 0
 
 

@@ -179,6 +179,8 @@ def load_onnx(path: str | os.PathLike, device: str = "cpu") -> tuple[OnnxModel, 
         raw = session.get_modelmeta().custom_metadata_map.get("demix")
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise OnnxError(f"{path}: not an ONNX model ({' '.join(str(exc).split())[:200]})") from exc
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in session.get_providers():
+        raise OnnxError(f"device {device}: onnxruntime could not start its CUDA provider here")
     if raw is None:
         raise OnnxError(f"{path}: no demix metadata (not exported by demix export)")
     meta = json.loads(raw)
@@ -203,24 +205,34 @@ def cached_export(checkpoint: str | os.PathLike) -> Path:
     ``cache_dir()/onnx`` under the checkpoint's content hash; a temporary folder when the
     cache cannot be written."""
     checkpoint = Path(checkpoint)
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
-    name = f"{checkpoint.stem}-{digest}-opset{ONNX_OPSET}.onnx"
-    for folder in (cache_dir() / "onnx", Path(tempfile.gettempdir()) / "demix-onnx"):
+    digest = hashlib.sha256(checkpoint.read_bytes())
+    # the code that traces the core is part of what is cached: a changed model file or
+    # exporter makes a new export instead of serving one made by older code
+    for source in sorted(Path(__file__).parent.glob("models/*.py")) + [Path(__file__)]:
+        digest.update(source.read_bytes())
+    name = f"{checkpoint.stem}-{digest.hexdigest()[:16]}-opset{ONNX_OPSET}.onnx"
+    private = (
+        Path(tempfile.gettempdir()) / f"demix-onnx-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    )
+    for folder in (cache_dir() / "onnx", private):
         path = folder / name
         if path.exists():
             with contextlib.suppress(OSError):
                 os.utime(path)  # recently used: kept by the clean-up below
             return path
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError:
             continue
+        if folder == private and folder.stat().st_uid != getattr(os, "getuid", lambda: 0)():
+            continue  # a shared temporary folder: never load a model someone else left
         if os.access(folder, os.W_OK):
             model, meta = load_checkpoint(checkpoint)
             export_onnx(model, meta, path)
             # evaluating many snapshots would otherwise fill the cache (13 MB each)
-            exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
-            for old in exports[:-CACHE_KEEP]:
-                old.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another process may be pruning too
+                exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
+                for old in exports[:-CACHE_KEEP]:
+                    old.unlink(missing_ok=True)
             return path
     raise OnnxError(f"{checkpoint}: no writable folder for its ONNX export (set DEMIX_CACHE)")
