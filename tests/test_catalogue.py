@@ -16,11 +16,18 @@ from test_cli import _env
 
 from demix.demo import demo_clip
 
-pytest.importorskip("ray", reason="Ray is not installed (pip install 'demix[ray]')")
+try:
+    import ray  # noqa: F401
+except ImportError:
+    ray = None
+needs_ray = pytest.mark.skipif(
+    ray is None, reason="Ray is not installed (pip install 'demix[ray]')"
+)
 RATE = 44100
 STEMS = ("dialogue", "music", "effects")
 
 
+@needs_ray
 def test_ray_batch_with_a_bad_file_then_a_resumed_rerun(tiny_checkpoint, tmp_path):
     inputs = tmp_path / "in"
     (inputs / "act2").mkdir(parents=True)
@@ -56,3 +63,27 @@ def test_ray_batch_with_a_bad_file_then_a_resumed_rerun(tiny_checkpoint, tmp_pat
         Path(r["file"]).name: r["status"] for r in csv.DictReader((out / "report.csv").open())
     }
     assert statuses == {"a.wav": "skipped", "b.wav": "skipped", "bad.wav": "failed"}
+
+
+@pytest.mark.parametrize(
+    ("template", "jobs"),
+    [("{track}/{stem}.{ext}", [["a"], ["b"], ["c"]]),  # a folder per track: one job each
+     ("{stem}/{track}.{ext}", [["a", "b"], ["c"]]),  # shared folders: one actor in turn
+     ("{track}_{stem}.{ext}", [["a", "b"], ["c"]])],  # (c is in its own subfolder)
+)  # fmt: skip
+def test_files_sharing_an_output_folder_go_to_one_actor(tmp_path, template, jobs):
+    """``separate_file`` locks the folders it writes: files whose stems share one are one job
+    (so two actors never meet at a lock); finished inputs are skipped."""
+    from demix.catalogue import _plan
+
+    for name in ("a", "b", "sub/c"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "in" / f"{name}.wav", np.zeros((100, 2)), RATE)
+    planned, known = _plan([tmp_path / "in"], tmp_path / "out", STEMS, "wav", template, False)
+    assert [[Path(f.file).stem for f in job.files] for job in planned] == jobs and not known
+    for stem in STEMS:  # a's stems are there already (the default template)
+        (tmp_path / "out2" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out2" / "a" / f"{stem}.wav").write_bytes(b"")
+    planned, known = _plan([tmp_path / "in"], tmp_path / "out2", STEMS, "wav",
+                           "{track}/{stem}.{ext}", False)  # fmt: skip
+    assert [r.status for r in known] == ["skipped"] and len(planned) == 2
