@@ -43,7 +43,10 @@ class LoudnessMeter:
         self._state = [np.zeros((channels, max(len(a), len(b)) - 1)) for b, a in self._filters]
         self._step = int(round(_STEP_S * sample_rate))
         self._carry = np.zeros((channels, 0))
-        self._powers: list[np.ndarray] = []  # mean square per channel of each 100 ms step
+        # mean square per channel of each 100 ms step [steps, c]: one growing array (a list
+        # of 72,000 small arrays per two hours and meter took 60 MB of object headers)
+        self._powers = np.zeros((1024, channels))
+        self._steps = 0
         factor = max(1, int(np.ceil(192000 / sample_rate)))
         self._upsample = (
             soxr.ResampleStream(sample_rate, sample_rate * factor, channels, "float32", "HQ")
@@ -72,14 +75,21 @@ class LoudnessMeter:
         whole = x.shape[1] // self._step * self._step
         if whole:
             steps = x[:, :whole].reshape(self.channels, -1, self._step)
-            self._powers.extend((steps**2).mean(axis=2).T)
+            powers = (steps**2).mean(axis=2).T
+            end = self._steps + len(powers)
+            if end > len(self._powers):  # grow by half again: amortised, few copies
+                grown = np.zeros((max(end, len(self._powers) * 3 // 2), self.channels))
+                grown[: self._steps] = self._powers[: self._steps]
+                self._powers = grown
+            self._powers[self._steps : end] = powers
+            self._steps = end
         self._carry = x[:, whole:]
 
     def state(self) -> dict[str, np.ndarray]:
         """The meter's figures so far, as arrays (for a resume checkpoint; see ``restore``)."""
         saved = {f"filter{i}": z for i, z in enumerate(self._state)}
         saved["carry"] = self._carry
-        saved["powers"] = np.asarray(self._powers).reshape(-1, self.channels)
+        saved["powers"] = self._powers[: self._steps]
         saved["peak"] = np.asarray(self._peak)
         return saved
 
@@ -93,14 +103,17 @@ class LoudnessMeter:
         """
         self._state = [np.asarray(saved[f"filter{i}"]) for i in range(len(self._filters))]
         self._carry = np.asarray(saved["carry"]).reshape(self.channels, -1)
-        self._powers = list(np.asarray(saved["powers"]).reshape(-1, self.channels))
+        powers = np.asarray(saved["powers"], dtype=np.float64).reshape(-1, self.channels)
+        self._powers = np.zeros((max(1024, len(powers) * 3 // 2), self.channels))
+        self._powers[: len(powers)] = powers
+        self._steps = len(powers)
         self._peak = float(saved["peak"])
         if self._upsample is not None and history is not None and history.shape[1]:
             self._upsample.resample_chunk(np.ascontiguousarray(history.T, dtype=np.float32))
 
     def _loudness(self, steps_per_block: int) -> np.ndarray:
         """Loudness (LUFS) of every window of ``steps_per_block`` 100-ms steps, step 100 ms."""
-        powers = np.asarray(self._powers)
+        powers = self._powers[: self._steps]
         if len(powers) < steps_per_block:
             return np.zeros(0)
         kernel = np.ones(steps_per_block) / steps_per_block

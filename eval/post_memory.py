@@ -61,13 +61,25 @@ def measure(path: Path, out: Path, model: str, deliver: str) -> dict:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     )
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(path), str(out), model, deliver],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    trace = []  # resident set size (MB) every second: flat, or growing with the reel?
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            rss = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+            trace.append(int(rss.split()[1]) / 1000.0)
+        except (OSError, StopIteration):
+            pass
+        time.sleep(1.0)
+    stdout = proc.stdout.read()
     if proc.returncode != 0:
         raise RuntimeError(f"demix post failed on {path.name} ({proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(stdout.strip().splitlines()[-1])
+    report["rss_trace_mb"] = trace
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,13 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         f"`demix post` ({args.deliver}), 5.1 48 kHz 24-bit reels, model {args.model}, "
         f"{os.cpu_count()} CPU cores",
         "",
-        "| reel | seconds taken | real-time factor | peak RSS (MB) |",
-        "|---|---|---|---|",
+        "| reel | seconds taken | real-time factor | peak RSS (MB) | RSS at 25 / 50 / 75 / 100 % "
+        "of the run (MB) |",
+        "|---|---|---|---|---|",
     ]
     for minutes, r in rows:
+        trace = r.get("rss_trace_mb") or [0.0]
+        quarters = " / ".join(
+            f"{trace[min(len(trace) - 1, int(q * len(trace)))]:.0f}" for q in (0.25, 0.5, 0.75, 1)
+        )
         lines.append(
             f"| {minutes:g} min | {r['seconds']:.1f} | {r['seconds'] / (60 * minutes):.3f} "
-            f"| {r['peak_rss_mb']:.0f} |"
+            f"| {r['peak_rss_mb']:.0f} | {quarters} |"
         )
     ok_peak, ok_flat = max(peaks) <= TARGET_MB, ratio <= FLAT_RATIO
     lines += [
