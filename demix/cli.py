@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         choices=["torch", "onnxruntime"],
-        help="what runs the network (default: torch; onnxruntime for an .onnx model)",
+        help="what runs the network (default: onnxruntime, torch where it cannot run)",
     )
     p.add_argument(
         "--batch-size",
@@ -638,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--backend",
         choices=["torch", "onnxruntime"],
-        help="what runs the network (default: torch; onnxruntime for an .onnx model)",
+        help="what runs the network (default: onnxruntime, torch where it cannot run)",
     )
     q.add_argument("--overwrite", action="store_true", help="redo inputs already delivered")
     q.add_argument("--check", action="store_true", help="show the layout and BWF metadata")

@@ -56,24 +56,29 @@ class _PlainRMSNorm(nn.Module):
 
 
 class _Core(nn.Module):
-    """``model.core`` for every head, in the order of ``model.heads``."""
+    """``model.core`` for ``heads`` (default every head), in the order of ``model.heads``."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, heads: Sequence[str] | None = None):
         super().__init__()
         self.model = copy.deepcopy(model).float().eval()
         for module in list(self.model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.RMSNorm):
                     setattr(module, name, _PlainRMSNorm(child))
-        self.heads = list(model.heads)
+        self.heads = [h for h in model.heads if heads is None or h in heads]
 
     def forward(self, spec: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.model.core(spec, level, self.heads))
 
 
-def export_onnx(model: nn.Module, metadata: dict[str, Any], path: str | os.PathLike) -> Path:
+def export_onnx(
+    model: nn.Module,
+    metadata: dict[str, Any],
+    path: str | os.PathLike,
+    heads: Sequence[str] | None = None,
+) -> Path:
     """Write ``model``'s core (see the module docstring) to ``path`` as ONNX, atomically,
-    with ``metadata`` (the checkpoint's) inside.
+    with ``metadata`` (the checkpoint's) inside; only ``heads`` (default: all) are computed.
 
     Raises:
         OnnxError: the ``onnx`` package is missing.
@@ -84,7 +89,7 @@ def export_onnx(model: nn.Module, metadata: dict[str, Any], path: str | os.PathL
         raise OnnxError("exporting to ONNX needs the onnx package: pip install onnx") from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    core = _Core(model.to("cpu"))
+    core = _Core(model.to("cpu"), heads)
     samples = (_EXPORT_FRAMES - 1) * model.config.hop_samples
     mix = 0.1 * torch.randn(1, model.channels, samples, generator=torch.Generator().manual_seed(0))
     spec, level = model.analyse(mix), mix_rms(mix)
@@ -123,10 +128,13 @@ class OnnxModel(nn.Module):
         session: an ``onnxruntime.InferenceSession`` of an ``export_onnx`` file.
     """
 
-    def __init__(self, skeleton: nn.Module, session):
+    def __init__(self, skeleton: nn.Module, session, head_sessions=None):
         super().__init__()
         self.skeleton = skeleton.eval()
         self.session = session
+        # heads → a session computing only those (a film-only call then never builds the
+        # music masks: on a batch of 6-s chunks they are the largest tensors); made on demand
+        self._head_sessions = head_sessions
         self.config = skeleton.config
         self.sample_rate, self.channels = skeleton.sample_rate, skeleton.channels
         self.heads, self.segment_samples = skeleton.heads, skeleton.segment_samples
@@ -141,21 +149,42 @@ class OnnxModel(nn.Module):
             "spec": spec.detach().cpu().numpy(),
             "level": mix_rms(mix).detach().cpu().numpy(),
         }
+        session = self.session
+        if self._head_sessions is not None and len(heads) < len(self.heads):
+            session = self._head_sessions(tuple(heads))
         feeds = {k: v for k, v in feeds.items() if k in self._inputs}
-        masks = self.session.run([f"masks_{h}" for h in heads], feeds)
+        masks = session.run([f"masks_{h}" for h in heads], feeds)
         return {
             h: self.skeleton.synthesise(spec, torch.from_numpy(m).to(spec.device), mix.shape[-1])
             for h, m in zip(heads, masks)
         }
 
 
-def load_onnx(path: str | os.PathLike, device: str = "cpu") -> tuple[OnnxModel, dict[str, Any]]:
+def load_onnx(
+    path: str | os.PathLike, device: str = "cpu", checkpoint: str | os.PathLike | None = None
+) -> tuple[OnnxModel, dict[str, Any]]:
     """An ``export_onnx`` file as (``OnnxModel``, metadata), on the CPU or, where ONNX
-    Runtime has the CUDA provider, the GPU.
+    Runtime has the CUDA provider, the GPU. With the ``checkpoint`` it was exported from,
+    calls for fewer heads run on exports of just those (``cached_export``, made on demand).
 
     Raises:
         OnnxError: not a demix export, no onnxruntime, or no CUDA provider for ``device``.
     """
+    session, meta, skeleton = _session(path, device)
+    head_sessions = None
+    if checkpoint is not None:
+        made: dict[tuple[str, ...], Any] = {}
+
+        def head_sessions(heads: tuple[str, ...]):
+            if heads not in made:
+                made[heads] = _session(cached_export(checkpoint, heads), device)[0]
+            return made[heads]
+
+    return OnnxModel(skeleton, session, head_sessions), meta
+
+
+def _session(path: str | os.PathLike, device: str):
+    """(an ONNX Runtime session of ``path``, its demix metadata, the model rebuilt from it)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -174,6 +203,9 @@ def load_onnx(path: str | os.PathLike, device: str = "cpu") -> tuple[OnnxModel, 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # as torch would (OMP_NUM_THREADS)
     options.log_severity_level = 3  # errors only: not its notes on unused initialisers
+    # No arena: it keeps the largest call's buffers (both heads' masks for a batch of chunks,
+    # hundreds of MB) for the life of the session.
+    options.enable_cpu_mem_arena = False
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
         raw = session.get_modelmeta().custom_metadata_map.get("demix")
@@ -188,7 +220,7 @@ def load_onnx(path: str | os.PathLike, device: str = "cpu") -> tuple[OnnxModel, 
         skeleton = build_model(meta["model"], meta["config"])
     except (KeyError, ValueError, TypeError) as exc:
         raise OnnxError(f"{path}: cannot rebuild the model around it ({exc})") from exc
-    return OnnxModel(skeleton, session), meta
+    return session, meta, skeleton
 
 
 def cache_dir() -> Path:
@@ -200,7 +232,7 @@ def cache_dir() -> Path:
     return Path(base) / "demix"
 
 
-def cached_export(checkpoint: str | os.PathLike) -> Path:
+def cached_export(checkpoint: str | os.PathLike, heads: Sequence[str] | None = None) -> Path:
     """The ONNX export of a safetensors checkpoint, made once (a few seconds) and kept in
     ``cache_dir()/onnx`` under the checkpoint's content hash; a temporary folder when the
     cache cannot be written."""
@@ -210,7 +242,8 @@ def cached_export(checkpoint: str | os.PathLike) -> Path:
     # exporter makes a new export instead of serving one made by older code
     for source in sorted(Path(__file__).parent.glob("models/*.py")) + [Path(__file__)]:
         digest.update(source.read_bytes())
-    name = f"{checkpoint.stem}-{digest.hexdigest()[:16]}-opset{ONNX_OPSET}.onnx"
+    which = "-" + "+".join(heads) if heads else ""
+    name = f"{checkpoint.stem}{which}-{digest.hexdigest()[:16]}-opset{ONNX_OPSET}.onnx"
     private = (
         Path(tempfile.gettempdir()) / f"demix-onnx-{os.getuid() if hasattr(os, 'getuid') else 0}"
     )
@@ -228,7 +261,7 @@ def cached_export(checkpoint: str | os.PathLike) -> Path:
             continue  # a shared temporary folder: never load a model someone else left
         if os.access(folder, os.W_OK):
             model, meta = load_checkpoint(checkpoint)
-            export_onnx(model, meta, path)
+            export_onnx(model, meta, path, heads)
             # evaluating many snapshots would otherwise fill the cache (13 MB each)
             with contextlib.suppress(OSError):  # another process may be pruning too
                 exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime)

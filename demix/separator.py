@@ -171,14 +171,18 @@ def _load_onnxruntime(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
             f"{path}: cannot export to ONNX ({type(exc).__name__}: {text})"
         ) from exc
     try:
-        return onnxrt.load_onnx(onnx_path, device)
+        return onnxrt.load_onnx(onnx_path, device, None if path.suffix == ".onnx" else path)
     except onnxrt.OnnxError as exc:
         raise SeparationError(str(exc)) from exc
 
 
 # What runs the model between the STFT and the iSTFT: backend name → loader(path, device).
 BACKENDS = {"torch": _load_torch, "onnxruntime": _load_onnxruntime}
-DEFAULT_BACKEND = "torch"
+# Measured on 2 CPU cores (eval.speed, 60 s, batch 4): real-time factor film 0.097 against
+# torch's 0.110, both heads 0.145 against 0.175; whole `demix separate` runs of 60 s, 17.2 s
+# against 37.9 s with another job on the machine (torch's threads suffer more from sharing);
+# peak memory the same (1,024 against 983 MiB) with per-head exports and no ORT arena.
+DEFAULT_BACKEND = "onnxruntime"
 
 
 def check_device(device: str) -> str:
