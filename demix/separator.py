@@ -34,7 +34,7 @@ import soxr
 import torch
 
 from demix import audio, models, wav  # noqa: F401 - models registers the architectures
-from demix.checkpoint import load_checkpoint
+from demix.checkpoint import CheckpointError, load_checkpoint
 from demix.separate import iter_separate
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -165,6 +165,8 @@ def _load_onnxruntime(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
         onnx_path = path if path.suffix == ".onnx" else onnxrt.cached_export(path)
     except onnxrt.OnnxError as exc:
         raise SeparationError(str(exc)) from exc
+    except CheckpointError:
+        raise  # the file, not the backend: the same one-line error as on torch
     except Exception as exc:  # noqa: BLE001 - torch's exporter raises many types
         text = " ".join(str(exc).split())[:200]
         raise SeparationError(
