@@ -680,9 +680,9 @@ class Separator:
                 )
             blocks = audio.iter_blocks(path, meta=meta)
             channel_plan = None
-            if meta.channels > 2:  # surround: by the file's speakers (demix post does too)
-                names = wav.speakers(wav.channel_mask_of(path, meta.channels), meta.channels)
-                channel_plan = ChannelPlan.centre_aware(names)
+            mask = wav.surround_mask_of(path, meta.channels) if meta.channels > 2 else None
+            if mask is not None:  # surround: by the file's speakers (demix post does too)
+                channel_plan = ChannelPlan.centre_aware(wav.speakers(mask, meta.channels))
             for out in self.stream(
                 blocks, meta.sample_rate, meta.channels, head, stems, channel_plan
             ):

@@ -85,13 +85,16 @@ def riff_chunks(path: str | os.PathLike) -> list[tuple[bytes, int, int]]:
     return found
 
 
-def channel_mask_of(path: str | os.PathLike, channels: int) -> int:
-    """The speaker mask of a file's channels: a WAV file's own (``read_layout``), else (other
-    formats, or a WAV that does not parse here) the default for the count."""
+def surround_mask_of(path: str | os.PathLike, channels: int) -> int | None:
+    """The speaker mask of a file's channels where it is known: a WAV file's own mask, else
+    5.1 or 7.1 in their standard orders for 6 or 8 channels (what WAV and FLAC readers
+    assume); None for other unlabelled counts (a multitrack, not a speaker layout)."""
     if Path(path).suffix.lower() in (".wav", ".wave"):
         with contextlib.suppress(AudioError, OSError, struct.error):
-            return read_layout(path).channel_mask
-    return DEFAULT_MASKS.get(channels, (1 << min(channels, len(SPEAKERS))) - 1)
+            layout = read_layout(path)
+            if layout.mask_given:
+                return layout.channel_mask
+    return DEFAULT_MASKS[channels] if channels in (6, 8) else None
 
 
 def read_layout(path: str | os.PathLike) -> WavLayout:

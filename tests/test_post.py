@@ -419,3 +419,17 @@ def test_video_timecode_becomes_the_time_reference(tiny, tmp_path):
     info = wavinfo.WavInfoReader(str(tmp_path / "out" / "scene_DX.wav"))
     assert info.bext.time_reference == round(86400 * 1001 / 24000 * 48000)
     assert "scene.mov" in info.bext.description
+
+
+def test_surround_layout_only_where_it_is_known(tmp_path):
+    """A WAV's own mask, else 5.1 / 7.1 for 6 / 8 channels; other unlabelled counts (a
+    multitrack) get no speaker plan: separated channel by channel as before."""
+    masked = tmp_path / "quad.wav"
+    writer = wav.WavWriter(masked, RATE, 4, "16", 0x33)
+    writer.write_ints(np.zeros((4, 100), np.int32))
+    writer.commit()
+    assert wav.surround_mask_of(masked, 4) == 0x33
+    for channels, expected in ((4, None), (6, 0x3F), (7, None), (8, 0x63F)):
+        path = tmp_path / f"tracks{channels}.flac"
+        sf.write(path, np.zeros((100, channels)), RATE)
+        assert wav.surround_mask_of(path, channels) == expected, channels
