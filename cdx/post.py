@@ -134,6 +134,7 @@ def post_file(
     """
     path, out_dir = Path(path), Path(out_dir)
     started = time.time()
+    _bound_heap()
     result = PostResult(str(path), "done")
     targets = deliverable_paths(path, out_dir, deliver)
     remix_path = out_dir / f"{path.stem}_REMIX.wav"
@@ -712,6 +713,32 @@ def _interrupts_held():
         signal.raise_signal(caught[0])
 
 
+def _bound_heap() -> None:
+    """glibc only: a fixed 1 MiB mmap threshold (glibc raises it as big blocks are freed, up
+    to 32 MB, so later ones come from the heap and fragment it: transient peaks of a few
+    hundred MB in a reel) and at most two arenas (one per thread otherwise). Measured on a
+    2-min 5.1 reel, all four deliverables: peak RSS 1,384 -> 1,171 MB (as the environment
+    variables MALLOC_MMAP_THRESHOLD_ and MALLOC_ARENA_MAX); elsewhere this does nothing."""
+    libc = _libc()
+    if libc:
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC
+
+
 def _return_free_memory() -> None:
     """Give freed heap memory back to the system (glibc's ``malloc_trim``).
 
@@ -720,17 +747,9 @@ def _return_free_memory() -> None:
     growing with the reel's length (measured: peak RSS 2.2 GB after 1 min, 2.8 GB after 5).
     Trimming after each block keeps it flat. Elsewhere (no glibc) this does nothing.
     """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    libc = _libc()
+    if libc:
+        libc.malloc_trim(0)
 
 
 _LIBC = None
