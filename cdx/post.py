@@ -52,7 +52,13 @@ import numpy as np
 
 from demix import audio, wav
 from demix.meter import LoudnessMeter, weights_for
-from demix.separator import ChannelPlan, SeparationError, Separator, take_samples
+from demix.separator import (
+    ChannelPlan,
+    OutputClaims,
+    SeparationError,
+    Separator,
+    take_samples,
+)
 
 DELIVERABLES = {"dx": "DX", "mx": "MX", "fx": "FX", "me": "ME"}
 DEFAULT_DELIVER = ("dx", "me")
@@ -599,19 +605,18 @@ def post_batch(
         durations.append(0.0)
     total, done = sum(durations), 0.0
     results = []
-    taken: dict[Path, Path] = {}  # deliverable → the input of this batch that writes it
+    claims = OutputClaims()  # deliverable → the input of this batch that writes it
     for (f, sub), seconds in zip(files, durations):
         if progress is not None:
             progress(done, total, str(f))
         targets = deliverable_paths(f, out_dir / sub, deliver).values()
-        clash = next((taken[t] for t in targets if t in taken), None)
+        clash = claims.claim(f, targets)
         if clash is not None:  # two inputs of one name (a/mix.wav, b/mix.wav given as files)
             results.append(PostResult(str(f), "failed", error=(
                 f"{f}: its deliverables would be those of {clash} ({next(iter(targets)).name}"
                 "): give the folders, or rename one")))  # fmt: skip
             done += seconds
             continue
-        taken.update(dict.fromkeys(targets, f))
 
         def step(dt: float, f=f) -> None:
             nonlocal done

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from demix import audio
-from demix.separator import SeparationError, Separator, stem_paths
+from demix.separator import (
+    OutputClaims,
+    SeparationError,
+    Separator,
+    group_by_folders,
+    stem_paths,
+)
 
 
 @dataclass
@@ -263,17 +269,16 @@ def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bo
     """The jobs to run (files grouped by shared output folders), and the rows already known
     (skipped, or stems clashing with another input's)."""
     items, results = [], []
-    taken: dict[Path, Path] = {}
+    claims = OutputClaims()
     for path, subfolder in audio.find_inputs([str(i) for i in inputs]):
         folder = out_dir / subfolder
         targets = stem_paths(path, folder, outputs, fmt, filename)
-        clash = next((taken[t] for t in targets.values() if t in taken), None)
+        clash = claims.claim(path, targets.values())
         if clash is not None:
             results.append(CatalogueResult(str(path), "failed", error=(
                 f"{path}: its stems would go where those of {clash} go (use a --filename "
                 "with {trackext})")))  # fmt: skip
             continue
-        taken.update(dict.fromkeys(targets.values(), path))
         try:
             duration = audio.info(path).seconds
         except (audio.AudioError, OSError):
@@ -285,26 +290,9 @@ def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bo
         # absolute paths for the workers (other processes, maybe other machines)
         item = _File(str(path), str(Path(path).resolve()), str(folder.resolve()), duration)
         items.append((item, {t.parent for t in targets.values()}))
-    # files whose stems share a folder: one job (union-find over the folders)
-    parent = list(range(len(items)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    owner: dict[Path, int] = {}
-    for i, (_, folders) in enumerate(items):
-        for folder in folders:
-            if folder in owner:
-                parent[root(i)] = root(owner[folder])
-            else:
-                owner[folder] = i
-    groups: dict[int, list[_File]] = {}
-    for i, (item, _) in enumerate(items):
-        groups.setdefault(root(i), []).append(item)
-    return [_Job(tuple(files)) for files in groups.values()], results
+    # files whose stems share a folder: one job
+    groups = group_by_folders(items, lambda pair: pair[1])
+    return [_Job(tuple(item for item, _ in group)) for group in groups], results
 
 
 def write_report(results: Sequence[CatalogueResult], out_dir: str | os.PathLike) -> None:

@@ -71,9 +71,57 @@ class _ProgressBar:
             self.bar.close()
 
 
+class _BatchProgress:
+    """``progress(file, done_seconds, total_seconds)`` for ``Separator.separate_files``: a bar
+    per file when files go one at a time; one bar for the whole batch (audio seconds of all
+    files) when several are separated together."""
+
+    def __init__(self, labels: dict[Path, str], together: bool, disabled: bool):
+        self.labels, self.together, self.disabled = labels, together, disabled
+        self.bars: dict[Path, _ProgressBar] = {}
+        self.done: dict[Path, float] = {}
+        self.totals: dict[Path, float] = {}
+        self.batch = _ProgressBar(f"{len(labels)} files", disabled) if together else None
+
+    def __call__(self, path: Path, done_seconds: float, total_seconds: float) -> None:
+        self.done[path], self.totals[path] = done_seconds, total_seconds
+        if self.batch is not None:  # files not yet started count at zero
+            self.batch(sum(self.done.values()), sum(self.totals.values()))
+        else:
+            self.bars.setdefault(path, _ProgressBar(self.labels[path], self.disabled))(
+                done_seconds, total_seconds
+            )
+
+    def finish(self, path: Path) -> None:
+        """``path`` is done (or failed): its bar closes, its line stays."""
+        bar = self.bars.pop(path, None)
+        if bar is not None:
+            bar.close()
+        if path in self.totals:
+            self.done[path] = self.totals[path]
+
+    def running(self) -> list[Path]:
+        return [p for p in self.totals if self.done[p] < self.totals[p]]
+
+    def write(self, line: str) -> None:
+        """A line on stdout that does not break the batch bar."""
+        if self.batch is not None and self.batch.bar is not None:
+            self.batch.bar.clear()
+            print(line, flush=True)
+            self.batch.bar.refresh()
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        if self.batch is not None:
+            self.batch.close()
+
+
 def cmd_separate(args: argparse.Namespace) -> int:
     """Separate every input; one line per failure, a summary at the end."""
-    from demix.separator import SeparationError, Separator, stem_paths
+    from demix.separator import OutputClaims, SeparationError, Separator, stem_paths
 
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -106,6 +154,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
     if not 1 <= args.batch_size <= 256:
         print(f"demix: --batch-size {args.batch_size}: choose 1 to 256", file=sys.stderr)
         return 2
+    if not 1 <= args.files_together <= 64:
+        print(f"demix: --files-together {args.files_together}: choose 1 to 64", file=sys.stderr)
+        return 2
     if args.segment is not None:
         options["segment_seconds"] = args.segment
     try:
@@ -136,14 +187,11 @@ def cmd_separate(args: argparse.Namespace) -> int:
         return _separate_on_ray(args, inputs, out_dir, options)
     files = audio.find_inputs(inputs)
     ok, failed = [], []
-    taken: dict[Path, Path] = {}  # stem file → the input that writes it
-    started = time.time()
+    claims = OutputClaims()  # stem file → the input of this batch that writes it
+    jobs, labels = [], {}
     for i, (path, subfolder) in enumerate(files, 1):
-        label = f"[{i}/{len(files)}] {path.name}"
-        bar = _ProgressBar(label, disabled=args.quiet)
-        t0 = time.time()
         targets = stem_paths(path, out_dir / subfolder, outputs, args.format, args.filename)
-        clash = next((taken[t] for t in targets.values() if t in taken), None)
+        clash = claims.claim(path, targets.values())
         if clash is not None:
             failed.append(path)
             print(
@@ -153,46 +201,55 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             continue
-        taken.update(dict.fromkeys(targets.values(), path))
-        try:
-            written = sep.separate_file(
-                path,
-                out_dir / subfolder,
-                head=args.head,
-                stems=_parse_stems(args.stems),
-                fmt=args.format,
-                bit_depth=args.bit_depth,
-                overwrite=args.overwrite,
-                progress=bar,
-                filename=args.filename,
-                bitrate_kbps=args.mp3_bitrate,
-                warn=lambda text: print(f"demix: warning: {text}", file=sys.stderr),
-            )
-        except (audio.AudioError, SeparationError, OSError) as exc:
-            bar.close()
-            failed.append(path)
-            print(f"demix: error: {exc}", file=sys.stderr)
-            continue
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-            bar.close()
-            failed.append(path)
-            print(
-                f"demix: error: {path}: unexpected failure ({type(exc).__name__}: {exc})",
-                file=sys.stderr,
-            )
-            continue
-        except KeyboardInterrupt:
-            bar.close()
-            print(
-                f"demix: interrupted while separating {path}; no partial stems were kept",
-                file=sys.stderr,
-            )
-            return 130
-        bar.close()
-        ok.append(path)
-        folders = sorted({str(p.parent) for p in written.values()})
-        where = f"{folders[0]}/" if len(folders) == 1 else f"{out_dir}/"
-        print(f"{path} -> {where} ({', '.join(written)}) in {time.time() - t0:.1f} s")
+        jobs.append((path, out_dir / subfolder))
+        labels[path] = f"[{i}/{len(files)}] {path.name}"
+    together = min(args.files_together, len(jobs)) if jobs else 1
+    bars = _BatchProgress(labels, together > 1, disabled=args.quiet)
+    started = time.time()
+    outcomes = sep.separate_files(
+        jobs,
+        head=args.head,
+        stems=_parse_stems(args.stems),
+        files_together=together,
+        progress=bars,
+        fmt=args.format,
+        bit_depth=args.bit_depth,
+        overwrite=args.overwrite,
+        filename=args.filename,
+        bitrate_kbps=args.mp3_bitrate,
+        warn=lambda text: print(f"demix: warning: {text}", file=sys.stderr),
+    )
+    try:
+        for outcome in outcomes:
+            path = outcome.path
+            bars.finish(path)
+            if outcome.error is not None:
+                failed.append(path)
+                exc = outcome.error
+                if isinstance(exc, (audio.AudioError, SeparationError, OSError)):
+                    print(f"demix: error: {exc}", file=sys.stderr)
+                else:
+                    print(
+                        f"demix: error: {path}: unexpected failure ({type(exc).__name__}: {exc})",
+                        file=sys.stderr,
+                    )
+                continue
+            ok.append(path)
+            written = outcome.written
+            folders = sorted({str(p.parent) for p in written.values()})
+            where = f"{folders[0]}/" if len(folders) == 1 else f"{out_dir}/"
+            bars.write(f"{path} -> {where} ({', '.join(written)}) in {outcome.seconds:.1f} s")
+    except KeyboardInterrupt:
+        outcomes.close()  # the files in flight are dropped before the message
+        running = bars.running()
+        bars.close()
+        what = ", ".join(str(p) for p in running) or "the batch"
+        print(
+            f"demix: interrupted while separating {what}; no partial stems were kept",
+            file=sys.stderr,
+        )
+        return 130
+    bars.close()
     print(
         f"done: {len(ok)} separated, {len(failed)} failed, {time.time() - started:.1f} s; "
         f"stems in {out_dir}/"
@@ -554,6 +611,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stereo signals per model call: chunks of a file go through together (a GPU "
         "wants more; memory grows with it; default 4)",
+    )
+    p.add_argument(
+        "--files-together",
+        type=int,
+        default=1,
+        metavar="N",
+        help="separate N files at once, their chunks sharing the model calls (--batch-size "
+        "signals each): short files then fill a GPU's batches; default 1 (one file after "
+        "another, which is as fast on a CPU)",
     )
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU threads (default: all)")
     p.add_argument(

@@ -8,10 +8,16 @@ length. ``separate_chunked`` is the same routine fed one block.
 
 Shapes: input blocks [g, c, t] (g independent signals separated together); the model
 function maps [b, c, chunk] → [b, *out, chunk] (e.g. out = (s, c)); outputs are [g, *out, t].
+
+``SharedCalls`` lets the streams of several files, each in its own thread, put their chunks
+through one model function together (dynamic batching across files): a GPU gets full batches
+even from files shorter than one chunk.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -138,3 +144,132 @@ def separate_chunked(
     """Chunked overlap-add separation of a whole signal: mix [g, c, t] → [g, *out, t]."""
     regions = list(iter_separate(model_fn, [mix], chunk_samples, hop_samples, batch_size, device))
     return torch.cat(regions, dim=-1)
+
+
+class BatchCancelled(RuntimeError):
+    """Raised in every thread waiting on (or calling) a cancelled ``SharedCalls``."""
+
+
+class _Call:
+    __slots__ = ("x", "since", "result", "error")
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self.since = time.monotonic()
+        self.result: torch.Tensor | None = None
+        self.error: BaseException | None = None
+
+
+class SharedCalls:
+    """A model function shared by the streams of several threads: the chunks they submit go
+    through it together, up to ``max_signals`` signals per call.
+
+    A call is made as soon as the queued requests of one shape hold ``max_signals`` signals,
+    or every thread still separating is waiting on one, or the oldest has waited
+    ``max_wait_seconds`` (a thread busy decoding or writing does not hold the others up for
+    longer). One call runs at a time, in one of the waiting threads; while it runs the other
+    threads read, resample and write. Each request gets back exactly its own rows, so what a
+    stream computes does not depend on which others shared its calls (to float rounding:
+    the same arithmetic over a larger batch).
+
+    Args:
+        model_fn: maps [b, ...] → [b, ...] (rows independent of each other).
+        max_signals: signals (rows) per call; a single larger request still goes in one call.
+        streams: threads that will call it; each says ``leave()`` when it is done.
+        max_wait_seconds: the longest a request waits for company.
+    """
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        max_signals: int,
+        streams: int,
+        max_wait_seconds: float = 0.05,
+    ):
+        self._fn = model_fn
+        self._max = max(1, max_signals)
+        self._streams = streams
+        self._wait = max_wait_seconds
+        self._cond = threading.Condition()
+        self._queue: list[_Call] = []
+        self._busy = False
+        self._cancelled: str | None = None
+        self.calls = 0  # model calls made
+        self.rows = 0  # signals through them
+
+    def leave(self) -> None:
+        """A stream's thread has nothing more to submit (the others stop waiting for it)."""
+        with self._cond:
+            self._streams -= 1
+            self._cond.notify_all()
+
+    def cancel(self, reason: str) -> None:
+        """Every waiting and later request raises ``BatchCancelled(reason)``."""
+        with self._cond:
+            self._cancelled = reason
+            self._cond.notify_all()
+
+    def _take(self) -> list[_Call] | None:
+        """The requests of the next call, or None when it is not yet time (lock held)."""
+        if self._busy or not self._queue:
+            return None
+        first = self._queue[0]
+        same = [c for c in self._queue if c.x.shape[1:] == first.x.shape[1:]]
+        rows = sum(c.x.shape[0] for c in same)
+        if (
+            rows < self._max
+            and len(self._queue) < self._streams
+            and time.monotonic() - first.since < self._wait
+        ):
+            return None
+        batch, rows = [], 0
+        for c in same:
+            if batch and rows + c.x.shape[0] > self._max:
+                break
+            batch.append(c)
+            rows += c.x.shape[0]
+        for c in batch:
+            self._queue.remove(c)
+        self._busy = True
+        return batch
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mine = _Call(x)
+        with self._cond:
+            if self._cancelled is not None:
+                raise BatchCancelled(self._cancelled)
+            self._queue.append(mine)
+            self._cond.notify_all()
+        while True:
+            with self._cond:
+                while True:
+                    if mine.error is not None:
+                        raise mine.error
+                    if mine.result is not None:
+                        return mine.result
+                    if self._cancelled is not None:
+                        if mine in self._queue:
+                            self._queue.remove(mine)
+                        raise BatchCancelled(self._cancelled)
+                    batch = self._take()
+                    if batch is not None:
+                        break
+                    left = self._wait - (time.monotonic() - self._queue[0].since) if (
+                        self._queue and not self._busy
+                    ) else None  # fmt: skip
+                    self._cond.wait(None if left is None else max(left, 1e-4))
+            try:  # outside the lock: the other threads go on with their own work
+                out = self._fn(torch.cat([c.x for c in batch]))
+                offset = 0
+                for c in batch:
+                    c.result = out[offset : offset + c.x.shape[0]]
+                    offset += c.x.shape[0]
+            except BaseException as exc:  # every request of the call gets the failure
+                for c in batch:
+                    c.error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self.calls += 1
+                    self.rows += sum(c.x.shape[0] for c in batch)
+                    self._cond.notify_all()

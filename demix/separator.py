@@ -22,10 +22,13 @@ import contextlib
 import errno
 import math
 import os
+import queue
 import shutil
+import threading
+import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,7 @@ import torch
 
 from demix import audio, models, wav  # noqa: F401 - models registers the architectures
 from demix.checkpoint import CheckpointError, load_checkpoint
-from demix.separate import iter_separate
+from demix.separate import BatchCancelled, SharedCalls, iter_separate
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 BOTH = "both"
@@ -262,6 +265,8 @@ class Separator:
         overlap = min(int(round(overlap_seconds * self.sample_rate)), self.chunk_samples // 2)
         self.hop_samples: int = self.chunk_samples - overlap
         self.batch_size = batch_size
+        # (heads, calls) while ``separate_files`` runs several files' streams together
+        self._shared: tuple[tuple[str, ...], SharedCalls] | None = None
 
     @classmethod
     def from_pretrained(
@@ -333,11 +338,16 @@ class Separator:
         return Plan(tuple(selected), selected, tuple(outputs), rest_names)
 
     # ----------------------------------------------------------------- the pipeline
-    def _model_fn(self, heads: tuple[str, ...]):
+    def _model_call(self, heads: tuple[str, ...]):
         def once(x: torch.Tensor) -> torch.Tensor:  # [b, 2, t] → [b, S_total, 2, t]
             out = self.model(x, heads=list(heads))
             return torch.cat([out[h] for h in heads], dim=1)
 
+        return once
+
+    def _model_fn(self, heads: tuple[str, ...]):
+        shared = self._shared
+        once = shared[1] if shared is not None and shared[0] == heads else self._model_call(heads)
         if self.shifts == 1:
             return once
         rng = np.random.default_rng(0)  # per stream: the same file gives the same stems
@@ -647,6 +657,114 @@ class Separator:
             (warn or (lambda text: warnings.warn(text, stacklevel=2)))(message)
         return targets
 
+    def separate_files(
+        self,
+        jobs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+        head: str = "film",
+        stems: Sequence[str] | None = None,
+        files_together: int = 1,
+        progress: Callable[[Path, float, float], None] | None = None,
+        **settings,
+    ) -> Iterator[FileOutcome]:
+        """Separate many files, each as ``separate_file(path, out_dir, ...)``; yields each
+        file's outcome as it completes (one that fails does not stop the others).
+
+        Args:
+            jobs: (input file, output root) pairs.
+            head, stems: as in ``separate``.
+            files_together: files separated at once, each in a thread, whose chunks share
+                model calls of up to ``batch_size`` signals (``SharedCalls``): several short
+                files fill one batch, which keeps a GPU busy. The stems are those of one file
+                at a time (to float rounding). 1: one file after another, in this thread.
+                Files whose stems share a folder (a ``filename`` without a folder per track)
+                go one after another, since ``separate_file`` locks the folders it writes.
+            progress: optional callable(file, seconds done, seconds in the file), called
+                from one thread at a time.
+            settings: the other ``separate_file`` arguments (fmt, bit_depth, overwrite, ...).
+
+        Raises:
+            KeyboardInterrupt: (in this thread) the files being separated are dropped, as
+                ``separate_file`` drops an interrupted file, and nothing more is started.
+        """
+        if files_together < 1:
+            raise SeparationError(f"files together {files_together}: choose 1 or more")
+        jobs = [(Path(p), Path(o)) for p, o in jobs]
+        lock = threading.Lock()
+
+        def one(path: Path, out: Path) -> FileOutcome:
+            def report(done: float, total: float) -> None:
+                if progress is not None:
+                    with lock:
+                        progress(path, done, total)
+
+            started = time.time()
+            try:
+                written = self.separate_file(
+                    path, out, head=head, stems=stems, progress=report, **settings
+                )
+            except BatchCancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                return FileOutcome(path, {}, exc, time.time() - started)
+            return FileOutcome(path, written, None, time.time() - started)
+
+        if files_together == 1 or len(jobs) < 2:
+            for path, out in jobs:
+                yield one(path, out)
+            return
+        outputs = self.plan(head, stems).outputs
+        fmt, filename = settings.get("fmt", "wav"), settings.get("filename", DEFAULT_FILENAME)
+        groups = group_by_folders(
+            jobs, lambda job: {t.parent for t in stem_paths(*job, outputs, fmt, filename).values()}
+        )
+        threads = min(files_together, len(groups))
+        heads = self.plan(head, stems).heads
+        calls = SharedCalls(self._model_call(heads), self.batch_size, threads)
+        todo: queue.Queue = queue.Queue()
+        for group in groups:
+            todo.put(group)
+        done: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                while not stop.is_set():
+                    try:
+                        group = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    for path, out in group:
+                        if stop.is_set():
+                            return
+                        done.put(one(path, out))
+            except BatchCancelled:
+                return
+            finally:
+                calls.leave()
+                done.put(None)
+
+        self._shared = (heads, calls)
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+        try:
+            for worker in workers:
+                worker.start()
+            finished = 0
+            while finished < threads:
+                try:
+                    outcome = done.get(timeout=0.5)  # a timeout: Ctrl-C gets through
+                except queue.Empty:
+                    continue
+                if outcome is None:
+                    finished += 1
+                else:
+                    yield outcome
+        finally:
+            stop.set()
+            calls.cancel("interrupted")
+            for worker in workers:
+                worker.join()
+            self._shared = None
+
     def _write_stems(self, path, meta, targets, fmt, depth, bitrate_kbps, head, stems, progress):
         """The body of ``separate_file``, run while the output folders are locked; returns
         the number of clipped samples per stem (stems with none left out)."""
@@ -709,6 +827,58 @@ class Separator:
                     f"{path.name} (nothing was kept)"
                 ) from exc
             raise
+
+
+@dataclass
+class FileOutcome:
+    """What became of one file of ``Separator.separate_files``."""
+
+    path: Path
+    written: dict[str, Path]  # {stem: file}; empty when it failed
+    error: Exception | None  # AudioError, SeparationError, OSError, or an unexpected one
+    seconds: float  # wall time it took
+
+
+class OutputClaims:
+    """Which input of a batch writes each output file: the first to claim a file keeps it,
+    and a later input whose outputs would overwrite it is refused (two inputs of one name
+    given from two folders, or a ``--filename`` without ``{trackext}``)."""
+
+    def __init__(self) -> None:
+        self._owner: dict[Path, Path] = {}
+
+    def claim(self, source: str | os.PathLike, targets: Iterable[str | os.PathLike]) -> Path | None:
+        """Claim ``targets`` for ``source``; returns the input already holding one of them
+        (nothing is claimed then), or None."""
+        targets = [Path(t) for t in targets]
+        holder = next((self._owner[t] for t in targets if t in self._owner), None)
+        if holder is None:
+            self._owner.update(dict.fromkeys(targets, Path(source)))
+        return holder
+
+
+def group_by_folders(items: Sequence, folders: Callable[[object], Iterable[Path]]) -> list[list]:
+    """``items`` in groups, in order, such that items whose ``folders(item)`` share a folder
+    are in one group (union-find): what must be written one after another."""
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[Path, int] = {}
+    for i, item in enumerate(items):
+        for folder in folders(item):
+            if folder in owner:
+                parent[root(i)] = root(owner[folder])
+            else:
+                owner[folder] = i
+    groups: dict[int, list] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(root(i), []).append(item)
+    return list(groups.values())
 
 
 def stem_paths(

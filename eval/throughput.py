@@ -1,13 +1,15 @@
 """Catalogue throughput: minutes of audio separated per minute of wall time, plain
-``demix separate`` against ``demix separate --ray`` with 1 and 2 workers, in one run.
+``demix separate`` against ``--files-together N`` (several files' chunks sharing model
+calls) and ``demix separate --ray`` with 1 and 2 workers, in one run.
 
-``python -m eval.throughput [--files 8] [--seconds 30] [--workers 1 2] [--model demix-small]
-[--head film] [--repeats 1] [--out FILE.md]``
+``python -m eval.throughput [--files 8] [--seconds 30] [--workers 1 2] [--together 4]
+[--batch-size 4] [--model demix-small] [--head film] [--repeats 1] [--out FILE.md]``
 
 Writes ``--files`` stereo 44.1 kHz clips (the synthetic demo clip, ``--seconds`` each) to a
 temporary folder, then separates the whole folder with each configuration as a fresh
 ``demix separate`` process (so Ray's start-up and every model load are counted, as a user
-pays them): the plain CLI with all CPU threads, and ``--ray --workers N --jobs CPUs/N`` for each
+pays them): the plain CLI with all CPU threads, the same with ``--files-together N`` for each
+N of ``--together``, and ``--ray --workers N --jobs CPUs/N`` for each
 N. Prints a markdown table (wall seconds, audio minutes per minute, speed-up over the plain
 CLI) and the machine; the best of ``--repeats`` runs of each is kept.
 """
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--files", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--together", type=int, nargs="*", default=[4])
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--model", default="demix-small")
     p.add_argument("--head", default="film")
     p.add_argument("--repeats", type=int, default=1)
@@ -64,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cpus = os.cpu_count() or 1
     base = [sys.executable, "-m", "demix.cli", "separate", "--model", args.model,
-            "--head", args.head, "-q"]  # fmt: skip
+            "--head", args.head, "--batch-size", str(args.batch_size), "-q"]  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory(prefix="demix-throughput-") as tmp:
         inputs, out = Path(tmp) / "in", Path(tmp) / "out"
         audio_s = write_inputs(inputs, args.files, args.seconds)
         configs = [("plain `demix separate`", [*base, str(inputs), "-o", str(out)])]
+        for n in args.together:
+            command = [*base, str(inputs), "-o", str(out), "--files-together", str(n)]
+            configs.append((f"`--files-together {n}`", command))
         for n in args.workers:
             threads = max(1, cpus // n)
             configs.append((
@@ -84,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = rows[0][1]
     lines = [
         f"{args.files} files x {args.seconds:g} s (stereo 44.1 kHz, 16-bit), head {args.head}, "
-        f"model {args.model}, {cpus} CPUs; whole `demix separate` processes, best of "
-        f"{args.repeats}",
+        f"model {args.model}, --batch-size {args.batch_size}, {cpus} CPUs; whole "
+        f"`demix separate` processes, best of {args.repeats}",
         "",
         "| configuration | wall seconds | audio minutes per minute | vs plain |",
         "|---|---|---|---|",
