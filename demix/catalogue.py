@@ -130,6 +130,7 @@ def separate_catalogue(
     backend: str | None = None,
     separator_options: dict[str, Any] | None = None,
     progress: Callable[[float, float, int, int], None] | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> list[CatalogueResult]:
     """Separate every input on a Ray cluster; returns (and writes) the report.
 
@@ -146,6 +147,9 @@ def separate_catalogue(
         backend: as ``Separator.from_pretrained``.
         separator_options: more ``Separator`` arguments (``batch_size``, ``shifts``, ...).
         progress: called with (audio seconds done, audio seconds in all, files done, files).
+        outputs: the output names of ``head`` and ``stems``, where the caller has loaded the
+            model and checked them already (the CLI has); otherwise the driver loads it once
+            to check them.
 
     Raises:
         SeparationError: Ray is not installed, the cluster cannot be reached or has no room
@@ -157,8 +161,8 @@ def separate_catalogue(
     except ImportError as exc:
         raise SeparationError("--ray needs Ray: pip install 'demix[ray]'") from exc
     out_dir = Path(out_dir)
-    # checked here, before any work: the model, head and stems (and their output names)
-    outputs = Separator.from_pretrained(model, backend=backend).plan(head, stems).outputs
+    if outputs is None:  # checked here, before any work: the model, head and stems
+        outputs = Separator.from_pretrained(model, backend=backend).plan(head, stems).outputs
     settings = dict(head=head, stems=list(stems) if stems else None, fmt=fmt,
                     bit_depth=bit_depth, overwrite=overwrite, filename=filename,
                     bitrate_kbps=bitrate_kbps)  # fmt: skip

@@ -184,7 +184,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         if args.overlap is not None:
             options["overlap_seconds"] = args.overlap * sep.chunk_samples / sep.sample_rate
         del sep  # each Ray actor loads its own
-        return _separate_on_ray(args, inputs, out_dir, options)
+        return _separate_on_ray(args, inputs, out_dir, options, outputs)
     files = audio.find_inputs(inputs)
     ok, failed = [], []
     claims = OutputClaims()  # stem file → the input of this batch that writes it
@@ -258,7 +258,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
 
 
 def _separate_on_ray(
-    args: argparse.Namespace, inputs: list[str], out_dir: Path, options: dict
+    args: argparse.Namespace, inputs: list[str], out_dir: Path, options: dict, outputs
 ) -> int:
     """``demix separate --ray``: the batch on a Ray cluster (``demix.catalogue``)."""
     from demix.catalogue import separate_catalogue
@@ -282,7 +282,7 @@ def _separate_on_ray(
             bitrate_kbps=args.mp3_bitrate, overwrite=args.overwrite,
             address=None if args.ray == "local" else args.ray, workers=args.workers,
             threads_per_worker=args.jobs or 1, device=args.device, backend=args.backend,
-            separator_options=options, progress=progress,
+            separator_options=options, progress=progress, outputs=outputs,
         )  # fmt: skip
     except (SeparationError, audio.AudioError, ValueError) as exc:
         bar.close()
