@@ -346,7 +346,13 @@ def machine_header(args: argparse.Namespace, separator: Separator) -> list[str]:
         f"software: python {platform.python_version()}, torch {torch.__version__}",
         f"model: {args.model} ({params / 1e6:.2f} M parameters, chunk "
         f"{separator.chunk_samples / separator.sample_rate:g} s, hop "
-        f"{separator.hop_samples / separator.sample_rate:g} s, batch {separator.batch_size})",
+        f"{separator.hop_samples / separator.sample_rate:g} s, batch {separator.batch_size}), "
+        f"on {separator.device}"
+        + (
+            f" ({torch.cuda.get_device_name(separator.device)})"
+            if separator.device != "cpu"
+            else ""
+        ),  # fmt: skip
         f"input: {args.seconds:g} s stereo {SAMPLE_RATE} Hz (synthetic demo clip, tiled); "
         f"best of {args.repeats} after a warm-up; RTF = processing seconds / audio seconds",
     ]
@@ -355,7 +361,7 @@ def machine_header(args: argparse.Namespace, separator: Separator) -> list[str]:
 def run_benchmark(args: argparse.Namespace) -> str:
     """Run every measurement asked for by ``args`` and return the markdown report."""
     torch.set_num_threads(args.threads)
-    separator = Separator.from_pretrained(args.model, backend=args.backends[0])
+    separator = Separator.from_pretrained(args.model, args.device, backend=args.backends[0])
     header = machine_header(args, separator)
     rows: list[Row] = []
     notes: list[str] = []
@@ -368,7 +374,9 @@ def run_benchmark(args: argparse.Namespace) -> str:
     for backend in args.backends:
         for batch in args.batch_sizes:
             _log(f"backend {backend}, batch {batch}:")
-            separator = Separator.from_pretrained(args.model, backend=backend, batch_size=batch)
+            separator = Separator.from_pretrained(
+                args.model, args.device, backend=backend, batch_size=batch
+            )
             runs[backend, batch] = time_heads(separator, mix, HEADS, args.repeats)
     for (backend, batch), times in runs.items():
         for head, seconds in times.items():
@@ -495,6 +503,10 @@ def _log(message: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="demix-small", help="embedded model name or checkpoint")
+    p.add_argument(
+        "--device", default="cpu", help="where the model runs: cpu or cuda (the in-memory "
+        "timings; HTDemucs and the long files stay on the CPU)",
+    )  # fmt: skip
     p.add_argument("--seconds", type=float, default=60.0, help="length of the in-memory input")
     p.add_argument(
         "--long-minutes",

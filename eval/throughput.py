@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     p.add_argument("--together", type=int, nargs="*", default=[4])
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (passed to demix separate)")
     p.add_argument("--model", default="demix-small")
     p.add_argument("--head", default="film")
     p.add_argument("--repeats", type=int, default=1)
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cpus = os.cpu_count() or 1
     base = [sys.executable, "-m", "demix.cli", "separate", "--model", args.model,
-            "--head", args.head, "--batch-size", str(args.batch_size), "-q"]  # fmt: skip
+            "--head", args.head, "--batch-size", str(args.batch_size),
+            "--device", args.device, "-q"]  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory(prefix="demix-throughput-") as tmp:
         inputs, out = Path(tmp) / "in", Path(tmp) / "out"
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = rows[0][1]
     lines = [
         f"{args.files} files x {args.seconds:g} s (stereo 44.1 kHz, 16-bit), head {args.head}, "
-        f"model {args.model}, --batch-size {args.batch_size}, {cpus} CPUs; whole "
+        f"model {args.model}, --batch-size {args.batch_size}, --device {args.device}, "
+        f"{cpus} CPUs; whole "
         f"`demix separate` processes, best of {args.repeats}",
         "",
         "| configuration | wall seconds | audio minutes per minute | vs plain |",
