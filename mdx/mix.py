@@ -21,7 +21,7 @@ import torch
 
 from demix import data
 from demix.registry import register_dataset
-from mdx import MDX_STEMS, sing, soundfont, synth
+from mdx import MDX_STEMS, sing, soundfont, strums, synth
 
 _VOCAL_PHRASES = ("singing-female", "soprano", "vignesh", "carnatic")
 _PIANO_PHRASES = ("piano",)
@@ -43,6 +43,10 @@ class MusicMixConfig:
     p_soundfont: float = 0.35  # per stem: a SoundFont-rendered part (when available)
     soundfont_songs: int = 80
     sung_phrases: int = 120
+    # guitar: a strummed rhythm part from real recorded chord strums (mdx.strums; Debian's
+    # hydrogen-drumkits-effects, CC-BY-3.0), when installed or cached
+    p_strums: float = 0.0
+    strum_parts: int = 60
     speech_bandwidth_hz: float = 8000.0  # speech (and singing made from it) is band-limited
     p_fold_bandwidth: float = 0.5
     epoch_size: int = 1_000_000
@@ -120,6 +124,12 @@ class MusicMixDataset(torch.utils.data.Dataset):
                 )
             except ImportError as exc:
                 warnings.warn(f"no sung vocals in music mixes: {exc}", stacklevel=2)
+        self.strums = None
+        if config.p_strums > 0:
+            try:
+                self.strums = strums.strum_pool(rate, cache, config.strum_parts)
+            except RuntimeError as exc:
+                warnings.warn(f"no strummed guitar in music mixes: {exc}", stacklevel=2)
         self.soundfont: dict[str, data.ClipPool] = {}
         if config.p_soundfont > 0:
             try:
@@ -183,6 +193,8 @@ class MusicMixDataset(torch.utils.data.Dataset):
         rate = cfg.sample_rate
         seconds = n / rate
         real = rng.random() < cfg.p_real
+        if stem == "guitar" and self.strums is not None and rng.random() < cfg.p_strums:
+            return self.strums.random_crop(rng, n)
         if stem != "vocals" and stem in self.soundfont and rng.random() < cfg.p_soundfont:
             return self.soundfont[stem].random_crop(rng, n)
         if stem == "drums":

@@ -374,3 +374,71 @@ def test_bs1770_loudness_of_surround_layouts():
 )  # fmt: skip
 def test_licences_a_shipped_model_may_train_on(licence: str, trainable: bool):
     assert data.license_is_trainable(licence) is trainable
+
+
+@pytest.mark.parametrize(
+    ("name", "parsed"),
+    [("Amajor_00", (9, "maj", "any")), ("Asharp minro7b5_DOWN_02", (10, "m7b5", "down")),
+     ("Bflat major_UP_01", (10, "maj", "up")), ("Cmajor_Down_03", (0, "maj", "down")),
+     ("Dsharp minor7b5_DOWN_02wav", (3, "m7b5", "down")), ("Bminor7b5_UP_00", (11, "m7b5", "up")),
+     ("drumkit", None), ("Hmajor_00", None)],
+)  # fmt: skip
+def test_strum_names_parse(name, parsed):
+    from mdx import strums
+
+    assert strums.parse_strum(name) == parsed
+
+
+def _strum_folder(folder: Path, rate: int = 48000) -> Path:
+    """Chord "strums": 1.5 s of decaying noise per chord and direction, as the Debian kit
+    names them."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    decay = np.exp(-np.arange(int(1.5 * rate)) / (0.4 * rate))
+    for chord in ("Cmajor", "Fmajor", "Gmajor", "Aminor"):
+        for direction in ("", "_DOWN", "_UP"):
+            x = (0.5 * rng.standard_normal((len(decay), 2)) * decay[:, None]).astype(np.float32)
+            sf.write(folder / f"{chord}{direction}_00.flac", x, rate)
+    return folder
+
+
+def test_strummed_parts_follow_a_grid_and_are_cached(tmp_path, monkeypatch):
+    from mdx import strums
+
+    # named as the Debian kit: a cached render is found by the kit's name, wherever it is
+    folder = _strum_folder(tmp_path / "belofilms_GuitarStrums")
+    loaded = strums.load_strums(folder, 44100)
+    assert set(loaded) == {(0, "maj"), (5, "maj"), (7, "maj"), (9, "min")}
+    part = strums.strum_part(loaded, 4.0, 44100, np.random.default_rng(3))
+    again = strums.strum_part(loaded, 4.0, 44100, np.random.default_rng(3))
+    assert part.shape == (2, 4 * 44100) and np.array_equal(part, again)
+    envelope = np.abs(part).max(0).reshape(-1, 441).max(1)  # per 10 ms
+    onsets = np.flatnonzero((envelope[1:] > 2.5 * envelope[:-1]) & (envelope[1:] > 0.05))
+    assert len(onsets) >= 4  # strums, not one sustained sound
+    assert np.abs(part[:, : int(0.02 * 44100)]).max() > 0  # the bar starts with a strum
+    monkeypatch.setenv("DEMIX_STRUMS", str(folder))
+    pool = strums.strum_pool(44100, tmp_path / "cache", parts=3, seconds=3.0)
+    assert len(pool) == 3 and pool.channels == 2
+    monkeypatch.setenv("DEMIX_STRUMS", str(tmp_path / "missing"))
+    cached = strums.strum_pool(44100, tmp_path / "cache", parts=3, seconds=3.0)
+    np.testing.assert_array_equal(cached.clip(1)[0], pool.clip(1)[0])  # served from the cache
+    with pytest.raises(RuntimeError, match="no guitar strums"):
+        strums.strum_pool(44100, tmp_path / "cache", parts=4, seconds=3.0)
+
+
+@needs_data
+def test_music_mixes_take_strummed_guitar(mini_root, tmp_path, monkeypatch):
+    from mdx.mix import MusicMixConfig, MusicMixDataset
+
+    monkeypatch.setenv("DEMIX_STRUMS", str(_strum_folder(tmp_path / "strums")))
+    config = MusicMixConfig(data_root=str(mini_root), cache_dir=str(tmp_path / "cache"),
+                            segment_seconds=2.0, sung_phrases=0, p_soundfont=0.0,
+                            p_strums=1.0, strum_parts=4, p_missing=0.0)  # fmt: skip
+    music = MusicMixDataset(config, seed=1)
+    assert music.strums is not None and len(music.strums) == 4
+    mix, stems = music[0]
+    guitar = stems[3].numpy()
+    assert np.abs(guitar).max() > 0
+    np.testing.assert_allclose(stems.sum(0).numpy(), mix.numpy(), atol=1e-6)
