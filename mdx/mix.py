@@ -47,6 +47,9 @@ class MusicMixConfig:
     # hydrogen-drumkits-effects, CC-BY-3.0), when installed or cached
     p_strums: float = 0.0
     strum_parts: int = 60
+    # more SoundFonts (paths, or file names found by mdx.soundfont.resolve_soundfont) whose
+    # renders share the SoundFont draws with the default's, e.g. "MuseScore_General_Full.sf3"
+    extra_soundfonts: tuple[str, ...] = ()
     speech_bandwidth_hz: float = 8000.0  # speech (and singing made from it) is band-limited
     p_fold_bandwidth: float = 0.5
     epoch_size: int = 1_000_000
@@ -131,11 +134,22 @@ class MusicMixDataset(torch.utils.data.Dataset):
             except RuntimeError as exc:
                 warnings.warn(f"no strummed guitar in music mixes: {exc}", stacklevel=2)
         self.soundfont: dict[str, data.ClipPool] = {}
+        self.extra_soundfont: list[dict[str, data.ClipPool]] = []
         if config.p_soundfont > 0:
             try:
                 self.soundfont = soundfont.stem_pools(rate, cache, config.soundfont_songs)
             except RuntimeError as exc:
                 warnings.warn(f"no SoundFont renders in music mixes: {exc}", stacklevel=2)
+            for k, name in enumerate(config.extra_soundfonts, 1):
+                path = soundfont.resolve_soundfont(name)
+                try:  # other songs (another seed), not the same ones in other sounds
+                    pools = soundfont.stem_pools(
+                        rate, cache, config.soundfont_songs, seed=k, soundfont=path
+                    )
+                except RuntimeError as exc:
+                    warnings.warn(f"no {name} renders in music mixes: {exc}", stacklevel=2)
+                    continue
+                self.extra_soundfont.append(pools)
 
     def __len__(self) -> int:
         return self.config.epoch_size
@@ -195,8 +209,9 @@ class MusicMixDataset(torch.utils.data.Dataset):
         real = rng.random() < cfg.p_real
         if stem == "guitar" and self.strums is not None and rng.random() < cfg.p_strums:
             return self.strums.random_crop(rng, n)
-        if stem != "vocals" and stem in self.soundfont and rng.random() < cfg.p_soundfont:
-            return self.soundfont[stem].random_crop(rng, n)
+        fonts = [f for f in (self.soundfont, *self.extra_soundfont) if stem in f]
+        if stem != "vocals" and fonts and rng.random() < cfg.p_soundfont:
+            return fonts[int(rng.integers(len(fonts)))][stem].random_crop(rng, n)
         if stem == "drums":
             if real and self.drum_loops is not None:
                 return self.drum_loops.random_crop(rng, n)

@@ -34,6 +34,11 @@ SOUNDFONT_PATHS = (
     "/usr/share/soundfonts/default.sf2",
 )
 
+# Folders searched for a SoundFont named by file name (``resolve_soundfont``), e.g. Debian's
+# musescore-general-soundfont (MIT): MuseScore_General_Full.sf3, whose grand piano is a
+# public-domain, close-miked Steinway D, far better than FluidR3's.
+SOUNDFONT_DIRS = ("/usr/share/sounds/sf3", "/usr/share/sounds/sf2", "/usr/share/soundfonts")
+
 # General MIDI programs (0-based) per stem; the percussion channel is always drums.
 PROGRAMS: dict[str, tuple[int, ...]] = {
     "piano": tuple(range(0, 8)),  # acoustic and electric pianos, harpsichord, clavinet
@@ -71,6 +76,17 @@ def find_soundfont() -> Path | None:
         if c and Path(c).is_file():
             return Path(c)
     return None
+
+
+def resolve_soundfont(name: str) -> Path:
+    """A SoundFont given as a path, or as a file name found in ``SOUNDFONT_DIRS``; a name
+    found nowhere comes back as is (a cached or packed render of it can still serve)."""
+    if Path(name).is_file():
+        return Path(name)
+    for folder in SOUNDFONT_DIRS:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return Path(name)
 
 
 def renderer_unavailable() -> str | None:

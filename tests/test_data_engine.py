@@ -442,3 +442,29 @@ def test_music_mixes_take_strummed_guitar(mini_root, tmp_path, monkeypatch):
     guitar = stems[3].numpy()
     assert np.abs(guitar).max() > 0
     np.testing.assert_allclose(stems.sum(0).numpy(), mix.numpy(), atol=1e-6)
+
+
+@needs_data
+def test_music_mixes_draw_from_extra_soundfonts(mini_root, tmp_path):
+    import shutil
+
+    from mdx.mix import MusicMixConfig, MusicMixDataset
+
+    why = soundfont.renderer_unavailable()
+    if why:
+        pytest.skip(why)
+    other = tmp_path / "Other_GM.sf2"  # the same font under another name: its own renders
+    shutil.copy(soundfont.find_soundfont(), other)
+    assert soundfont.resolve_soundfont(str(other)) == other
+    assert soundfont.resolve_soundfont("FluidR3_GM.sf2").is_file()  # found by its name
+    config = MusicMixConfig(data_root=str(mini_root), cache_dir=str(tmp_path / "cache"),
+                            segment_seconds=2.0, sung_phrases=0, p_soundfont=1.0,
+                            soundfont_songs=3, p_missing=0.0, p_strums=0.0,
+                            extra_soundfonts=(str(other), "Missing_GM.sf2"))  # fmt: skip
+    with pytest.warns(UserWarning, match="no Missing_GM.sf2 renders"):
+        music = MusicMixDataset(config, seed=1)
+    assert len(music.extra_soundfont) == 1 and "piano" in music.extra_soundfont[0]
+    first, extra = music.soundfont["bass"], music.extra_soundfont[0]["bass"]
+    assert first.digest != extra.digest  # other songs, cached apart
+    mix, stems = music[0]
+    np.testing.assert_allclose(stems.sum(0).numpy(), mix.numpy(), atol=1e-6)
