@@ -6,6 +6,7 @@ Exit status: 0 when every input succeeded, 1 when any failed, 2 for usage errors
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -82,11 +83,17 @@ class _BatchProgress:
         self.done: dict[Path, float] = {}
         self.totals: dict[Path, float] = {}
         self.batch = _ProgressBar(f"{len(labels)} files", disabled) if together else None
+        self.expected: dict[Path, float] = {}  # durations from the headers, for the batch bar
+        if together:
+            for path in labels:
+                with contextlib.suppress(audio.AudioError, OSError):
+                    self.expected[path] = audio.info(path).seconds
 
     def __call__(self, path: Path, done_seconds: float, total_seconds: float) -> None:
         self.done[path], self.totals[path] = done_seconds, total_seconds
-        if self.batch is not None:  # files not yet started count at zero
-            self.batch(sum(self.done.values()), sum(self.totals.values()))
+        if self.batch is not None:  # files not yet started: their headers' durations
+            total = sum(self.totals.get(p, s) for p, s in self.expected.items())
+            self.batch(sum(self.done.values()), max(total, sum(self.totals.values())))
         else:
             self.bars.setdefault(path, _ProgressBar(self.labels[path], self.disabled))(
                 done_seconds, total_seconds
