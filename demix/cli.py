@@ -78,7 +78,7 @@ class _BatchProgress:
     files) when several are separated together."""
 
     def __init__(self, labels: dict[Path, str], together: bool, disabled: bool):
-        self.labels, self.together, self.disabled = labels, together, disabled
+        self.labels, self.disabled = labels, disabled
         self.bars: dict[Path, _ProgressBar] = {}
         self.done: dict[Path, float] = {}
         self.totals: dict[Path, float] = {}
@@ -626,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="separate N files at once, their chunks sharing the model calls (--batch-size "
         "signals each): short files then fill a GPU's batches; default 1 (one file after "
-        "another, which is as fast on a CPU)",
+        "another, which is faster on a CPU)",
     )
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="CPU threads (default: all)")
     p.add_argument(

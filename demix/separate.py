@@ -235,9 +235,7 @@ class SharedCalls:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mine = _Call(x)
-        with self._cond:
-            if self._cancelled is not None:
-                raise BatchCancelled(self._cancelled)
+        with self._cond:  # (once cancelled, the loop below takes it out again and raises)
             self._queue.append(mine)
             self._cond.notify_all()
         while True:

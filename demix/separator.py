@@ -712,14 +712,14 @@ class Separator:
             for path, out in jobs:
                 yield one(path, out)
             return
-        outputs = self.plan(head, stems).outputs
+        plan = self.plan(head, stems)
         fmt, filename = settings.get("fmt", "wav"), settings.get("filename", DEFAULT_FILENAME)
         groups = group_by_folders(
-            jobs, lambda job: {t.parent for t in stem_paths(*job, outputs, fmt, filename).values()}
+            jobs,
+            lambda job: {t.parent for t in stem_paths(*job, plan.outputs, fmt, filename).values()},
         )
         threads = min(files_together, len(groups))
-        heads = self.plan(head, stems).heads
-        calls = SharedCalls(self._model_call(heads), self.batch_size, threads)
+        calls = SharedCalls(self._model_call(plan.heads), self.batch_size, threads)
         todo: queue.Queue = queue.Queue()
         for group in groups:
             todo.put(group)
@@ -743,7 +743,7 @@ class Separator:
                 calls.leave()
                 done.put(None)
 
-        self._shared = (heads, calls)
+        self._shared = (plan.heads, calls)
         workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
         try:
             for worker in workers:
