@@ -1,10 +1,11 @@
 """Dynamic six-stem music mixes from real clips, SoundFont renders, sung speech and
 procedural parts.
 
-Per stem, each example draws real licence-clean material (drum one-shots and loops, guitar
-samples, solo instrument phrases, singing phrases), a crop of that stem from a SoundFont-
-rendered song (``mdx.soundfont``), sung speech for vocals (``mdx.sing``), or a procedural
-part rendered over a shared song sketch (``mdx.synth``). Stems of different songs are mixed
+Per stem, each example draws real licence-clean material (drum one-shots and loops, grooves
+played on sampled drum kits (``mdx.drumkits``), guitar samples, strummed chords, solo
+instrument phrases, singing phrases), a crop of that stem from a SoundFont-rendered song
+(``mdx.soundfont``), sung speech for vocals (``mdx.sing``), or a procedural part rendered
+over a shared song sketch (``mdx.synth``). Stems of different songs are mixed
 together (Demucs-style remixing) at random loudness, panned, and sometimes left out.
 SoundFont and singing pools are optional: without FluidSynth, a SoundFont or pyworld the
 mixer says so once and uses the other sources.
@@ -13,6 +14,7 @@ mixer says so once and uses the other sources.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 
 from demix import data
 from demix.registry import register_dataset
-from mdx import MDX_STEMS, sing, soundfont, strums, synth
+from mdx import MDX_STEMS, drumkits, sing, soundfont, strums, synth
 
 _VOCAL_PHRASES = ("singing-female", "soprano", "vignesh", "carnatic")
 _PIANO_PHRASES = ("piano",)
@@ -47,12 +49,25 @@ class MusicMixConfig:
     # hydrogen-drumkits-effects, CC-BY-3.0), when installed or cached
     p_strums: float = 0.0
     strum_parts: int = 60
+    # drums: a groove played on real sampled drum kits (mdx.drumkits; Debian's
+    # hydrogen-drumkits, the CC-BY-3.0 and CC0 kits only), when installed or cached
+    p_drumkits: float = 0.0
+    drumkit_parts: int = 80
     # more SoundFonts (paths, or file names found by mdx.soundfont.resolve_soundfont) whose
     # renders share the SoundFont draws with the default's, e.g. "MuseScore_General_Full.sf3"
     extra_soundfonts: tuple[str, ...] = ()
     speech_bandwidth_hz: float = 8000.0  # speech (and singing made from it) is band-limited
     p_fold_bandwidth: float = 0.5
     epoch_size: int = 1_000_000
+
+
+def _optional_pool(what: str, make: Callable[[], data.ClipPool]) -> data.ClipPool | None:
+    """``make()``, or None with a warning where its material is missing (RuntimeError)."""
+    try:
+        return make()
+    except RuntimeError as exc:
+        warnings.warn(f"no {what} in music mixes: {exc}", stacklevel=3)
+        return None
 
 
 class MusicMixDataset(torch.utils.data.Dataset):
@@ -127,12 +142,16 @@ class MusicMixDataset(torch.utils.data.Dataset):
                 )
             except ImportError as exc:
                 warnings.warn(f"no sung vocals in music mixes: {exc}", stacklevel=2)
-        self.strums = None
+        self.strums = self.drumkits = None
         if config.p_strums > 0:
-            try:
-                self.strums = strums.strum_pool(rate, cache, config.strum_parts)
-            except RuntimeError as exc:
-                warnings.warn(f"no strummed guitar in music mixes: {exc}", stacklevel=2)
+            self.strums = _optional_pool(
+                "strummed guitar", lambda: strums.strum_pool(rate, cache, config.strum_parts)
+            )
+        if config.p_drumkits > 0:
+            self.drumkits = _optional_pool(
+                "drum kit grooves",
+                lambda: drumkits.drumkit_pool(rate, cache, config.drumkit_parts),
+            )
         self.soundfont: dict[str, data.ClipPool] = {}
         self.extra_soundfont: list[dict[str, data.ClipPool]] = []
         if config.p_soundfont > 0:
@@ -209,6 +228,8 @@ class MusicMixDataset(torch.utils.data.Dataset):
         real = rng.random() < cfg.p_real
         if stem == "guitar" and self.strums is not None and rng.random() < cfg.p_strums:
             return self.strums.random_crop(rng, n)
+        if stem == "drums" and self.drumkits is not None and rng.random() < cfg.p_drumkits:
+            return self.drumkits.random_crop(rng, n)
         fonts = [f for f in (self.soundfont, *self.extra_soundfont) if stem in f]
         if stem != "vocals" and fonts and rng.random() < cfg.p_soundfont:
             return fonts[int(rng.integers(len(fonts)))][stem].random_crop(rng, n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -467,4 +468,156 @@ def test_music_mixes_draw_from_extra_soundfonts(mini_root, tmp_path):
     first, extra = music.soundfont["bass"], music.extra_soundfont[0]["bass"]
     assert first.digest != extra.digest  # other songs, cached apart
     mix, stems = music[0]
+    np.testing.assert_allclose(stems.sum(0).numpy(), mix.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [("c3 - bass drum 1", "kick"), ("Kick", "kick"), ("c#3 - stick", "rim"),
+     ("d3 - snare 1", "snare"), ("f#3 - hi-hat closed", "hat"), ("g#3 - hi-hat pedal", "hat_pedal"),
+     ("Open HH", "hat_open"), ("Closed HH", "hat"), ("b3 - low tom", "tom_low"),
+     ("Tom Hi", "tom_high"), ("c4 - middle tom", "tom_mid"), ("f4 - ride bell", "ride"),
+     ("d#4 - cymbal 1", "crash"), ("g#4 - cowbell", "cowbell"), ("Hand Clap", "clap"),
+     ("Sample: beats_08-37.flac", None), ("f#4 - ", None)],
+)  # fmt: skip
+def test_drum_kit_pieces_map_to_roles(name, role):
+    from mdx import drumkits
+
+    assert drumkits.role_of(name) == role
+
+
+@pytest.mark.parametrize(
+    ("licence", "ok"),
+    [("This work is licensed under the Creative Commons 0 License.", True),
+     ("cc-by ==> http://creativecommons.org/licenses/by/3.0/", True),
+     ("CC-BY 3.0 Unported", True), ("GPL", False),
+     ("This drumkit is distributed under the GPL version 2 license", False),
+     ("Attribution-Share Alike 3.0 United States", False),
+     ("Creative Commons - Attribution-ShareAlike 3.0 Unported", False),
+     ("CC-BY-NC 4.0", False), ("", False)],
+)  # fmt: skip
+def test_drum_kit_licences(licence, ok):
+    from mdx import drumkits
+
+    assert drumkits.licence_is_trainable(licence) is ok
+
+
+def _drum_kits(root: Path, rate: int = 48000) -> Path:
+    """Four kits as Hydrogen writes them: a flat old-format kit (CC-BY), a namespaced kit
+    with two velocity layers per piece (CC0), a GPL kit and a kit without a snare."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+
+    def hit(path: Path, seconds: float, hz: float) -> str:
+        t = np.arange(int(seconds * rate)) / rate
+        x = np.sin(2 * np.pi * hz * t) * np.exp(-t / (seconds / 4)) + 0.1 * rng.standard_normal(
+            len(t)
+        ) * np.exp(-t / 0.02)
+        sf.write(path, (0.8 * x).astype(np.float32), rate)
+        return path.name
+
+    def flat(folder: Path, licence: str, names: list[str]) -> None:
+        folder.mkdir(parents=True)
+        body = "".join(
+            f"<instrument><id>{i}</id><name>{name}</name>"
+            f"<filename>{hit(folder / f's{i}.flac', 0.3, 60 + 150 * i)}</filename>"
+            "<volume>0.9</volume></instrument>"
+            for i, name in enumerate(names)
+        )
+        (folder / "drumkit.xml").write_text(
+            f"<drumkit_info><name>{folder.name}</name><license>{licence}</license>"
+            f"<instrumentList>{body}</instrumentList></drumkit_info>"
+        )
+
+    flat(root / "flat_kit", "cc-by ==> http://creativecommons.org/licenses/by/3.0/",
+         ["c3 - bass drum 1", "d3 - snare 1", "f#3 - hi-hat closed", "a#3 - hi-hat open",
+          "b3 - low tom", "c#4 - crash", "Sample: beats_01.flac"])  # fmt: skip
+    flat(root / "gpl_kit", "GPL", ["Kick", "Snare", "Closed HH"])
+    flat(root / "no_snare", "CC0", ["Kick", "Closed HH"])
+    layered = root / "layered_kit"
+    layered.mkdir()
+    pieces = ""
+    for i, name in enumerate(["Kick", "Snare Rock", "Closed HH", "Ride Jazz"]):
+        soft = hit(layered / f"{i}_soft.wav", 0.2, 80 + 100 * i)
+        hard = hit(layered / f"{i}_hard.wav", 0.4, 80 + 100 * i)
+        pieces += (
+            f"<instrument><id>{i}</id><name>{name}</name><volume>1</volume>"
+            f"<layer><filename>{soft}</filename><min>0</min><max>0.5</max><gain>1</gain></layer>"
+            f"<layer><filename>{hard}</filename><min>0.5</min><max>1</max><gain>1</gain></layer>"
+            "</instrument>"
+        )
+    (layered / "drumkit.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<drumkit_info xmlns="http://www.hydrogen-music.org/drumkit"><name>Layered</name>'
+        "<license>This work is licensed under the Creative Commons 0 License.</license>"
+        f"<instrumentList>{pieces}</instrumentList></drumkit_info>"
+    )
+    (root / "broken").mkdir()
+    (root / "broken" / "drumkit.xml").write_text("<drumkit_info><name>")
+    return root
+
+
+def test_drum_kits_are_read_in_both_formats_and_only_licence_clean(tmp_path, monkeypatch):
+    from mdx import drumkits
+
+    root = _drum_kits(tmp_path / "kits")
+    flat = drumkits.read_drumkit(root / "flat_kit")
+    roles = {r: len(p) for r, p in flat.roles().items()}  # the unnamed sample plays none
+    assert roles == dict.fromkeys(["kick", "snare", "hat", "hat_open", "tom_low", "crash"], 1)
+    layered = drumkits.read_drumkit(root / "layered_kit")
+    assert layered.name == "Layered" and layered.trainable and layered.playable
+    assert [(la.low, la.high) for la in layered.roles()["kick"][0].layers] == [(0, 0.5), (0.5, 1)]
+    with pytest.raises(ValueError, match=r"broken.drumkit\.xml: not a readable"):
+        drumkits.read_drumkit(root / "broken")
+    monkeypatch.setenv("DEMIX_DRUMKITS", str(root))
+    assert [k.folder.name for k in drumkits.find_drumkits()] == ["layered_kit", "flat_kit"]
+    # a kit folder itself, beside a folder of kits
+    monkeypatch.setenv("DEMIX_DRUMKITS", f"{root / 'flat_kit'}{os.pathsep}{tmp_path / 'none'}")
+    assert [k.name for k in drumkits.find_drumkits()] == ["flat_kit"]
+
+
+def test_drum_kit_grooves_play_velocity_layers_and_are_cached(tmp_path, monkeypatch):
+    from mdx import drumkits
+
+    root = _drum_kits(tmp_path / "kits")
+    layered = drumkits.KitSamples(drumkits.read_drumkit(root / "layered_kit"), 44100)
+    kick = layered.kit.roles()["kick"][0]
+    sound = drumkits._Sound(
+        [(la.low, la.high, layered.samples[la.path]) for la in kick.layers], 0.0
+    )
+    rng = np.random.default_rng(0)
+    assert sound.take(0.3, rng).shape[1] == int(0.2 * 44100)  # the soft layer
+    assert sound.take(0.9, rng).shape[1] == int(0.4 * 44100)  # the hard one
+    kits = [layered, drumkits.KitSamples(drumkits.read_drumkit(root / "flat_kit"), 44100)]
+    part = drumkits.groove(kits, 4.0, 44100, np.random.default_rng(5))
+    again = drumkits.groove(kits, 4.0, 44100, np.random.default_rng(5))
+    assert part.shape == (2, 4 * 44100) and np.array_equal(part, again)
+    assert not np.allclose(part[0], part[1])  # pieces panned across the image
+    envelope = np.abs(part).max(0).reshape(-1, 441).max(1)  # per 10 ms
+    onsets = np.flatnonzero((envelope[1:] > 2 * envelope[:-1]) & (envelope[1:] > 0.05))
+    assert len(onsets) >= 8  # a groove at 70-170 BPM, not a few sounds
+    monkeypatch.setenv("DEMIX_DRUMKITS", str(root))
+    pool = drumkits.drumkit_pool(44100, tmp_path / "cache", parts=3, seconds=3.0)
+    assert len(pool) == 3 and pool.channels == 2
+    found = drumkits.find_drumkits()
+    monkeypatch.setenv("DEMIX_DRUMKITS", str(tmp_path / "missing"))
+    cached = drumkits.drumkit_pool(44100, tmp_path / "cache", parts=3, seconds=3.0, kits=found)
+    np.testing.assert_array_equal(cached.clip(1)[0], pool.clip(1)[0])  # served from the cache
+    with pytest.raises(RuntimeError, match="no licence-clean drum kits"):
+        drumkits.drumkit_pool(44100, tmp_path / "cache", parts=4, seconds=3.0)
+
+
+@needs_data
+def test_music_mixes_take_drum_kit_grooves(mini_root, tmp_path, monkeypatch):
+    from mdx.mix import MusicMixConfig, MusicMixDataset
+
+    monkeypatch.setenv("DEMIX_DRUMKITS", str(_drum_kits(tmp_path / "kits")))
+    config = MusicMixConfig(data_root=str(mini_root), cache_dir=str(tmp_path / "cache"),
+                            segment_seconds=2.0, sung_phrases=0, p_soundfont=0.0,
+                            p_drumkits=1.0, drumkit_parts=4, p_missing=0.0)  # fmt: skip
+    music = MusicMixDataset(config, seed=1)
+    assert music.drumkits is not None and len(music.drumkits) == 4
+    mix, stems = music[0]
+    assert np.abs(stems[0].numpy()).max() > 0
     np.testing.assert_allclose(stems.sum(0).numpy(), mix.numpy(), atol=1e-6)
