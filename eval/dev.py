@@ -116,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--foley-items", type=int, default=0, help="film mixtures with Foley pools")
     p.add_argument("--music-seconds", type=float, default=20.0)
     p.add_argument("--json", help="also write the table as JSON (for checkpoint metadata)")
+    p.add_argument("--segment-seconds", type=float, help="chunk length (default: the model's)")
+    p.add_argument("--overlap-seconds", type=float, default=1.0)
     args = p.parse_args(argv)
     root = default_data_root()
     if not (root / "MANIFEST.csv").exists():
         print(f"no development data at {root}", file=sys.stderr)
         return 1
-    sep = Separator.from_pretrained(args.model)
+    sep = Separator.from_pretrained(
+        args.model, segment_seconds=args.segment_seconds, overlap_seconds=args.overlap_seconds
+    )
     music = music_items(args.music_seconds)
     items = film_items(args.film_items) + film_items(args.foley_items, foley=True) + music
     table = summary(evaluate(sep, items))
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {args.model}; film: {args.film_items} dev mixtures of 10 s"
         + (f" (+ {args.foley_items} with Foley pools)" if args.foley_items else "")
         + f"; music: {len(music)} mdb songs, {args.music_seconds:g}-s excerpts"
+        + f"; chunks of {sep.chunk_samples / sep.sample_rate:g} s"
+        + f" every {sep.hop_samples / sep.sample_rate:g} s"
     )
     print("| stem | items | SI-SDR model (dB) | SI-SDR identity (dB) | improvement (dB) |")
     print("| --- | --- | --- | --- | --- |")
