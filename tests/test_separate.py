@@ -65,3 +65,31 @@ def test_window_never_zero_and_rejects_bad_hop():
 
 def test_empty_stream_yields_nothing():
     assert list(iter_separate(identity, [], 100, 50)) == []
+
+
+def zero_sensitive(x: torch.Tensor) -> torch.Tensor:
+    """Identity scaled by the chunk's share of non-zero samples: exact only on whole audio."""
+    return (x * (x != 0).float().mean(dim=-1, keepdim=True))[:, None]
+
+
+@pytest.mark.parametrize("length", [1000, 1001, 1699, 1700, 5555])
+@pytest.mark.parametrize("block", [None, 333])
+def test_last_chunk_ends_with_the_input_not_in_zero_padding(length, block):
+    mix = torch.rand(1, 2, length) + 0.5  # no zero sample anywhere
+    if block is None:
+        out = separate_chunked(zero_sensitive, mix, 1000, 700)
+    else:
+        blocks = [mix[..., i : i + block] for i in range(0, length, block)]
+        out = torch.cat(list(iter_separate(zero_sensitive, blocks, 1000, 700)), dim=-1)
+    torch.testing.assert_close(out[:, 0], mix, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("length", [1, 300, 600, 999])
+def test_input_shorter_than_a_chunk_is_looped_to_fill_it(length):
+    mix = torch.rand(1, 2, length) + 0.5
+    out = separate_chunked(zero_sensitive, mix, 1000, 700)
+    torch.testing.assert_close(out[:, 0], mix, atol=1e-6, rtol=0)
+    # the model sees the clip over and over: its mean over the chunk is the clip's
+    seen = []
+    separate_chunked(lambda x: seen.append(x) or x[:, None], mix, 1000, 700)
+    torch.testing.assert_close(seen[0][..., length : 2 * length], mix[..., : 1000 - length])
