@@ -21,6 +21,7 @@ import pandas as pd
 
 from demix import Separator
 from demix.data import default_data_root
+from demix.separate import SEPARATION_VERSION
 from eval.bench import model_fingerprint, run_benchmark
 from eval.sets import (
     build_film_set,
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         sets = {k: v for k, v in sets.items() if k in chosen}
     sep = Separator.from_pretrained(args.model)
     name = Path(args.model).stem
-    model_id = model_fingerprint(args.model)  # hashes the whole checkpoint: once
+    checkpoint_id = model_fingerprint(args.model)  # hashes the whole checkpoint: once
+    # Cached scores are reused only for the same weights separated the same way.
+    model_id = f"{checkpoint_id} separation v{SEPARATION_VERSION}"
     sections = []
     for set_name, (task, build, bss) in sets.items():
         set_dir = work / "sets" / set_name
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" --no-bss" if args.no_bss else "")
         + (f" --sets {args.sets}" if args.sets else "")
         + f"` on {now}"
-        f" (checkpoint sha256 {model_id}…).",
+        f" (checkpoint sha256 {checkpoint_id}…, separation v{SEPARATION_VERSION}).",
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.",
         "Sets: seeded from the dev split of `../shared/data` (`python -m eval.sets`). "
         "Identity = the mix as every stem; oracle-irm = ideal ratio mask from the true stems; "
