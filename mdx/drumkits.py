@@ -190,8 +190,7 @@ def find_drumkits() -> list[DrumKit]:
 class _Sound:
     """A piece ready to play: its layers' samples [2, t] at the part's rate and tuning."""
 
-    layers: list[tuple[float, float, np.ndarray]]
-    pan: float
+    layers: list[tuple[float, float, np.ndarray]]  # (lowest, highest velocity, sample)
 
     def take(self, velocity: float, rng: np.random.Generator) -> np.ndarray:
         fits = [x for low, high, x in self.layers if low <= velocity <= high]
@@ -203,7 +202,7 @@ class KitSamples:
     """A kit's samples decoded once at one rate (mono or stereo, as recorded)."""
 
     def __init__(self, kit: DrumKit, sample_rate: int):
-        self.kit, self.sample_rate = kit, sample_rate
+        self.kit = kit
         self.samples: dict[Path, np.ndarray] = {}
         for piece in kit.pieces:
             for layer in piece.layers:
@@ -334,7 +333,7 @@ def groove(
              * np.float32(la.gain * piece.volume))
             for la in piece.layers
         ]  # fmt: skip
-        sounds[role] = _Sound(layers, pan)
+        sounds[role] = _Sound(layers)
     if "hat" not in sounds:  # a ride kit: the ride keeps time
         style = "ride"
     out = np.zeros((2, n), np.float32)

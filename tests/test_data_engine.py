@@ -583,9 +583,7 @@ def test_drum_kit_grooves_play_velocity_layers_and_are_cached(tmp_path, monkeypa
     root = _drum_kits(tmp_path / "kits")
     layered = drumkits.KitSamples(drumkits.read_drumkit(root / "layered_kit"), 44100)
     kick = layered.kit.roles()["kick"][0]
-    sound = drumkits._Sound(
-        [(la.low, la.high, layered.samples[la.path]) for la in kick.layers], 0.0
-    )
+    sound = drumkits._Sound([(la.low, la.high, layered.samples[la.path]) for la in kick.layers])
     rng = np.random.default_rng(0)
     assert sound.take(0.3, rng).shape[1] == int(0.2 * 44100)  # the soft layer
     assert sound.take(0.9, rng).shape[1] == int(0.4 * 44100)  # the hard one
