@@ -118,3 +118,27 @@ def test_dualpath_blocks_and_checkpoint_round_trip(tmp_path, block):
         torch.testing.assert_close(loaded(mix)["music"], model(mix)["music"])
     with pytest.raises(ValueError, match="rnn"):
         tiny("dualpath", rnn="transformer")
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_synthesise_is_masks_times_spectrum_then_istft(grad):
+    model = tiny("dualpath")
+    cfg = model.config
+    mix = torch.randn(2, 2, 3000)
+    spec = model.analyse(mix)  # [b, c, f, n, 2]
+    b, c, f, n, _ = spec.shape
+    masks = torch.randn(b, n, f + 3, 3, c, 2)[:, :, :f]  # a slice, as the mask heads give
+    masks.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        stems = model.synthesise(spec, masks, mix.shape[-1])
+    # Reference, written the plain way: est[b, s, c, f, n] = mask[b, n, f, s, c] * spec[b, c, f, n]
+    m = torch.complex(masks[..., 0], masks[..., 1]).detach()
+    z = torch.complex(spec[..., 0], spec[..., 1])
+    est = torch.einsum("bnfsc,bcfn->bscfn", m, z)
+    ref = torch.istft(
+        est.reshape(-1, f, n), cfg.n_fft, cfg.hop_samples, window=model.window, length=3000
+    ).reshape(b, 3, c, 3000)
+    torch.testing.assert_close(stems.detach(), ref, rtol=1e-4, atol=1e-5)
+    if grad:
+        stems.square().sum().backward()
+        assert masks.grad is not None and masks.grad.abs().sum() > 0
