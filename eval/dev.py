@@ -109,7 +109,6 @@ def fof_items(
     for song in sorted({r.group for r in rows}):
         paths = {Path(r.path).name.split(".")[0]: r.path for r in rows if r.group == song}
         stems = {}
-        rate = 48000
         for name in ("guitar", "backing"):
             stems[name], rate = audio.read(root / paths[name])
         length = min(s.shape[1] for s in stems.values())
@@ -199,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "dev_set": f"eval.dev: {args.film_items} {args.split} film mixtures x 10 s "
             f"(seed {FILM_SEED}), "
-            f"mdb songs {args.music_seconds:g}-s excerpts",
+            f"{len(music)} mdb songs {args.music_seconds:g}-s excerpts"
+            + (f", {args.fof_excerpts} fof excerpts per song" if args.fof_excerpts else ""),
         }
         Path(args.json).write_text(json.dumps(record, indent=2))
     return 0
