@@ -187,6 +187,8 @@ BACKENDS = {"torch": _load_torch, "onnxruntime": _load_onnxruntime}
 # torch's 0.110, both heads 0.145 against 0.175; whole `demix separate` runs of 60 s, 17.2 s
 # against 37.9 s with another job on the machine (torch's threads suffer more from sharing);
 # peak memory the same (1,024 against 983 MiB) with per-head exports and no ORT arena.
+# Re-measured 2026-11-27 (whole `demix separate`, 60 s): torch 1.02x (film) and 0.91x (both
+# heads) onnxruntime's wall time on idle cores, but 2.6x while a training run shared them.
 DEFAULT_BACKEND = "onnxruntime"
 
 

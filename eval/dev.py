@@ -1,7 +1,7 @@
 """Quick dev-split check: SI-SDR per stem of a model against the identity baseline.
 
 ``python -m eval.dev [--model demix-small] [--film-items 16] [--foley-items 0]
-[--music-seconds 20] [--fof-excerpts 0] [--split dev]``
+[--sung-items 0] [--music-seconds 20] [--fof-excerpts 0] [--split dev]``
 
 - film: dynamic DnR-recipe mixtures (10 s) built from the *dev* split of ``../shared/data``
   (dev speech, dev music, ESC-10 fold 4) with a fixed seed, separated by the film head;
@@ -10,6 +10,10 @@
   ``foley dialogue``, ``foley music``, ``foley effects``;
 - music: the dev multitrack songs of ``stems/mdb`` (mixture = sum of stems; evaluation only,
   NC licence), an excerpt from the middle of each, separated by the music head;
+- sung (optional): the film recipe with a dev song that has a singer as the music (the mdb
+  songs, where the vocals are active: ``eval.sets``' film-sung recipe), reported as
+  ``sung dialogue``, ``sung music``, ``sung effects``: real film music is often a song, and
+  the singing belongs to music, not dialogue;
 - fof (optional): excerpts of the Frets on Fire multitracks (a real lead-guitar stem over the
   rest of the band), scored on ``fof guitar``.
 
@@ -55,20 +59,28 @@ def film_items(
     root: Path | None = None,
     foley: bool = False,
     split: str = "dev",
+    sung: bool = False,
 ) -> list[Item]:
     """Seeded film mixtures from the dev split (same recipe as training, dev pools); with
-    ``foley``, from the game-data dev pools instead of ESC-10 and the MacLeod scores;
-    ``split="train"`` draws the same folders' training files."""
+    ``foley``, from the game-data dev pools instead of ESC-10 and the MacLeod scores; with
+    ``sung``, the music is a dev song where its singer is active (stems/mdb: dev only, so
+    not with ``split="train"``); ``split="train"`` draws the same folders' training files."""
     from cdx import CDX_STEMS
     from eval import sets
 
+    if foley and sung:
+        raise ValueError("film_items: choose foley or sung, not both")
+    if sung and split != "dev":
+        raise ValueError("film_items: the sung items' songs (stems/mdb) are dev only")
     if foley:
         ds = sets.dev_film_mixer(
             seconds, FILM_SEED, root, sets.DEV_FOLEY_MUSIC, sets.DEV_FOLEY_EFFECTS, split
         )
     else:
         ds = sets.dev_film_mixer(seconds, FILM_SEED, root, split=split)
-    group = "foley" if foley else ""
+    if sung:
+        ds.music = sets.sung_music_pool(root or default_data_root(), ds.config, seconds)
+    group = "foley" if foley else "sung" if sung else ""
     items = []
     for i in range(count):
         mix, stems = ds.make(np.random.default_rng([FILM_SEED, i]))
@@ -151,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="demix-small")
     p.add_argument("--film-items", type=int, default=16)
     p.add_argument("--foley-items", type=int, default=0, help="film mixtures with Foley pools")
+    p.add_argument(
+        "--sung-items", type=int, default=0, help="film mixtures whose music is a sung song"
+    )
     p.add_argument("--music-seconds", type=float, default=20.0)
     p.add_argument(
         "--fof-excerpts", type=int, default=0, help="excerpts per Frets on Fire song (guitar)"
@@ -164,25 +179,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the table as JSON (for checkpoint metadata)")
     p.add_argument("--segment-seconds", type=float, help="chunk length (default: the model's)")
     p.add_argument("--overlap-seconds", type=float, default=1.0)
+    p.add_argument("--shifts", type=int, default=1, help="passes averaged per chunk (as demix)")
     args = p.parse_args(argv)
     root = default_data_root()
     if not (root / "MANIFEST.csv").exists():
         print(f"no development data at {root}", file=sys.stderr)
         return 1
     sep = Separator.from_pretrained(
-        args.model, segment_seconds=args.segment_seconds, overlap_seconds=args.overlap_seconds
+        args.model,
+        segment_seconds=args.segment_seconds,
+        overlap_seconds=args.overlap_seconds,
+        shifts=args.shifts,
     )
     music = music_items(args.music_seconds) if args.split == "dev" else []
     items = film_items(args.film_items, split=args.split)
     items += film_items(args.foley_items, foley=True, split=args.split)
+    if args.split == "dev":  # the songs with singers are dev only
+        items += film_items(args.sung_items, sung=True)
     items += music + fof_items(args.fof_excerpts, args.music_seconds, split=args.split)
+    sung_count = sum(item.group == "sung" for item in items)
     table = summary(evaluate(sep, items))
     print(
         f"model: {args.model}; film: {args.film_items} {args.split} mixtures of 10 s"
         + (f" (+ {args.foley_items} with Foley pools)" if args.foley_items else "")
+        + (f" (+ {sung_count} with sung songs)" if sung_count else "")
         + f"; music: {len(music)} mdb songs, {args.music_seconds:g}-s excerpts"
         + f"; chunks of {sep.chunk_samples / sep.sample_rate:g} s"
         + f" every {sep.hop_samples / sep.sample_rate:g} s"
+        + (f", {args.shifts} shifted passes" if args.shifts > 1 else "")
     )
     print("| stem | items | SI-SDR model (dB) | SI-SDR identity (dB) | improvement (dB) |")
     print("| --- | --- | --- | --- | --- |")
@@ -199,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             "dev_set": f"eval.dev: {args.film_items} {args.split} film mixtures x 10 s "
             f"(seed {FILM_SEED}), "
             f"{len(music)} mdb songs {args.music_seconds:g}-s excerpts"
+            + (f", {sung_count} film mixtures with sung songs" if sung_count else "")
             + (f", {args.fof_excerpts} fof excerpts per song" if args.fof_excerpts else ""),
         }
         Path(args.json).write_text(json.dumps(record, indent=2))

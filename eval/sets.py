@@ -126,7 +126,7 @@ def build_film_sung_set(
     drawn from the dev multitrack songs (stems/mdb, evaluation only: NC licence), from
     stretches where the singer is active. The singing must land in music, not dialogue."""
     ds = dev_film_mixer(seconds, seed, root)
-    ds.music = _sung_music_pool(root or data.default_data_root(), ds.config, seconds)
+    ds.music = sung_music_pool(root or data.default_data_root(), ds.config, seconds)
     return _write_film_items(ds, out, count, seed, {"sung_vocals": True})
 
 
@@ -143,7 +143,7 @@ def _write_film_items(ds, out: Path, count: int, seed: int, extra: dict | None =
     return folders
 
 
-def _sung_music_pool(root: Path, config, seconds: float) -> data.ClipPool:
+def sung_music_pool(root: Path, config, seconds: float) -> data.ClipPool:
     """Song mixtures (sum of stems) of stems/mdb, cut to the stretches of at least
     ``seconds`` where the vocals are within 20 dB of their loudest second."""
     rate = config.sample_rate

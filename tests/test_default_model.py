@@ -59,3 +59,22 @@ def test_fof_items_cut_guitar_excerpts_from_the_chosen_split():
             np.testing.assert_allclose(item.mix, item.stems["guitar"] + item.stems["backing"])
         first, second = items[0], items[1]  # two excerpts of one song, from different places
         assert not np.allclose(first.stems["guitar"], second.stems["guitar"])
+
+
+def test_sung_items_put_a_dev_song_with_its_singer_in_the_music_stem():
+    """eval.dev --sung-items: film mixtures whose music is one of the dev mdb songs (the
+    stretches where the singer is active), grouped as "sung"; dev only."""
+    from eval.dev import film_items
+
+    items = film_items(2, seconds=10.0, sung=True)
+    plain = film_items(2, seconds=10.0)
+    for item, other in zip(items, plain):
+        assert item.group == "sung" and item.head == "film" and item.name.startswith("sung-")
+        assert set(item.stems) == {"dialogue", "music", "effects"}
+        np.testing.assert_allclose(item.mix, sum(item.stems.values()), atol=1e-5)
+        assert not np.allclose(item.stems["music"], other.stems["music"])  # a song, not a score
+        assert np.sqrt(np.mean(item.stems["music"] ** 2)) > 1e-3
+    with pytest.raises(ValueError, match="dev only"):
+        film_items(1, sung=True, split="train")
+    with pytest.raises(ValueError, match="foley or sung"):
+        film_items(1, sung=True, foley=True)
