@@ -3,7 +3,8 @@
 No licence-clean singing exists in the development data, yet both heads need it: the music
 head's vocals stem, and the film head, which must send songs under dialogue to music. Speech
 is analysed with the WORLD vocoder (``pyworld``: F0, spectral envelope, aperiodicity), slowed
-down so syllables become sustained notes, and resynthesised on a melody: a pitch contour
+down so syllables become sustained notes (the vowels held longer than the consonants, as a
+singer holds a note), and resynthesised on a melody: a pitch contour
 snapped to the song's scale, with portamento between notes and delayed vibrato. The spectral
 envelope is kept, so formants (and the words) stay the speaker's while the pitch becomes
 sung. Phrases may be doubled (a second, slightly detuned and delayed take) or harmonised, and
@@ -23,7 +24,7 @@ import numpy as np
 from demix import audio, data
 from mdx import synth
 
-SING_VERSION = 1  # bump when the rendering changes: it keys the cached pools
+SING_VERSION = 2  # bump when the rendering changes: it keys the cached pools
 FRAME_MS = 5.0
 
 
@@ -81,8 +82,10 @@ def sing(
     stretch: float | None = None,
     transpose: int = 0,
     contour: np.ndarray | None = None,
+    hold: float = 1.0,
 ) -> np.ndarray:
-    """Resynthesise ``speech`` [t] as singing over ``sketch``; returns [t × stretch].
+    """Resynthesise ``speech`` [t] as singing over ``sketch``; returns [t × stretch] (longer
+    with ``hold`` > 1).
 
     Args:
         speech: a mono utterance (float, at most about 10 s for speed).
@@ -92,6 +95,10 @@ def sing(
         transpose: semitones added to the melody (harmonies).
         contour: the pitch in Hz per output frame (5 ms) instead of a random melody; frames
             where the speech is unvoiced stay unvoiced.
+        hold: extra stretch of the voiced frames only: vowels held as notes while the
+            consonants keep ``stretch`` (1: every frame alike). Uniformly slowed speech still
+            has speech's rhythm, syllables of a few hundred milliseconds, where a singer
+            holds vowels for most of a beat; real singing otherwise reads as dialogue.
     """
     import pyworld  # imported here: only training-data rendering needs it
 
@@ -102,7 +109,13 @@ def sing(
     aperiodicity = pyworld.d4c(x, f0, times, sample_rate)
     voiced = f0 > 0
     stretch = float(rng.uniform(1.2, 2.0)) if stretch is None else stretch
-    index = np.minimum((np.arange(int(len(f0) * stretch)) / stretch).astype(int), len(f0) - 1)
+    if hold == 1.0:
+        index = np.minimum((np.arange(int(len(f0) * stretch)) / stretch).astype(int), len(f0) - 1)
+    else:  # each input frame lasts stretch (x hold where voiced) output frames
+        durations = stretch * np.where(voiced, hold, 1.0)
+        starts = np.cumsum(durations) - durations
+        frames_out = int(starts[-1] + durations[-1])
+        index = np.searchsorted(starts, np.arange(frames_out), side="right") - 1
     speaker_pitch = 12 * np.log2(np.median(f0[voiced]) / 440.0) + 69 if voiced.any() else 57.0
     base = int(round(speaker_pitch)) + int(rng.integers(-2, 6)) + transpose
     if contour is None:
@@ -127,14 +140,15 @@ def sung_phrase(
     ``speech_rate``), sometimes doubled or harmonised, with reverb."""
     sketch = synth.random_sketch(rng)
     stretch = float(rng.uniform(1.2, 2.0))
+    hold = float(rng.uniform(1.5, 3.0))  # vowels of about 0.2-0.6 s
     state = rng.bit_generator.state
-    lead = sing(speech, speech_rate, sketch, rng, stretch)
+    lead = sing(speech, speech_rate, sketch, rng, stretch, hold=hold)
     roll = rng.random()
     if roll < 0.5:  # a second take (double) or a harmony a third/fifth up, same melody
         rng_copy = np.random.default_rng()
         rng_copy.bit_generator.state = state
         interval = 0 if roll < 0.3 else int(rng.choice([3, 4, 7]))
-        other = sing(speech, speech_rate, sketch, rng_copy, stretch, interval)
+        other = sing(speech, speech_rate, sketch, rng_copy, stretch, interval, hold=hold)
         if interval == 0:  # a double: detuned by a few cents through a tiny resample
             other = audio.resample(other[None], speech_rate, int(speech_rate * 1.004))[0]
         delay = int(rng.uniform(0.01, 0.04) * speech_rate)

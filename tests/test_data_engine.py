@@ -168,6 +168,37 @@ def test_sung_speech_follows_the_melody_and_is_stretched():
     assert np.median(np.abs(error)) < 0.3  # within a third of a semitone
 
 
+@pytest.mark.skipif(not _has("pyworld"), reason="pyworld not installed (pip install -e .[train])")
+def test_held_vowels_stretch_the_voiced_frames_only():
+    """hold > 1: the voiced stretch (a vowel) lasts hold x longer, the unvoiced (noise, a
+    consonant) keeps the plain stretch."""
+    import pyworld
+
+    from mdx.sing import sing
+
+    rate = 16000
+    rng = np.random.default_rng(0)
+    t = np.arange(rate) / rate
+    buzz = sum(np.sin(2 * np.pi * k * 130 * t) / k for k in range(1, 30)) * np.hanning(rate)
+    noise = rng.normal(0, 0.3, rate // 2) * np.hanning(rate // 2)
+    speech = (0.1 * np.concatenate([noise, buzz, noise])).astype(np.float32)  # 0.5 + 1 + 0.5 s
+    sketch = synth.Sketch(key=0, minor=False, beat_seconds=0.4, chords=((0, 4, 7),))
+
+    def voiced_seconds(y):
+        f0, _ = pyworld.harvest(y.astype(np.float64), rate, frame_period=5.0)
+        return float(np.sum(f0 > 0)) * 0.005
+
+    plain = sing(speech, rate, sketch, np.random.default_rng(1), stretch=1.5)
+    held = sing(speech, rate, sketch, np.random.default_rng(1), stretch=1.5, hold=2.0)
+    assert len(plain) == pytest.approx(1.5 * len(speech), rel=0.02)
+    extra = (len(held) - len(plain)) / rate  # the voiced input seconds x 1.5 x (2 - 1)
+    f0, _ = pyworld.dio(speech.astype(np.float64), rate, 60.0, 600.0, frame_period=5.0)
+    voiced_in = float(np.sum(f0 > 0)) * 0.005  # as sing() finds them (the buzz, its edges)
+    assert 0.9 < voiced_in < 1.5
+    assert extra == pytest.approx(1.5 * voiced_in, rel=0.05)
+    assert voiced_seconds(held) == pytest.approx(2 * voiced_seconds(plain), rel=0.15)
+
+
 # ------------------------------------------------------------------ mixers
 def _mini_root(tmp_path: Path) -> Path:
     """A small manifest pointing into ../shared/data (a few files per kind, both splits)."""
