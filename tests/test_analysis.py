@@ -143,3 +143,25 @@ def test_film_categories_and_grouped_scores(tmp_path):
     table = analysis.by_category(scores, cats, "speech_source", "m", "dialogue")
     assert table["count"].sum() == 3
     assert table["mean"].min() <= table["mean"].max()
+
+
+def test_song_stem_shares_sum_to_one_and_skip_silent_stems(tiny_checkpoint):
+    """eval.song_shares: the outputs sum to the input, so each song stem's shares over the
+    output stems sum to 1 (any model, here a random one); a silent stem has no row."""
+    from demix import Separator
+    from eval.song_shares import stem_shares
+
+    rate = 44100
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * rate) / rate
+    stems = {
+        "vocals": (0.1 * np.sin(2 * np.pi * 220 * t) * np.ones((2, 1))).astype(np.float32),
+        "drums": (0.05 * rng.normal(size=(2, t.size))).astype(np.float32),
+        "bass": np.zeros((2, t.size), np.float32),
+    }
+    sep = Separator.from_pretrained(str(tiny_checkpoint), backend="torch")
+    shares = stem_shares(sep, stems, rate, head="film")
+    assert set(shares) == {"vocals", "drums"}
+    for name, row in shares.items():
+        assert set(row) == {"dialogue", "music", "effects"}
+        assert sum(row.values()) == pytest.approx(1.0, abs=1e-3), name
