@@ -72,6 +72,8 @@ def film_items(
         raise ValueError("film_items: choose foley or sung, not both")
     if sung and split != "dev":
         raise ValueError("film_items: the sung items' songs (stems/mdb) are dev only")
+    if count == 0:
+        return []  # no pools to load
     if foley:
         ds = sets.dev_film_mixer(
             seconds, FILM_SEED, root, sets.DEV_FOLEY_MUSIC, sets.DEV_FOLEY_EFFECTS, split
@@ -194,10 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     music = music_items(args.music_seconds) if args.split == "dev" else []
     items = film_items(args.film_items, split=args.split)
     items += film_items(args.foley_items, foley=True, split=args.split)
-    if args.split == "dev":  # the songs with singers are dev only
-        items += film_items(args.sung_items, sung=True)
+    sung_count = args.sung_items if args.split == "dev" else 0  # their songs are dev only
+    items += film_items(sung_count, sung=True)
     items += music + fof_items(args.fof_excerpts, args.music_seconds, split=args.split)
-    sung_count = sum(item.group == "sung" for item in items)
     table = summary(evaluate(sep, items))
     print(
         f"model: {args.model}; film: {args.film_items} {args.split} mixtures of 10 s"

@@ -109,7 +109,7 @@ def sing(
     aperiodicity = pyworld.d4c(x, f0, times, sample_rate)
     voiced = f0 > 0
     stretch = float(rng.uniform(1.2, 2.0)) if stretch is None else stretch
-    if hold == 1.0:
+    if hold == 1.0:  # the uniform mapping as before: renders of the pinned eval sets stay equal
         index = np.minimum((np.arange(int(len(f0) * stretch)) / stretch).astype(int), len(f0) - 1)
     else:  # each input frame lasts stretch (x hold where voiced) output frames
         durations = stretch * np.where(voiced, hold, 1.0)
