@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from demix import audio
+from demix.separator import BACKENDS
 
 DEMO_SECONDS = 12.0
 SEPARATE_EXAMPLES = """examples:
@@ -397,14 +399,19 @@ def cmd_post(args: argparse.Namespace) -> int:
 
 
 EXPORT_TOLERANCE = 1e-4  # largest |torch − onnxruntime| stem sample accepted by demix export
+# An int8 export (--int8) differs from torch by its rounding: accepted while every stem's
+# error stays this far below the input (RMS, dB). demix-small v4 on the 5 s of noise: about
+# -50 dB (largest stem error 2e-3 against a 0.1 RMS input).
+EXPORT_INT8_TOLERANCE_DB = -30.0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``demix export MODEL OUT.onnx``: the model's core as ONNX, checked against torch."""
+    """``demix export MODEL OUT.onnx [--int8]``: the model's core as ONNX (``--int8``: its
+    dynamically quantised variant), checked against torch."""
     import numpy as np
 
     from demix.checkpoint import load_checkpoint
-    from demix.onnxrt import ONNX_OPSET, export_onnx
+    from demix.onnxrt import ONNX_OPSET, export_onnx, quantize_onnx
     from demix.separator import SeparationError, Separator, checkpoint_path
 
     out = Path(args.output)
@@ -425,18 +432,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         candidate = Path(tmp) / out.name
         try:
-            export_onnx(model, meta, candidate)
+            if args.int8:
+                quantize_onnx(export_onnx(model, meta, Path(tmp) / "float32.onnx"), candidate)
+            else:
+                export_onnx(model, meta, candidate)
             noise = np.random.default_rng(0).normal(0, 0.1, (2, 5 * model.sample_rate))
             reference = Separator(model, meta).separate(noise, model.sample_rate, head="both")
             exported = Separator.from_pretrained(str(candidate)).separate(
                 noise, model.sample_rate, head="both"
             )
             diff = max(float((reference[k] - exported[k]).abs().max()) for k in reference)
+            error_db = max(
+                20 * math.log10(max(float((reference[k] - exported[k]).pow(2).mean()) ** 0.5,
+                                    1e-12) / float(np.sqrt(np.mean(noise**2))))
+                for k in reference
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
             print(f"demix: {path}: cannot export to ONNX ({type(exc).__name__}: "
                   f"{' '.join(str(exc).split())[:300]})", file=sys.stderr)  # fmt: skip
             return 2
-        if diff > EXPORT_TOLERANCE:
+        if args.int8 and error_db > EXPORT_INT8_TOLERANCE_DB:
+            print(
+                f"demix: {path}: the int8 export's stems differ from torch's by {error_db:.1f} dB "
+                f"of the input (more than {EXPORT_INT8_TOLERANCE_DB:g}); nothing written",
+                file=sys.stderr,
+            )
+            return 1
+        if not args.int8 and diff > EXPORT_TOLERANCE:
             print(
                 f"demix: {path}: the export differs from torch by {diff:.1e} (more than "
                 f"{EXPORT_TOLERANCE:g}); nothing written",
@@ -445,9 +467,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 1
         os.replace(candidate, out)
     heads = ", ".join(f"{h} ({len(s)} stems)" for h, s in model.heads.items())
+    check = (
+        f"largest stem error against torch on 5 s of noise: {error_db:.1f} dB of the input"
+        if args.int8
+        else f"largest |torch - onnxruntime| stem sample on 5 s of noise: {diff:.1e}"
+    )
+    kind = "int8, " if args.int8 else ""
     print(
-        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {ONNX_OPSET}, heads {heads}); "
-        f"largest |torch - onnxruntime| stem sample on 5 s of noise: {diff:.1e}"
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {kind}opset {ONNX_OPSET}, "
+        f"heads {heads}); {check}"
     )
     return 0
 
@@ -608,8 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime"],
-        help="what runs the network (default: onnxruntime, torch where it cannot run)",
+        choices=list(BACKENDS),
+        help="what runs the network (default: onnxruntime-int8 on the CPU, onnxruntime on a "
+        "GPU, torch where neither can run)",
     )
     p.add_argument(
         "--batch-size",
@@ -710,8 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu", help="cpu or cuda")
     q.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime"],
-        help="what runs the network (default: onnxruntime, torch where it cannot run)",
+        choices=list(BACKENDS),
+        help="what runs the network (default: onnxruntime-int8 on the CPU, onnxruntime on a "
+        "GPU, torch where neither can run)",
     )
     q.add_argument("--overwrite", action="store_true", help="redo inputs already delivered")
     q.add_argument("--check", action="store_true", help="show the layout and BWF metadata")
@@ -722,12 +752,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a model as ONNX (for ONNX Runtime, here or elsewhere)",
         description="Export the network between the STFT and the iSTFT (both heads, dynamic\n"
         "batch and time axes, the checkpoint's metadata inside) as ONNX, then check it\n"
-        "against torch on 5 s of noise. Run it with demix separate --model OUT.onnx.",
+        "against torch on 5 s of noise. Run it with demix separate --model OUT.onnx.\n"
+        "--int8 writes its dynamically quantised variant (int8 LSTM and linear weights:\n"
+        "about 1.3-1.5x faster on a CPU, within 0.05 dB on the dev sets; CPU only).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("model", help="embedded model name (demix-small) or checkpoint path")
     e.add_argument("output", help="the .onnx file to write")
     e.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    e.add_argument("--int8", action="store_true", help="write the int8 (quantised) variant")
     e.set_defaults(func=cmd_export)
     i = sub.add_parser("info", help="describe a model: heads, stems, training, scores")
     i.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
 import os
 import queue
@@ -161,11 +162,16 @@ def _load_torch(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
     return load_checkpoint(path, device)
 
 
-def _load_onnxruntime(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
+def _load_onnxruntime(path: Path, device: str, int8: bool = False) -> tuple[torch.nn.Module, dict]:
     from demix import onnxrt  # onnx and onnxruntime are imported only when asked for
 
+    if int8 and path.suffix == ".onnx":
+        raise SeparationError(
+            f"{path}: an ONNX file runs as it is (backend onnxruntime); for int8, give the "
+            "checkpoint or export it with demix export --int8"
+        )
     try:
-        onnx_path = path if path.suffix == ".onnx" else onnxrt.cached_export(path)
+        onnx_path = path if path.suffix == ".onnx" else onnxrt.cached_export(path, None, int8)
     except onnxrt.OnnxError as exc:
         raise SeparationError(str(exc)) from exc
     except CheckpointError:
@@ -176,20 +182,34 @@ def _load_onnxruntime(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
             f"{path}: cannot export to ONNX ({type(exc).__name__}: {text})"
         ) from exc
     try:
-        return onnxrt.load_onnx(onnx_path, device, None if path.suffix == ".onnx" else path)
+        checkpoint = None if path.suffix == ".onnx" else path
+        return onnxrt.load_onnx(onnx_path, device, checkpoint, int8)
     except onnxrt.OnnxError as exc:
         raise SeparationError(str(exc)) from exc
 
 
 # What runs the model between the STFT and the iSTFT: backend name → loader(path, device).
-BACKENDS = {"torch": _load_torch, "onnxruntime": _load_onnxruntime}
-# Measured on 2 CPU cores (eval.speed, 60 s, batch 4): real-time factor film 0.097 against
-# torch's 0.110, both heads 0.145 against 0.175; whole `demix separate` runs of 60 s, 17.2 s
-# against 37.9 s with another job on the machine (torch's threads suffer more from sharing);
-# peak memory the same (1,024 against 983 MiB) with per-head exports and no ORT arena.
-# Re-measured 2026-11-27 (whole `demix separate`, 60 s): torch 1.02x (film) and 0.91x (both
-# heads) onnxruntime's wall time on idle cores, but 2.6x while a training run shared them.
-DEFAULT_BACKEND = "onnxruntime"
+BACKENDS = {
+    "torch": _load_torch,
+    "onnxruntime": _load_onnxruntime,
+    "onnxruntime-int8": functools.partial(_load_onnxruntime, int8=True),
+}
+# The default backend per device type: a speed choice, measured on 2 CPU cores.
+# - onnxruntime against torch (eval.speed, 60 s, batch 4): real-time factor film 0.097 against
+#   0.110, both heads 0.145 against 0.175; whole `demix separate` runs of 60 s, 17.2 s against
+#   37.9 s with another job on the machine (torch's threads suffer more from sharing); peak
+#   memory the same (1,024 against 983 MiB) with per-head exports and no ORT arena. Re-measured
+#   2026-11-27: torch 1.02x (film) and 0.91x (both heads) onnxruntime's wall time on idle
+#   cores, but 2.6x while a training run shared them.
+# - onnxruntime-int8 against onnxruntime (demix-small v4, docs/EXPERIMENTS.md): the core 1.47x
+#   faster, every eval.dev stem within 0.05 dB. Its LSTM kernel (DynamicQuantizeLSTM) is
+#   CPU-only, so a GPU runs the float32 export.
+DEFAULT_BACKENDS = {"cpu": "onnxruntime-int8", "cuda": "onnxruntime"}
+
+
+def default_backend(device: str) -> str:
+    """The backend ``Separator.from_pretrained`` uses on ``device`` unless told otherwise."""
+    return DEFAULT_BACKENDS[torch.device(device).type]
 
 
 def check_device(device: str) -> str:
@@ -281,15 +301,15 @@ class Separator:
         """Load an embedded model by name (``demix-small``), a checkpoint file or an ONNX
         export (``demix export``) by path.
 
-        ``backend``: "torch", or "onnxruntime" (a checkpoint is exported once into the cache,
-        ``demix.onnxrt.cached_export``); default ``DEFAULT_BACKEND``, and "onnxruntime" for
-        an ``.onnx`` file. Nothing is downloaded: names resolve to files shipped inside the
-        package.
+        ``backend``: "torch", "onnxruntime" (a checkpoint is exported once into the cache,
+        ``demix.onnxrt.cached_export``) or "onnxruntime-int8" (that export quantised);
+        default ``default_backend(device)``, and "onnxruntime" for an ``.onnx`` file. Nothing
+        is downloaded: names resolve to files shipped inside the package.
         """
         device = check_device(device)
         path = checkpoint_path(name_or_path)
         asked = backend or ("onnxruntime" if path.suffix == ".onnx" else None)
-        backend = asked or DEFAULT_BACKEND
+        backend = asked or default_backend(device)
         if backend not in BACKENDS:
             raise SeparationError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
         try:

@@ -1,7 +1,7 @@
 """Speed and memory benchmark of demix on this machine's CPU, against HTDemucs.
 
 ``python -m eval.speed [--model NAME_OR_PATH] [--seconds 60] [--long-minutes 10 60]
-[--long-head film] [--repeats 2] [--threads N] [--backends torch onnxruntime]
+[--long-head film] [--repeats 2] [--threads N] [--backends torch onnxruntime onnxruntime-int8]
 [--batch-sizes 4] [--skip-htdemucs] [--out FILE.md]``
 
 Everything is measured in the same run, on this machine, and printed as a markdown table
@@ -9,9 +9,9 @@ Everything is measured in the same run, on this machine, and printed as a markdo
 
 1. real-time factor (processing seconds / audio seconds) of ``Separator.separate`` on
    ``--seconds`` of stereo 44.1 kHz audio (the synthetic demo clip, tiled) for head film,
-   music and both, for every backend (torch, onnxruntime) and batch size asked for, with
-   the time ratios of consecutive configurations: one warm-up on a short input, then the
-   best of ``--repeats`` runs;
+   music and both, for every backend (torch, onnxruntime, onnxruntime-int8) and batch size
+   asked for, with the time ratios of consecutive configurations: one warm-up on a short
+   input, then the best of ``--repeats`` runs, the configurations taking turns;
 2. the HTDemucs reference: the architecture of the released ``htdemucs`` model with random
    weights (timing only, nothing is downloaded), run on the same input through
    ``demucs.apply.apply_model(model, mix[None], split=True, overlap=0.25)``, its standard
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import resource
@@ -55,6 +56,7 @@ import soundfile as sf
 import torch
 
 from demix import SeparationError, Separator
+from demix.separator import BACKENDS
 
 SAMPLE_RATE = 44100
 CHANNELS = 2
@@ -145,32 +147,41 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def time_heads(
-    separator: Separator,
+    separators: dict[tuple[str, int], Separator],
     mix: torch.Tensor,
     heads: Sequence[str] = HEADS,
     repeats: int = 2,
     sample_rate: int = SAMPLE_RATE,
-) -> dict[str, float]:
-    """Best-of-``repeats`` seconds of ``separator.separate(mix)`` per head, after a warm-up.
+) -> dict[tuple[str, int], dict[str, float]]:
+    """Best-of-``repeats`` seconds of ``separator.separate(mix)`` per configuration and head,
+    after a warm-up of each.
+
+    The configurations take turns (round r times every one of them before round r + 1), so
+    that drift in the machine's speed or in this process's heap weighs on all alike: timed
+    one after another, the later ones measured up to 1.5x slower here (docs/EXPERIMENTS.md).
 
     Args:
-        separator: the loaded model.
+        separators: the loaded models, by configuration (backend, batch size).
         mix: [c, t] at ``sample_rate``.
         heads: heads to time ("film", "music", "both").
-        repeats: timed runs per head; the shortest is kept.
+        repeats: timed runs per configuration and head; the shortest is kept.
         sample_rate: the rate of ``mix``.
 
     Returns:
-        {head: seconds}.
+        {configuration: {head: seconds}}.
     """
     warmup = mix[:, : int(WARMUP_SECONDS * sample_rate)]
-    times = {}
-    for head in heads:
-        separator.separate(warmup, sample_rate, head=head)
-        _log(f"timing head {head} on {mix.shape[-1] / sample_rate:g} s ...")
-        times[head] = best_time(
-            lambda h=head: separator.separate(mix, sample_rate, head=h), repeats
-        )
+    for separator in separators.values():
+        for head in heads:
+            separator.separate(warmup, sample_rate, head=head)
+    times = {key: {head: math.inf for head in heads} for key in separators}
+    for round_ in range(max(repeats, 1)):
+        for head in heads:
+            _log(f"round {round_ + 1}, head {head} on {mix.shape[-1] / sample_rate:g} s ...")
+            for key, separator in separators.items():
+                run = functools.partial(separator.separate, mix, sample_rate, head=head)
+                seconds = best_time(run, 1)
+                times[key][head] = min(times[key][head], seconds)
     return times
 
 
@@ -370,14 +381,14 @@ def run_benchmark(args: argparse.Namespace) -> str:
     span = f"{args.seconds:g} s"
 
     # Every backend and batch size on the same input, in this run: (backend, batch) → times.
-    runs: dict[tuple[str, int], dict[str, float]] = {}
-    for backend in args.backends:
-        for batch in args.batch_sizes:
-            _log(f"backend {backend}, batch {batch}:")
-            separator = Separator.from_pretrained(
-                args.model, args.device, backend=backend, batch_size=batch
-            )
-            runs[backend, batch] = time_heads(separator, mix, HEADS, args.repeats)
+    separators = {
+        (backend, batch): Separator.from_pretrained(
+            args.model, args.device, backend=backend, batch_size=batch
+        )
+        for backend in args.backends
+        for batch in args.batch_sizes
+    }
+    runs = time_heads(separators, mix, HEADS, args.repeats)
     for (backend, batch), times in runs.items():
         for head, seconds in times.items():
             rtf = seconds / audio_seconds
@@ -521,9 +532,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backends",
         nargs="+",
-        choices=["torch", "onnxruntime"],
-        default=["torch", "onnxruntime"],
-        help="backends timed side by side (default both); the long files use the first",
+        choices=list(BACKENDS),
+        default=list(BACKENDS),
+        help="backends timed side by side (default all); the long files use the first",
     )
     p.add_argument(
         "--batch-sizes",

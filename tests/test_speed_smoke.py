@@ -122,7 +122,9 @@ def test_missing_demucs_is_reported_and_skipped(monkeypatch, tiny_checkpoint: Pa
     monkeypatch.setattr(speed, "build_htdemucs", unavailable)
     # Only the reporting is under test here: skip the demix timings (covered above).
     monkeypatch.setattr(
-        speed, "time_heads", lambda sep, mix, heads, repeats: dict.fromkeys(heads, 1.0)
+        speed,
+        "time_heads",
+        lambda seps, mix, heads, repeats: {key: dict.fromkeys(heads, 1.0) for key in seps},
     )
     args = ["--model", str(tiny_checkpoint), "--seconds", "1", "--long-minutes"]
     assert speed.main([*args, "--repeats", "1", "--threads", "1"]) == 0
