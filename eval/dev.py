@@ -1,7 +1,7 @@
 """Quick dev-split check: SI-SDR per stem of a model against the identity baseline.
 
 ``python -m eval.dev [--model demix-small] [--film-items 16] [--foley-items 0]
-[--sung-items 0] [--music-seconds 20] [--fof-excerpts 0] [--split dev]``
+[--sung-items 0] [--dnr3-items 0] [--music-seconds 20] [--fof-excerpts 0] [--split dev]``
 
 - film: dynamic DnR-recipe mixtures (10 s) built from the *dev* split of ``../shared/data``
   (dev speech, dev music, ESC-10 fold 4) with a fixed seed, separated by the film head;
@@ -14,6 +14,11 @@
   songs, where the vocals are active: ``eval.sets``' film-sung recipe), reported as
   ``sung dialogue``, ``sung music``, ``sung effects``: real film music is often a song, and
   the singing belongs to music, not dialogue;
+- dnr3 (optional): the film recipe at DnR v3's levels (integrated loudness per stem drawn
+  from its distributions: dialogue N(−27, 4), music and foreground effects N(−32, 6), the
+  effects bed N(−40, 6) LUFS), reported as ``dnr3 dialogue`` and so on: the stems' levels
+  spread as in real film mixes, music or effects anywhere from well above to far below the
+  dialogue (DnR v2's fixed targets vary by ±3 dB);
 - fof (optional): excerpts of the Frets on Fire multitracks (a real lead-guitar stem over the
   rest of the band), scored on ``fof guitar``.
 
@@ -60,16 +65,18 @@ def film_items(
     foley: bool = False,
     split: str = "dev",
     sung: bool = False,
+    dnr3: bool = False,
 ) -> list[Item]:
     """Seeded film mixtures from the dev split (same recipe as training, dev pools); with
     ``foley``, from the game-data dev pools instead of ESC-10 and the MacLeod scores; with
     ``sung``, the music is a dev song where its singer is active (stems/mdb: dev only, so
-    not with ``split="train"``); ``split="train"`` draws the same folders' training files."""
+    not with ``split="train"``); with ``dnr3``, at DnR v3's levels (the plain dev pools);
+    ``split="train"`` draws the same folders' training files."""
     from cdx import CDX_STEMS
     from eval import sets
 
-    if foley and sung:
-        raise ValueError("film_items: choose foley or sung, not both")
+    if foley + sung + dnr3 > 1:
+        raise ValueError("film_items: choose one of foley, sung and dnr3")
     if sung and split != "dev":
         raise ValueError("film_items: the sung items' songs (stems/mdb) are dev only")
     if count == 0:
@@ -79,10 +86,10 @@ def film_items(
             seconds, FILM_SEED, root, sets.DEV_FOLEY_MUSIC, sets.DEV_FOLEY_EFFECTS, split
         )
     else:
-        ds = sets.dev_film_mixer(seconds, FILM_SEED, root, split=split)
+        ds = sets.dev_film_mixer(seconds, FILM_SEED, root, split=split, dnr3_levels=dnr3)
     if sung:
         ds.music = sets.sung_music_pool(root or default_data_root(), ds.config, seconds)
-    group = "foley" if foley else "sung" if sung else ""
+    group = "foley" if foley else "sung" if sung else "dnr3" if dnr3 else ""
     items = []
     for i in range(count):
         mix, stems = ds.make(np.random.default_rng([FILM_SEED, i]))
@@ -168,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sung-items", type=int, default=0, help="film mixtures whose music is a sung song"
     )
+    p.add_argument(
+        "--dnr3-items", type=int, default=0, help="film mixtures at DnR v3's (film-like) levels"
+    )
     p.add_argument("--music-seconds", type=float, default=20.0)
     p.add_argument(
         "--fof-excerpts", type=int, default=0, help="excerpts per Frets on Fire song (guitar)"
@@ -198,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     items += film_items(args.foley_items, foley=True, split=args.split)
     sung_count = args.sung_items if args.split == "dev" else 0  # their songs are dev only
     items += film_items(sung_count, sung=True)
+    items += film_items(args.dnr3_items, dnr3=True, split=args.split)
     items += music + fof_items(args.fof_excerpts, args.music_seconds, split=args.split)
     table = summary(evaluate(sep, items))
     print(
         f"model: {args.model}; film: {args.film_items} {args.split} mixtures of 10 s"
         + (f" (+ {args.foley_items} with Foley pools)" if args.foley_items else "")
         + (f" (+ {sung_count} with sung songs)" if sung_count else "")
+        + (f" (+ {args.dnr3_items} at DnR v3 levels)" if args.dnr3_items else "")
         + f"; music: {len(music)} mdb songs, {args.music_seconds:g}-s excerpts"
         + f"; chunks of {sep.chunk_samples / sep.sample_rate:g} s"
         + f" every {sep.hop_samples / sep.sample_rate:g} s"

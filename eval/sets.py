@@ -76,11 +76,14 @@ def dev_film_mixer(
     music: tuple[str, ...] = DEV_MUSIC,
     effects: tuple[str, ...] = DEV_EFFECTS,
     split: str = "dev",
+    dnr3_levels: bool = False,
 ):
     """The film mixer on the dev pools, every stem always present (evaluation mixtures);
     ``music`` and ``effects`` pick the dev folders (manifest path prefixes) drawn from.
     ``split="train"`` draws the same folders' training files instead (the same recipe on
-    what the model learned from: the train/dev gap tells data limits from capacity)."""
+    what the model learned from: the train/dev gap tells data limits from capacity).
+    ``dnr3_levels``: every stem's loudness drawn from DnR v3's wide distributions (as spread
+    as in films) instead of DnR v2's fixed targets ± 3 dB."""
     from cdx.mix import FilmMixConfig, FilmMixDataset
 
     cfg = FilmMixConfig(
@@ -97,6 +100,7 @@ def dev_film_mixer(
         p_lowpass_mix=0.0,
         p_noise_bed=0.0,
         p_synthetic_room=0.0,
+        p_dnr3_levels=1.0 if dnr3_levels else 0.0,
         speech_sources=DEV_SPEECH,
         music_sources=music,
         effects_sources=effects,
