@@ -9,9 +9,10 @@ metadata (``demix`` in ``metadata_props``, the same JSON as a safetensors checkp
 exported model is self-describing and loads offline like any checkpoint.
 
 ``quantize_onnx`` makes an int8 variant (ONNX Runtime's dynamic quantisation: LSTM and
-matrix-product weights stored as int8, activations quantised per call): on 2 CPU cores its
-core ran 1.47x faster than float32, and every ``eval.dev`` stem of demix-small v4 was within
-0.05 dB of the float32 export's (docs/EXPERIMENTS.md). It is the ``onnxruntime-int8``
+matrix-product weights stored as int8, activations quantised per call): on 2 CPU cores
+whole separations took 0.82x float32's time (film head) before the per-band layers were
+quantised too, and every ``eval.dev`` stem of demix-small v4 stayed within 0.05 dB of the
+float32 export's (docs/EXPERIMENTS.md). It is the ``onnxruntime-int8``
 backend, the default on the CPU.
 
 Exported with torch's TorchScript-based exporter (``dynamo=False``: the dynamo exporter
@@ -134,8 +135,7 @@ def _stamp(path: Path, metadata: str) -> None:
 
 
 # What dynamic quantisation stores as int8: the BiLSTMs (most of the time) and the linear
-# layers. The per-band Einsum products (band projections, mask heads) stay float32: ONNX
-# Runtime's quantiser has no Einsum.
+# layers, the per-band ones included (exported as MatMuls: ``per_band_linear``).
 INT8_OPS = ("LSTM", "MatMul", "Gemm")
 
 
