@@ -451,14 +451,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"demix: {path}: cannot export to ONNX ({type(exc).__name__}: "
                   f"{' '.join(str(exc).split())[:300]})", file=sys.stderr)  # fmt: skip
             return 2
-        if args.int8 and error_db > EXPORT_INT8_TOLERANCE_DB:
+        if args.int8 and not error_db <= EXPORT_INT8_TOLERANCE_DB:  # NaN fails too
             print(
                 f"demix: {path}: the int8 export's stems differ from torch's by {error_db:.1f} dB "
                 f"of the input (more than {EXPORT_INT8_TOLERANCE_DB:g}); nothing written",
                 file=sys.stderr,
             )
             return 1
-        if not args.int8 and diff > EXPORT_TOLERANCE:
+        if not args.int8 and not diff <= EXPORT_TOLERANCE:
             print(
                 f"demix: {path}: the export differs from torch by {diff:.1e} (more than "
                 f"{EXPORT_TOLERANCE:g}); nothing written",

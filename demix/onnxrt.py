@@ -29,8 +29,9 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ from demix.models.spectral import mix_rms
 from demix.registry import build_model
 
 ONNX_OPSET = 17
-CACHE_KEEP = 8  # exports kept in the cache (the most recently used); older ones are removed
+# Exports kept in the cache (the most recently used); older ones are removed. A checkpoint
+# run on the default int8 backend leaves four (float32 and int8, all heads and film only).
+CACHE_KEEP = 16
 _EXPORT_FRAMES = 64  # frames of the example input traced (the axis is dynamic)
 
 
@@ -136,7 +139,7 @@ def _stamp(path: Path, metadata: str) -> None:
 
 # What dynamic quantisation stores as int8: the BiLSTMs (most of the time) and the linear
 # layers, the per-band ones included (exported as MatMuls: ``per_band_linear``).
-INT8_OPS = ("LSTM", "MatMul", "Gemm")
+INT8_OPS = ("LSTM", "MatMul")
 
 
 def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -168,9 +171,13 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     try:
         with warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")
-            quantize_dynamic(
-                source, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS)
-            )
+            try:
+                quantize_dynamic(
+                    source, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS)
+                )
+            except Exception as exc:  # noqa: BLE001 - the quantiser raises many types
+                reason = " ".join(str(exc).split())[:200]
+                raise OnnxError(f"{source}: cannot quantise to int8 ({reason})") from exc
         _stamp(tmp, meta["demix"])  # the quantiser keeps it in ORT 1.32; made sure
         os.replace(tmp, path)
     except BaseException:
@@ -190,10 +197,19 @@ def _is_int8(path: str | os.PathLike) -> bool:
     return any(node.op_type.startswith("DynamicQuantize") for node in graph.node)
 
 
+_LOGGING_LOCK = threading.Lock()  # quantisations in several threads restore in turn
+
+
 @contextlib.contextmanager
-def _quiet_root_logger():
+def _quiet_root_logger() -> Iterator[None]:
     """The quantiser logs advice through ``logging.warning``, which would also install a
     stderr handler on the root logger for good: a null handler stands in while it runs."""
+    with _LOGGING_LOCK, _null_root_handler():
+        yield
+
+
+@contextlib.contextmanager
+def _null_root_handler() -> Iterator[None]:
     root = logging.getLogger()
     null = logging.NullHandler()
     root.addHandler(null)
@@ -207,6 +223,7 @@ def _quiet_root_logger():
 
 
 def _onnxruntime_version() -> str:
+    """The installed onnxruntime's version ("none" without it): part of an int8 cache key."""
     try:
         import onnxruntime
     except ImportError:
@@ -278,8 +295,15 @@ def load_onnx(
     quantised as ``path`` is when ``int8``).
 
     Raises:
-        OnnxError: not a demix export, no onnxruntime, or no CUDA provider for ``device``.
+        OnnxError: not a demix export, no onnxruntime, no CUDA provider for ``device``, or
+            an int8 export on a GPU.
     """
+    per_item = int8 or _is_int8(path)
+    if per_item and device != "cpu":
+        raise OnnxError(
+            f"{path}: an int8 export runs on the CPU only (its quantised LSTM kernel has no "
+            f"GPU version), not on {device}"
+        )
     session, meta, skeleton = _session(path, device)
     head_sessions = None
     if checkpoint is not None:
@@ -290,7 +314,7 @@ def load_onnx(
                 made[heads] = _session(cached_export(checkpoint, heads, int8), device)[0]
             return made[heads]
 
-    return OnnxModel(skeleton, session, head_sessions, per_item=_is_int8(path)), meta
+    return OnnxModel(skeleton, session, head_sessions, per_item=per_item), meta
 
 
 def _session(path: str | os.PathLike, device: str):
@@ -380,7 +404,7 @@ def cached_export(
             else:
                 model, meta = load_checkpoint(checkpoint)
                 export_onnx(model, meta, path, heads)
-            # evaluating many snapshots would otherwise fill the cache (13 MB each)
+            # evaluating many snapshots would otherwise fill the cache (6-23 MB each)
             with contextlib.suppress(OSError):  # another process may be pruning too
                 exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
                 for old in exports[:-CACHE_KEEP]:

@@ -165,6 +165,11 @@ def _load_torch(path: Path, device: str) -> tuple[torch.nn.Module, dict]:
 def _load_onnxruntime(path: Path, device: str, int8: bool = False) -> tuple[torch.nn.Module, dict]:
     from demix import onnxrt  # onnx and onnxruntime are imported only when asked for
 
+    if int8 and device != "cpu":
+        raise SeparationError(
+            f"device {device}: the onnxruntime-int8 backend runs on the CPU only (its "
+            "quantised LSTM kernel has no GPU version); use --backend onnxruntime"
+        )
     if int8 and path.suffix == ".onnx":
         raise SeparationError(
             f"{path}: an ONNX file runs as it is (backend onnxruntime); for int8, give the "
@@ -205,6 +210,8 @@ BACKENDS = {
 #   faster, every eval.dev stem within 0.05 dB. Its LSTM kernel (DynamicQuantizeLSTM) is
 #   CPU-only, so a GPU runs the float32 export.
 DEFAULT_BACKENDS = {"cpu": "onnxruntime-int8", "cuda": "onnxruntime"}
+# Where the default backend cannot run, the next one in this order does.
+BACKEND_FALLBACKS = ("onnxruntime-int8", "onnxruntime", "torch")
 
 
 def default_backend(device: str) -> str:
@@ -248,8 +255,9 @@ class Separator:
             N > 1 adds N − 1 passes on the chunk delayed by a random 1 sample to 0.5 s, each
             output sample averaging the passes that saw it. Costs N times the compute; the
             offsets come from a seeded generator, so a rerun gives the same stems.
-        backend: what runs ``model`` ("torch", or "onnxruntime" for a ``demix.onnxrt``
-            model); recorded for reports (``from_pretrained`` picks the loader by it).
+        backend: what runs ``model`` ("torch", or "onnxruntime" / "onnxruntime-int8" for a
+            ``demix.onnxrt`` model); recorded for reports (``from_pretrained`` picks the
+            loader by it).
     """
 
     def __init__(
@@ -312,16 +320,24 @@ class Separator:
         backend = asked or default_backend(device)
         if backend not in BACKENDS:
             raise SeparationError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
-        try:
-            model, meta = BACKENDS[backend](path, device)
-        except SeparationError as exc:
-            if asked is not None or backend == "torch":
-                raise
-            # The default backend is a speed choice: where it cannot run here (no
-            # onnxruntime, no CUDA provider, no writable cache), torch runs the same model.
-            warnings.warn(f"{exc}; running it on torch instead", stacklevel=2)
-            backend = "torch"
-            model, meta = BACKENDS[backend](path, device)
+        if asked is not None:
+            return cls(*BACKENDS[backend](path, device), device, backend=backend, **kwargs)
+        # The default backend is a speed choice: where it cannot run here (no onnxruntime, no
+        # CUDA provider, no writable cache, a failed quantisation), the next one down runs
+        # the same model: int8 → float32 onnxruntime → torch.
+        chain = list(BACKEND_FALLBACKS[BACKEND_FALLBACKS.index(backend) :])
+        first_error = None
+        while True:
+            backend = chain.pop(0)
+            try:
+                model, meta = BACKENDS[backend](path, device)
+                break
+            except SeparationError as exc:
+                if not chain:
+                    raise
+                first_error = first_error or exc
+        if first_error is not None:  # one warning: why the default could not run, what did
+            warnings.warn(f"{first_error}; running it on {backend} instead", stacklevel=2)
         return cls(model, meta, device, backend=backend, **kwargs)
 
     # ----------------------------------------------------------------- planning

@@ -533,8 +533,8 @@ def _parser() -> argparse.ArgumentParser:
         "--backends",
         nargs="+",
         choices=list(BACKENDS),
-        default=list(BACKENDS),
-        help="backends timed side by side (default all); the long files use the first",
+        help="backends timed side by side (default: every one the device can run: all on "
+        "the CPU, torch and onnxruntime on a GPU); the long files use the first",
     )
     p.add_argument(
         "--batch-sizes",
@@ -553,6 +553,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    if not args.backends:  # every backend the device can run (int8 is CPU-only)
+        args.backends = [b for b in BACKENDS if args.device == "cpu" or not b.endswith("int8")]
     if args.child_file:
         report = separate_file_child(
             args.model, args.child_file, args.child_out, args.long_head, args.threads,

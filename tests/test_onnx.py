@@ -157,7 +157,8 @@ def test_cli_export_then_separate_with_onnxruntime(tiny_checkpoint, tmp_path):
 
 def test_cli_export_int8(tiny_checkpoint, tmp_path):
     """``demix export --int8``: a quantised, self-describing file, checked against torch, that
-    separates (the film stems sum to the mix) and is smaller than the float32 export."""
+    separates (the film stems sum to the mix) and runs as it is; the int8 backend refuses an
+    ONNX file (it quantises checkpoints)."""
     import onnx
 
     env = dict(_env(), DEMIX_CACHE=str(tmp_path / "cache"))
@@ -217,3 +218,28 @@ def test_default_backend_falls_back_to_torch_where_onnxruntime_cannot_run(
     for backend in ("onnxruntime", "onnxruntime-int8"):
         with pytest.raises(SeparationError, match="no writable folder"):
             Separator.from_pretrained(str(tiny_checkpoint), backend=backend)
+
+
+def test_int8_falls_back_to_float32_and_is_cpu_only(tiny_checkpoint, tmp_path, monkeypatch):
+    """The CPU default is int8, a GPU's float32 onnxruntime; where quantising fails, the
+    default falls back to float32 onnxruntime (with a warning), not to torch; int8 on a GPU
+    is refused in one line (asked for by name, or an int8 file)."""
+    from demix import onnxrt
+    from demix.separator import BACKENDS, default_backend
+
+    assert default_backend("cpu") == "onnxruntime-int8"
+    assert default_backend("cuda") == default_backend("cuda:1") == "onnxruntime"
+    with pytest.raises(SeparationError, match="runs on the CPU only"):
+        BACKENDS["onnxruntime-int8"](tiny_checkpoint, "cuda:0")
+    int8_file = onnxrt.cached_export(tiny_checkpoint, int8=True)
+    with pytest.raises(onnxrt.OnnxError, match="int8 export runs on the CPU only"):
+        onnxrt.load_onnx(int8_file, "cuda")
+
+    def broken(source, path):
+        raise onnxrt.OnnxError(f"{source}: cannot quantise to int8 (test)")
+
+    monkeypatch.setenv("DEMIX_CACHE", str(tmp_path / "fresh"))  # nothing quantised yet
+    monkeypatch.setattr(onnxrt, "quantize_onnx", broken)
+    with pytest.warns(UserWarning, match="cannot quantise to int8.*running it on onnxruntime"):
+        sep = Separator.from_pretrained(str(tiny_checkpoint))
+    assert sep.backend == "onnxruntime"
