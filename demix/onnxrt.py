@@ -204,22 +204,17 @@ _LOGGING_LOCK = threading.Lock()  # quantisations in several threads restore in 
 def _quiet_root_logger() -> Iterator[None]:
     """The quantiser logs advice through ``logging.warning``, which would also install a
     stderr handler on the root logger for good: a null handler stands in while it runs."""
-    with _LOGGING_LOCK, _null_root_handler():
-        yield
-
-
-@contextlib.contextmanager
-def _null_root_handler() -> Iterator[None]:
-    root = logging.getLogger()
-    null = logging.NullHandler()
-    root.addHandler(null)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-        root.removeHandler(null)
+    with _LOGGING_LOCK:
+        root = logging.getLogger()
+        null = logging.NullHandler()
+        root.addHandler(null)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+            root.removeHandler(null)
 
 
 def _onnxruntime_version() -> str:
@@ -298,7 +293,9 @@ def load_onnx(
         OnnxError: not a demix export, no onnxruntime, no CUDA provider for ``device``, or
             an int8 export on a GPU.
     """
-    per_item = int8 or _is_int8(path)
+    # a file made from a checkpoint here is int8 exactly when asked for; only a file given by
+    # path is read to tell
+    per_item = int8 if checkpoint is not None else _is_int8(path)
     if per_item and device != "cpu":
         raise OnnxError(
             f"{path}: an int8 export runs on the CPU only (its quantised LSTM kernel has no "

@@ -325,19 +325,18 @@ class Separator:
         # The default backend is a speed choice: where it cannot run here (no onnxruntime, no
         # CUDA provider, no writable cache, a failed quantisation), the next one down runs
         # the same model: int8 → float32 onnxruntime → torch.
-        chain = list(BACKEND_FALLBACKS[BACKEND_FALLBACKS.index(backend) :])
-        first_error = None
-        while True:
-            backend = chain.pop(0)
+        errors: list[SeparationError] = []
+        chain = BACKEND_FALLBACKS[BACKEND_FALLBACKS.index(backend) :]
+        for backend in chain:  # noqa: B020 - the one that runs is the one recorded
             try:
                 model, meta = BACKENDS[backend](path, device)
                 break
             except SeparationError as exc:
-                if not chain:
-                    raise
-                first_error = first_error or exc
-        if first_error is not None:  # one warning: why the default could not run, what did
-            warnings.warn(f"{first_error}; running it on {backend} instead", stacklevel=2)
+                errors.append(exc)
+        else:
+            raise errors[-1]
+        if errors:  # one warning: why the default could not run, and what did
+            warnings.warn(f"{errors[0]}; running it on {backend} instead", stacklevel=2)
         return cls(model, meta, device, backend=backend, **kwargs)
 
     # ----------------------------------------------------------------- planning
