@@ -637,6 +637,23 @@ def test_drum_kit_grooves_play_velocity_layers_and_are_cached(tmp_path, monkeypa
         drumkits.drumkit_pool(44100, tmp_path / "cache", parts=4, seconds=3.0)
 
 
+def test_drum_kit_pool_without_kits_opens_the_debian_kits_render(tmp_path, monkeypatch):
+    """A machine without the kits (a lent GPU with a training pack) computes the cache key
+    of the pool rendered where the Debian kits are installed."""
+    from mdx import drumkits
+
+    assert list(drumkits.DEBIAN_KIT_NAMES) == sorted(drumkits.DEBIAN_KIT_NAMES)  # by name
+    monkeypatch.delenv("DEMIX_DRUMKITS", raising=False)
+    installed = drumkits.find_drumkits()
+    if not installed:
+        pytest.skip("Debian's hydrogen-drumkits is not installed")
+    assert tuple(k.name for k in installed) == drumkits.DEBIAN_KIT_NAMES
+    pool = drumkits.drumkit_pool(44100, tmp_path, parts=1, seconds=2.0)
+    monkeypatch.setenv("DEMIX_DRUMKITS", str(tmp_path / "missing"))
+    cached = drumkits.drumkit_pool(44100, tmp_path, parts=1, seconds=2.0)
+    np.testing.assert_array_equal(cached.clip(0), pool.clip(0))
+
+
 @needs_data
 def test_music_mixes_take_drum_kit_grooves(mini_root, tmp_path, monkeypatch):
     from mdx.mix import MusicMixConfig, MusicMixDataset
