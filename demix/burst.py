@@ -8,6 +8,12 @@ the same model, sources, loss and optimiser, every source's batch multiplied by
 (``last.safetensors``, ``ema.safetensors``, ``log.csv``, ``config.yaml``). Continue here
 with ``demix train CONFIG --set init_from=OUT/run/last.safetensors --set run_dir=...``.
 
+Where only small files come back from the lent machine (the device tool: 16 MiB a file, 8
+files), ``--part-mb 15`` keeps the run in a local folder and, after every checkpoint, copies
+the weights into OUT in parts (``ema.safetensors.000``, ``.001``, ...) beside ``log.csv`` and
+``config.yaml`` (the optimiser state, ``state.pt``, stays behind); here, ``python -m
+demix.burst --join OUT`` puts the parts back together.
+
 The device tool runs it as one call (see docs/TRAINING.md, "A GPU burst").
 """
 
@@ -27,6 +33,59 @@ import torch
 from demix import pack as packs
 from demix.config import load_yaml
 from demix.train import TrainConfig, train
+
+PART_SUFFIX_DIGITS = 3  # NAME.000, NAME.001, ...
+
+
+def copy_in_parts(src: Path, out_dir: Path, part_bytes: int) -> list[Path]:
+    """Copy ``src`` into ``out_dir`` as ``NAME.000``, ``NAME.001``, ... of at most
+    ``part_bytes`` each; each part is written atomically, and parts left from a longer
+    earlier copy are removed."""
+    data = src.read_bytes()
+    parts = []
+    for i, start in enumerate(range(0, max(len(data), 1), part_bytes)):
+        part = out_dir / f"{src.name}.{i:0{PART_SUFFIX_DIGITS}d}"
+        tmp = part.with_name(part.name + ".tmp")
+        tmp.write_bytes(data[start : start + part_bytes])
+        os.replace(tmp, part)
+        parts.append(part)
+    for stale in out_dir.glob(f"{src.name}.{'[0-9]' * PART_SUFFIX_DIGITS}"):
+        if stale not in parts:
+            stale.unlink()
+    return parts
+
+
+def join_parts(folder: Path) -> list[Path]:
+    """Put every ``NAME.000``, ``NAME.001``, ... in ``folder`` back together as
+    ``folder/NAME`` (written atomically); returns the files written."""
+    written = []
+    for first in sorted(folder.glob(f"*.{'0' * PART_SUFFIX_DIGITS}")):
+        name = first.name[: -(PART_SUFFIX_DIGITS + 1)]
+        parts, i = [], 0
+        while (folder / f"{name}.{i:0{PART_SUFFIX_DIGITS}d}").exists():
+            parts.append(folder / f"{name}.{i:0{PART_SUFFIX_DIGITS}d}")
+            i += 1
+        tmp = folder / f"{name}.tmp"
+        with open(tmp, "wb") as whole:
+            for part in parts:
+                whole.write(part.read_bytes())
+        os.replace(tmp, folder / name)
+        written.append(folder / name)
+    return written
+
+
+def _checkpoint_copier(out_dir: Path, part_bytes: int):
+    """``train``'s ``on_checkpoint``: the run's weights into ``out_dir`` in parts, its log and
+    config beside them."""
+
+    def copy(run: Path) -> None:
+        for name in ("ema.safetensors", "last.safetensors"):
+            copy_in_parts(run / name, out_dir, part_bytes)
+        for name in ("log.csv", "config.yaml"):
+            if (run / name).exists():
+                shutil.copyfile(run / name, out_dir / name)
+
+    return copy
 
 
 def burst_config(
@@ -77,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demix.burst", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("config", help="training config (YAML): the recipe to train")
-    parser.add_argument("pack", help="training pack folder (python -m demix.pack)")
-    parser.add_argument("out", help="output folder: the run goes to OUT/run")
+    parser.add_argument("config", nargs="?", help="training config (YAML): the recipe to train")
+    parser.add_argument("pack", nargs="?", help="training pack folder (python -m demix.pack)")
+    parser.add_argument("out", nargs="?", help="output folder: the run goes to OUT/run")
     parser.add_argument("--minutes", type=float, default=8.0, help="wall-time limit of training")
     parser.add_argument("--batch-scale", type=int, default=12, help="batch multiplier")
     parser.add_argument("--init-from", default="", help="checkpoint to start from")
@@ -91,7 +150,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=1, help="data seed (the CPU runs use 0)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--part-mb",
+        type=float,
+        default=0.0,
+        help="keep the run in a local folder and copy its weights into OUT in parts of at "
+        "most this many MiB after every checkpoint (0: the run goes to OUT/run)",
+    )
+    parser.add_argument(
+        "--join", metavar="FOLDER", help="put the parts in FOLDER back together, then exit"
+    )
     args = parser.parse_args(argv)
+    if args.join:
+        written = join_parts(Path(args.join))
+        if not written:
+            print(f"demix.burst: {args.join}: no parts (NAME.000) to join", file=sys.stderr)
+            return 1
+        for path in written:
+            print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        return 0
+    if not (args.config and args.pack and args.out):
+        parser.error("CONFIG, PACK and OUT are required (or --join FOLDER)")
     started = time.time()
     cfg = load_yaml(TrainConfig, args.config, [])
     cache = Path(tempfile.mkdtemp(prefix="demix-burst-cache-"))
@@ -99,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return _unpack_and_train(args, cfg, cache, started)
     finally:
         shutil.rmtree(cache, ignore_errors=True)  # also when the pack is refused
+        # the local run of --part-mb (its weights are in OUT)
+        shutil.rmtree(cache.with_name(cache.name + "-run"), ignore_errors=True)
 
 
 def _unpack_and_train(
@@ -113,11 +194,18 @@ def _unpack_and_train(
         f"unpacked {len(info['pools'])} pools ({info['mb']} MiB) in {time.time() - started:.0f} s",
         file=sys.stderr,
     )
+    out = Path(args.out)
+    on_checkpoint = None
+    run_dir = out / "run"
+    if args.part_mb > 0:
+        out.mkdir(parents=True, exist_ok=True)
+        run_dir = cache.with_name(cache.name + "-run")  # beside the cache, removed with it
+        on_checkpoint = _checkpoint_copier(out, int(args.part_mb * 2**20))
     cfg = burst_config(
         cfg,
         Path(args.pack),
         cache,
-        Path(args.out) / "run",
+        run_dir,
         args.minutes,
         args.batch_scale,
         args.device,
@@ -132,7 +220,13 @@ def _unpack_and_train(
         cfg = dataclasses.replace(cfg, warmup_steps=args.warmup_steps)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    train(cfg)
+    train(cfg, on_checkpoint)
+    if on_checkpoint is not None:
+        print(
+            f"weights in {out} in parts of at most {args.part_mb:g} MiB: join them with "
+            f"python -m demix.burst --join {out}",
+            file=sys.stderr,
+        )
     return 0
 
 

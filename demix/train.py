@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,8 +196,9 @@ def _loader(ds, src: SourceConfig, cfg: TrainConfig, start_step: int):
     )
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) training; returns the run folder."""
+def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None) -> Path:
+    """Run (or resume) training; returns the run folder. ``on_checkpoint(run_folder)`` is
+    called after every checkpoint is written (on the main process), e.g. to copy it away."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = cfg.device
@@ -289,6 +291,8 @@ def train(cfg: TrainConfig) -> Path:
             tmp,
         )
         os.replace(tmp, run / "state.pt")
+        if on_checkpoint is not None:
+            on_checkpoint(run)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: setattr(_Stop, "requested", True))

@@ -169,3 +169,39 @@ def test_unpack_refuses_a_folder_that_is_no_pack(tmp_path, capsys):
     assert err == f"demix.pack: {tmp_path}: not a training pack (no pack.json)"
     with pytest.raises(FileNotFoundError):
         pack.unpack(tmp_path, tmp_path / "cache")
+
+
+def test_parts_copy_and_join_back_byte_for_byte(tmp_path):
+    src = tmp_path / "w.safetensors"
+    payload = np.random.default_rng(0).bytes(2500)
+    src.write_bytes(payload)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "w.safetensors.003").write_bytes(b"stale")  # from a longer earlier copy
+    parts = burst.copy_in_parts(src, out, 1000)
+    assert [p.name for p in parts] == [f"w.safetensors.{i:03d}" for i in range(3)]
+    assert [p.stat().st_size for p in parts] == [1000, 1000, 500]
+    assert not (out / "w.safetensors.003").exists()
+    assert burst.join_parts(out) == [out / "w.safetensors"]
+    assert (out / "w.safetensors").read_bytes() == payload
+    assert burst.main(["--join", str(tmp_path / "empty-dir")]) == 1
+
+
+def test_a_burst_with_parts_leaves_only_small_files_in_out(tmp_path):
+    """The device tool returns files of at most 16 MiB: --part-mb copies the weights into OUT
+    in parts after every checkpoint, and --join puts them back together here."""
+    corpus = _corpus(tmp_path / "corpus")
+    config = _config(tmp_path, corpus)
+    pack.pack(config, tmp_path / "pack", budget_mb=1.0)
+    out = tmp_path / "out"
+    argv = [str(config), str(tmp_path / "pack"), str(out), "--batch-scale", "1"]
+    assert burst.main(argv + ["--device", "cpu", "--workers", "0", "--part-mb", "0.25"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "run" not in names and "state.pt" not in names
+    assert {"log.csv", "config.yaml", "ema.safetensors.000", "last.safetensors.001"} <= set(names)
+    assert all(p.stat().st_size <= 0.25 * 2**20 for p in out.iterdir())
+    assert burst.main(["--join", str(out)]) == 0
+    model, meta = load_checkpoint(out / "ema.safetensors")
+    assert meta["info"]["burst"].startswith("1x batch") and list(model.heads) == ["film"]
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert int(rows[-1]["step"]) == 3
