@@ -148,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lr", type=float, default=0.0, help="learning rate (0: the config's)")
     parser.add_argument("--warmup-steps", type=int, default=-1)
+    parser.add_argument(
+        "--remix-steps",
+        type=int,
+        default=0,
+        help="extra steps on every fetched batch with its stems remixed across the batch "
+        "(TrainConfig.remix_steps; for a GPU that waits on the data workers)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="data seed (the CPU runs use 0)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -218,6 +225,8 @@ def _unpack_and_train(
         cfg = dataclasses.replace(cfg, lr=args.lr)
     if args.warmup_steps >= 0:
         cfg = dataclasses.replace(cfg, warmup_steps=args.warmup_steps)
+    if args.remix_steps:
+        cfg = dataclasses.replace(cfg, remix_steps=args.remix_steps)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     train(cfg, on_checkpoint)

@@ -91,6 +91,11 @@ class TrainConfig:
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (pip install tensorboard)
     log_every: int = 10
     max_minutes: float = 0.0  # stop cleanly after this long in this process (0: no limit)
+    # Extra optimiser steps on every fetched batch, its stems remixed (each stem shuffled
+    # across the batch's examples, the mix re-summed: Demucs's "remix"), for a lent GPU that
+    # waits on the CPU workers making mixes; a source with a batch of one gets fresh mixes.
+    # 0: every step on fresh mixes.
+    remix_steps: int = 0
     device: str = "cpu"
     info: dict[str, Any] = field(default_factory=dict)  # provenance stored in checkpoints
 
@@ -151,6 +156,18 @@ class MultiTask(torch.nn.Module):
     def forward(self, batches: list[tuple[torch.Tensor, str]]) -> list[torch.Tensor]:
         """[(mix [b, c, t], head)] → [stems [b, s, c, t]] per batch."""
         return [self.model(mix, heads=[head])[head] for mix, head in batches]
+
+
+def remix_batch(
+    stems: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """New mixtures from a batch's stems [b, s, c, t]: every stem shuffled across the b
+    examples on its own; returns ``(mix [b, c, t], stems [b, s, c, t])``, the mix their sum
+    (the mixers' mixes are exactly that sum)."""
+    b, s = stems.shape[:2]
+    order = torch.stack([torch.randperm(b, generator=generator) for _ in range(s)], 1)  # [b, s]
+    remixed = stems[order.to(stems.device), torch.arange(s, device=stems.device)]
+    return remixed.sum(1), remixed
 
 
 def _grouped(est: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
@@ -309,12 +326,24 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     )
     model.train()
     last_step = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
+    remix_generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    remixes_left, fetched = 0, []
     while step < last_step and not _Stop.requested:
         lr = _lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        batches = [tuple(t.to(device) for t in next(loader)) for loader in loaders]
+        if remixes_left == 0:
+            fetched = [tuple(t.to(device) for t in next(loader)) for loader in loaders]
+            batches, remixes_left = fetched, cfg.remix_steps
+        else:
+            batches = [
+                remix_batch(stems, remix_generator)
+                if stems.shape[0] > 1
+                else tuple(t.to(device) for t in next(loader))
+                for (_, stems), loader in zip(fetched, loaders)
+            ]
+            remixes_left -= 1
         with torch.autocast(
             torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
         ):

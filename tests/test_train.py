@@ -244,3 +244,50 @@ def test_train_speed_reports_both_precisions(tmp_path):
     assert main([str(config), "--steps", "5", "--warmup-steps", "2", "--out", str(out)]) == 0
     table = out.read_text()
     assert "fp32" in table and "bf16 autocast" in table and "examples per second" in table
+
+
+class CountedToneMixes(ToneMixes):
+    """``ToneMixes`` that counts the examples it makes."""
+
+    made = 0
+
+    def __getitem__(self, index):
+        CountedToneMixes.made += 1
+        return super().__getitem__(index)
+
+
+register_dataset("test_counted_tones", ToneConfig)(CountedToneMixes)
+
+
+def test_remix_batch_shuffles_each_stem_across_the_batch():
+    from demix.train import remix_batch
+
+    stems = torch.arange(5 * 3 * 2 * 4, dtype=torch.float32).reshape(5, 3, 2, 4)
+    generator = torch.Generator().manual_seed(0)
+    mix, remixed = remix_batch(stems, generator)
+    assert remixed.shape == stems.shape
+    torch.testing.assert_close(mix, remixed.sum(1))
+    for j in range(3):  # every stem's examples, reordered
+        assert sorted(remixed[:, j, 0, 0].tolist()) == sorted(stems[:, j, 0, 0].tolist())
+        for b in range(5):  # each example's stem kept whole
+            row = [x for x in range(5) if torch.equal(stems[x, j], remixed[b, j])]
+            assert len(row) == 1
+    pairings = {tuple(remix_batch(stems, generator)[1][:, :, 0, 0].flatten().tolist())
+                for _ in range(10)}  # fmt: skip
+    assert len(pairings) > 1  # new mixtures, not the fetched ones
+
+
+def test_remix_steps_train_on_fewer_fetched_mixes(tmp_path):
+    """With ``remix_steps`` 2, every fetched batch trains three steps (the fetched one and
+    two remixes), so six steps fetch two batches of two."""
+    CountedToneMixes.made = 0
+    cfg = replace(
+        _config(tmp_path / "run", steps=6, remix_steps=2),
+        sources=(SourceConfig(name="test_counted_tones", head="tones"),),
+    )
+    train(cfg)
+    assert CountedToneMixes.made == 4
+    assert len(_losses(tmp_path / "run")) == 6
+    CountedToneMixes.made = 0
+    train(replace(cfg, run_dir=str(tmp_path / "plain"), remix_steps=0))
+    assert CountedToneMixes.made == 12
