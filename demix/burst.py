@@ -10,9 +10,10 @@ with ``demix train CONFIG --set init_from=OUT/run/last.safetensors --set run_dir
 
 Where only small files come back from the lent machine (the device tool: 16 MiB a file, 8
 files), ``--part-mb 15`` keeps the run in a local folder and, after every checkpoint, copies
-the weights into OUT in parts (``ema.safetensors.000``, ``.001``, ...) beside ``log.csv`` and
-``config.yaml`` (the optimiser state, ``state.pt``, stays behind); here, ``python -m
-demix.burst --join OUT`` puts the parts back together.
+its EMA weights into OUT in parts (``ema.safetensors.step0000852.part1of2``, ...) beside
+``log.csv``; a copy cut short leaves an incomplete set, which joining ignores for the
+previous complete one. Here, ``python -m demix.burst --join OUT [--to DEST]`` puts the
+latest complete copy back together.
 
 The device tool runs it as one call (see docs/TRAINING.md, "A GPU burst").
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -31,59 +33,75 @@ from pathlib import Path
 import torch
 
 from demix import pack as packs
+from demix.checkpoint import read_metadata
 from demix.config import load_yaml
 from demix.train import TrainConfig, train
 
-PART_SUFFIX_DIGITS = 3  # NAME.000, NAME.001, ...
+# A checkpoint copied in parts: NAME.stepSSSSSSS.partIofN, so that a copy cut short (a call
+# stopped at its time limit) leaves an incomplete set that joining ignores, beside the
+# previous complete one.
+PART_PATTERN = re.compile(r"^(?P<name>.+)\.step(?P<step>\d+)\.part(?P<i>\d+)of(?P<n>\d+)$")
 
 
-def copy_in_parts(src: Path, out_dir: Path, part_bytes: int) -> list[Path]:
-    """Copy ``src`` into ``out_dir`` as ``NAME.000``, ``NAME.001``, ... of at most
-    ``part_bytes`` each; each part is written atomically, and parts left from a longer
-    earlier copy are removed."""
+def copy_in_parts(src: Path, out_dir: Path, part_bytes: int, step: int) -> list[Path]:
+    """Copy ``src`` into ``out_dir`` as ``NAME.stepSSSSSSS.part1ofN`` ... of at most
+    ``part_bytes`` each (every part written atomically), then remove the parts of earlier
+    copies of ``NAME``."""
     data = src.read_bytes()
+    starts = range(0, max(len(data), 1), part_bytes)
     parts = []
-    for i, start in enumerate(range(0, max(len(data), 1), part_bytes)):
-        part = out_dir / f"{src.name}.{i:0{PART_SUFFIX_DIGITS}d}"
+    for i, start in enumerate(starts, 1):
+        part = out_dir / f"{src.name}.step{step:07d}.part{i}of{len(starts)}"
         tmp = part.with_name(part.name + ".tmp")
         tmp.write_bytes(data[start : start + part_bytes])
         os.replace(tmp, part)
         parts.append(part)
-    for stale in out_dir.glob(f"{src.name}.{'[0-9]' * PART_SUFFIX_DIGITS}"):
-        if stale not in parts:
-            stale.unlink()
+    for old in out_dir.glob(f"{src.name}.step*.part*of*"):
+        if old not in parts and PART_PATTERN.match(old.name):
+            old.unlink()
     return parts
 
 
-def join_parts(folder: Path) -> list[Path]:
-    """Put every ``NAME.000``, ``NAME.001``, ... in ``folder`` back together as
-    ``folder/NAME`` (written atomically); returns the files written."""
+def join_parts(folder: Path, dest: Path | None = None) -> list[Path]:
+    """For every file copied in parts into ``folder``, join its latest complete copy into
+    ``dest/NAME`` (default ``folder``; written atomically); returns the files written."""
+    dest = dest or folder
+    sets: dict[tuple[str, int, int], set[int]] = {}
+    for path in folder.iterdir():
+        if m := PART_PATTERN.match(path.name):
+            key = (m["name"], int(m["step"]), int(m["n"]))
+            sets.setdefault(key, set()).add(int(m["i"]))
+    latest: dict[str, tuple[int, int]] = {}
+    for (name, step, n), found in sets.items():
+        if found == set(range(1, n + 1)) and step >= latest.get(name, (-1, 0))[0]:
+            latest[name] = (step, n)
+    dest.mkdir(parents=True, exist_ok=True)
     written = []
-    for first in sorted(folder.glob(f"*.{'0' * PART_SUFFIX_DIGITS}")):
-        name = first.name[: -(PART_SUFFIX_DIGITS + 1)]
-        parts, i = [], 0
-        while (folder / f"{name}.{i:0{PART_SUFFIX_DIGITS}d}").exists():
-            parts.append(folder / f"{name}.{i:0{PART_SUFFIX_DIGITS}d}")
-            i += 1
-        tmp = folder / f"{name}.tmp"
+    for name, (step, n) in sorted(latest.items()):
+        tmp = dest / f"{name}.tmp"
         with open(tmp, "wb") as whole:
-            for part in parts:
-                whole.write(part.read_bytes())
-        os.replace(tmp, folder / name)
-        written.append(folder / name)
+            for i in range(1, n + 1):
+                whole.write((folder / f"{name}.step{step:07d}.part{i}of{n}").read_bytes())
+        os.replace(tmp, dest / name)
+        written.append(dest / name)
     return written
 
 
 def _checkpoint_copier(out_dir: Path, part_bytes: int):
-    """``train``'s ``on_checkpoint``: the run's weights into ``out_dir`` in parts, its log and
-    config beside them."""
+    """``train``'s ``on_checkpoint``: the run's EMA weights into ``out_dir`` in parts, its log
+    beside them (the EMA is what the CPU run goes on from; the optimiser state and the raw
+    weights stay behind, which keeps a burst to three files)."""
+
+    copied: list[int] = []
 
     def copy(run: Path) -> None:
-        for name in ("ema.safetensors", "last.safetensors"):
-            copy_in_parts(run / name, out_dir, part_bytes)
-        for name in ("log.csv", "config.yaml"):
-            if (run / name).exists():
-                shutil.copyfile(run / name, out_dir / name)
+        step = int(read_metadata(run / "ema.safetensors")["info"].get("steps", 0))
+        if copied and copied[-1] == step:  # the same weights: keep the complete copy
+            return
+        copy_in_parts(run / "ema.safetensors", out_dir, part_bytes, step)
+        copied.append(step)
+        if (run / "log.csv").exists():
+            shutil.copyfile(run / "log.csv", out_dir / "log.csv")
 
     return copy
 
@@ -167,17 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--join", metavar="FOLDER", help="put the parts in FOLDER back together, then exit"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--to", metavar="DEST", help="where --join writes (default: FOLDER)")
+    args = parser.parse_intermixed_args(argv)
     if args.join:
-        written = join_parts(Path(args.join))
+        written = join_parts(Path(args.join), Path(args.to) if args.to else None)
         if not written:
-            print(f"demix.burst: {args.join}: no parts (NAME.000) to join", file=sys.stderr)
+            print(
+                f"demix.burst: {args.join}: no complete set of parts (NAME.stepS.partIofN)",
+                file=sys.stderr,
+            )
             return 1
         for path in written:
             print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
         return 0
     if not (args.config and args.pack and args.out):
         parser.error("CONFIG, PACK and OUT are required (or --join FOLDER)")
+    if args.remix_steps < 0:
+        parser.error("--remix-steps must be 0 or more")
     started = time.time()
     cfg = load_yaml(TrainConfig, args.config, [])
     cache = Path(tempfile.mkdtemp(prefix="demix-burst-cache-"))

@@ -161,11 +161,17 @@ class MultiTask(torch.nn.Module):
 def remix_batch(
     stems: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """New mixtures from a batch's stems [b, s, c, t]: every stem shuffled across the b
-    examples on its own; returns ``(mix [b, c, t], stems [b, s, c, t])``, the mix their sum
-    (the mixers' mixes are exactly that sum)."""
+    """New mixtures from a batch's stems [b, s, c, t]: the first stem stays with its example,
+    every other stem is shuffled across the b examples on its own (redrawn while no stem
+    moved); returns ``(mix [b, c, t], stems [b, s, c, t])``, the mix their sum (the mixers'
+    mixes are exactly that sum)."""
     b, s = stems.shape[:2]
-    order = torch.stack([torch.randperm(b, generator=generator) for _ in range(s)], 1)  # [b, s]
+    order = torch.arange(b)[:, None].repeat(1, s)  # [b, s]
+    for _ in range(8):  # a batch of 2 keeps its pairing with probability 2^-(s-1)
+        for j in range(1, s):
+            order[:, j] = torch.randperm(b, generator=generator)
+        if b < 2 or s < 2 or (order != torch.arange(b)[:, None]).any():
+            break
     remixed = stems[order.to(stems.device), torch.arange(s, device=stems.device)]
     return remixed.sum(1), remixed
 
@@ -326,7 +332,9 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     )
     model.train()
     last_step = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
-    remix_generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    if cfg.remix_steps < 0:
+        raise ValueError(f"remix_steps must be 0 or more, not {cfg.remix_steps}")
+    remix_generator = torch.Generator()
     remixes_left, fetched = 0, []
     while step < last_step and not _Stop.requested:
         lr = _lr_at(step, cfg)
@@ -336,6 +344,7 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
         if remixes_left == 0:
             fetched = [tuple(t.to(device) for t in next(loader)) for loader in loaders]
             batches, remixes_left = fetched, cfg.remix_steps
+            remix_generator.manual_seed(cfg.seed * 1_000_003 + rank * 100_003 + step)  # resumable
         else:
             batches = [
                 remix_batch(stems, remix_generator)

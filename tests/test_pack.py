@@ -171,20 +171,34 @@ def test_unpack_refuses_a_folder_that_is_no_pack(tmp_path, capsys):
         pack.unpack(tmp_path, tmp_path / "cache")
 
 
-def test_parts_copy_and_join_back_byte_for_byte(tmp_path):
+def test_parts_copy_and_join_back_the_latest_complete_copy(tmp_path):
     src = tmp_path / "w.safetensors"
-    payload = np.random.default_rng(0).bytes(2500)
-    src.write_bytes(payload)
-    out = tmp_path / "out"
+    out, here = tmp_path / "out", tmp_path / "here"
     out.mkdir()
-    (out / "w.safetensors.003").write_bytes(b"stale")  # from a longer earlier copy
-    parts = burst.copy_in_parts(src, out, 1000)
-    assert [p.name for p in parts] == [f"w.safetensors.{i:03d}" for i in range(3)]
+    first = np.random.default_rng(0).bytes(2500)
+    src.write_bytes(first)
+    parts = burst.copy_in_parts(src, out, 1000, step=90)
+    assert [p.name for p in parts] == [f"w.safetensors.step0000090.part{i}of3" for i in (1, 2, 3)]
     assert [p.stat().st_size for p in parts] == [1000, 1000, 500]
-    assert not (out / "w.safetensors.003").exists()
-    assert burst.join_parts(out) == [out / "w.safetensors"]
-    assert (out / "w.safetensors").read_bytes() == payload
-    assert burst.main(["--join", str(tmp_path / "empty-dir")]) == 1
+    # a later copy cut short (its second part missing): the complete earlier one is joined
+    second = np.random.default_rng(1).bytes(1500)
+    src.write_bytes(second)
+    burst.copy_in_parts(src, out, 1000, step=180)
+    (out / "w.safetensors.step0000090.part1of3").write_bytes(first[:1000])  # as if not yet removed
+    (out / "w.safetensors.step0000090.part2of3").write_bytes(first[1000:2000])
+    (out / "w.safetensors.step0000090.part3of3").write_bytes(first[2000:])
+    (out / "w.safetensors.step0000180.part2of2").unlink()
+    assert burst.join_parts(out, here) == [here / "w.safetensors"]
+    assert (here / "w.safetensors").read_bytes() == first
+    # complete again: the latest copy is joined, and it removed the earlier parts
+    burst.copy_in_parts(src, out, 1000, step=180)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "w.safetensors.step0000180.part1of2",
+        "w.safetensors.step0000180.part2of2",
+    ]
+    assert burst.main(["--join", str(out), "--to", str(here)]) == 0
+    assert (here / "w.safetensors").read_bytes() == second
+    assert burst.main(["--join", str(tmp_path / "here")]) == 1  # no parts there
 
 
 def test_a_burst_with_parts_leaves_only_small_files_in_out(tmp_path):
@@ -194,14 +208,17 @@ def test_a_burst_with_parts_leaves_only_small_files_in_out(tmp_path):
     config = _config(tmp_path, corpus)
     pack.pack(config, tmp_path / "pack", budget_mb=1.0)
     out = tmp_path / "out"
-    argv = [str(config), str(tmp_path / "pack"), str(out), "--batch-scale", "1"]
+    # options may come between the arguments
+    argv = [str(config), "--batch-scale", "1", str(tmp_path / "pack"), str(out)]
     assert burst.main(argv + ["--device", "cpu", "--workers", "0", "--part-mb", "0.25"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert "run" not in names and "state.pt" not in names
-    assert {"log.csv", "config.yaml", "ema.safetensors.000", "last.safetensors.001"} <= set(names)
+    n = len(names) - 1  # only the EMA's parts and the log
+    assert n > 1 and names == sorted(
+        [f"ema.safetensors.step0000003.part{i}of{n}" for i in range(1, n + 1)] + ["log.csv"]
+    )
     assert all(p.stat().st_size <= 0.25 * 2**20 for p in out.iterdir())
-    assert burst.main(["--join", str(out)]) == 0
-    model, meta = load_checkpoint(out / "ema.safetensors")
+    assert burst.main(["--join", str(out), "--to", str(tmp_path / "joined")]) == 0
+    model, meta = load_checkpoint(tmp_path / "joined" / "ema.safetensors")
     assert meta["info"]["burst"].startswith("1x batch") and list(model.heads) == ["film"]
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert int(rows[-1]["step"]) == 3

@@ -267,11 +267,15 @@ def test_remix_batch_shuffles_each_stem_across_the_batch():
     mix, remixed = remix_batch(stems, generator)
     assert remixed.shape == stems.shape
     torch.testing.assert_close(mix, remixed.sum(1))
+    torch.testing.assert_close(remixed[:, 0], stems[:, 0])  # the first stem stays
     for j in range(3):  # every stem's examples, reordered
         assert sorted(remixed[:, j, 0, 0].tolist()) == sorted(stems[:, j, 0, 0].tolist())
         for b in range(5):  # each example's stem kept whole
             row = [x for x in range(5) if torch.equal(stems[x, j], remixed[b, j])]
             assert len(row) == 1
+    # a batch of two: the stems always move (the fetched pairing is redrawn)
+    for _ in range(20):
+        assert not torch.equal(remix_batch(stems[:2], generator)[1], stems[:2])
     pairings = {tuple(remix_batch(stems, generator)[1][:, :, 0, 0].flatten().tolist())
                 for _ in range(10)}  # fmt: skip
     assert len(pairings) > 1  # new mixtures, not the fetched ones
