@@ -35,7 +35,7 @@ import torch
 from demix import pack as packs
 from demix.checkpoint import read_metadata
 from demix.config import load_yaml
-from demix.train import TrainConfig, train
+from demix.train import TrainConfig, build_sources, train
 
 # A checkpoint copied in parts: NAME.stepSSSSSSS.partIofN, so that a copy cut short (a call
 # stopped at its time limit) leaves an incomplete set that joining ignores, beside the
@@ -245,6 +245,13 @@ def _unpack_and_train(
         args.workers,
         args.seed,
     )
+    unopened = packs.unopened_pools(info, build_sources(cfg))
+    if unopened:
+        print(
+            f"demix.burst: WARNING: the recipe did not open {len(unopened)} of the pack's "
+            f"pools here (a cache key differs on this machine): {'; '.join(unopened)}",
+            file=sys.stderr,
+        )
     if args.lr:
         cfg = dataclasses.replace(cfg, lr=args.lr)
     if args.warmup_steps >= 0:

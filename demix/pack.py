@@ -194,6 +194,17 @@ def pack(
     return info
 
 
+def unopened_pools(info: dict, sources: list) -> list[str]:
+    """The keys of a pack's pools (``info``, as ``unpack`` returns it) that none of the
+    built training ``sources`` (``demix.train.build_sources``) opened: where a dataset
+    computes another cache key on the other machine (session 13: the drum kits' order), the
+    burst would train without that material."""
+    opened: set[str] = set()
+    for _, dataset in sources:
+        opened |= set(dataset_pools(dataset))
+    return [p["key"] for p in info["pools"] if p["digest"] not in opened]
+
+
 def _unpack_one(args: tuple[Path, Path, int, int]) -> str:
     ogg, cache_dir, sample_rate, channels = args
     index = json.loads(ogg.with_suffix(".json").read_text())

@@ -117,6 +117,16 @@ def test_a_pack_trains_a_burst_without_the_corpus_and_the_cpu_run_goes_on(tmp_pa
     assert (tmp_path / "cpu-run" / "ema.safetensors").exists()
 
 
+def test_pools_the_recipe_does_not_open_are_named(tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    config = _config(tmp_path, corpus)
+    info = pack.pack(config, tmp_path / "pack", budget_mb=1.0)
+    sources = build_sources(load_yaml(TrainConfig, config, []))
+    assert pack.unopened_pools(info, sources) == []
+    stray = {"digest": "0" * 16, "key": "drumkits v1 rumpf_kit_z01_gm,Audiophob 44100"}
+    assert pack.unopened_pools(dict(info, pools=info["pools"] + [stray]), sources) == [stray["key"]]
+
+
 def test_unpacked_pools_sit_under_the_keys_the_datasets_compute(tmp_path):
     corpus = _corpus(tmp_path / "corpus")
     config = _config(tmp_path, corpus)
