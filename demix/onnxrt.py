@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -172,9 +173,18 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         with warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")
             try:
-                quantize_dynamic(
-                    source, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS)
-                )
+                # The quantiser writes "<name>-inferred.onnx" beside its input: processes
+                # quantising the same export at once (a Ray batch's workers on a checkpoint's
+                # first use) deleted each other's. Each quantises its own copy.
+                with tempfile.TemporaryDirectory(prefix=".demix-quant-", dir=path.parent) as work:
+                    private = Path(work) / source.name
+                    shutil.copyfile(source, private)
+                    quantize_dynamic(
+                        private,
+                        tmp,
+                        weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(INT8_OPS),
+                    )
             except Exception as exc:  # noqa: BLE001 - the quantiser raises many types
                 reason = " ".join(str(exc).split())[:200]
                 raise OnnxError(f"{source}: cannot quantise to int8 ({reason})") from exc

@@ -42,7 +42,7 @@ def test_ray_batch_with_a_bad_file_then_a_resumed_rerun(tiny_checkpoint, tmp_pat
     env = dict(_env(), DEMIX_CACHE=str(tmp_path / "cache"))
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert run.returncode == 1, run.stderr  # one input failed, the others were separated
-    assert "bad.wav" in run.stderr and "2 separated, 0 skipped" in run.stdout
+    assert "bad.wav" in run.stderr and "2 separated, 0 skipped" in run.stdout, run.stderr
     for name, mix in mixes.items():
         total = sum(sf.read(out / name / f"{s}.wav")[0] for s in STEMS)
         np.testing.assert_allclose(total, mix.T, atol=1e-5)  # stems sum to the input
