@@ -43,6 +43,16 @@ from demix.train import TrainConfig, build_sources, train
 PART_PATTERN = re.compile(r"^(?P<name>.+)\.step(?P<step>\d+)\.part(?P<i>\d+)of(?P<n>\d+)$")
 
 
+def _part_name(name: str, step: int, i: int, n: int) -> str:
+    """Part ``i`` of ``n`` of ``name`` at ``step`` (the names ``PART_PATTERN`` reads)."""
+    return f"{name}.step{step:07d}.part{i}of{n}"
+
+
+def _local_run_dir(cache: Path) -> Path:
+    """Where a ``--part-mb`` burst keeps its run: beside its cache, removed with it."""
+    return cache.with_name(cache.name + "-run")
+
+
 def copy_in_parts(src: Path, out_dir: Path, part_bytes: int, step: int) -> list[Path]:
     """Copy ``src`` into ``out_dir`` as ``NAME.stepSSSSSSS.part1ofN`` ... of at most
     ``part_bytes`` each (every part written atomically), then remove the parts of earlier
@@ -51,7 +61,7 @@ def copy_in_parts(src: Path, out_dir: Path, part_bytes: int, step: int) -> list[
     starts = range(0, max(len(data), 1), part_bytes)
     parts = []
     for i, start in enumerate(starts, 1):
-        part = out_dir / f"{src.name}.step{step:07d}.part{i}of{len(starts)}"
+        part = out_dir / _part_name(src.name, step, i, len(starts))
         tmp = part.with_name(part.name + ".tmp")
         tmp.write_bytes(data[start : start + part_bytes])
         os.replace(tmp, part)
@@ -81,7 +91,7 @@ def join_parts(folder: Path, dest: Path | None = None) -> list[Path]:
         tmp = dest / f"{name}.tmp"
         with open(tmp, "wb") as whole:
             for i in range(1, n + 1):
-                whole.write((folder / f"{name}.step{step:07d}.part{i}of{n}").read_bytes())
+                whole.write((folder / _part_name(name, step, i, n)).read_bytes())
         os.replace(tmp, dest / name)
         written.append(dest / name)
     return written
@@ -209,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return _unpack_and_train(args, cfg, cache, started)
     finally:
         shutil.rmtree(cache, ignore_errors=True)  # also when the pack is refused
-        # the local run of --part-mb (its weights are in OUT)
-        shutil.rmtree(cache.with_name(cache.name + "-run"), ignore_errors=True)
+        shutil.rmtree(_local_run_dir(cache), ignore_errors=True)  # its weights are in OUT
 
 
 def _unpack_and_train(
@@ -230,7 +239,7 @@ def _unpack_and_train(
     run_dir = out / "run"
     if args.part_mb > 0:
         out.mkdir(parents=True, exist_ok=True)
-        run_dir = cache.with_name(cache.name + "-run")  # beside the cache, removed with it
+        run_dir = _local_run_dir(cache)
         on_checkpoint = _checkpoint_copier(out, int(args.part_mb * 2**20))
     cfg = burst_config(
         cfg,

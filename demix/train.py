@@ -176,6 +176,11 @@ def remix_batch(
     return remixed.sum(1), remixed
 
 
+def _next_batch(loader, device: str) -> tuple[torch.Tensor, ...]:
+    """The loader's next ``(mix, stems)`` on ``device``."""
+    return tuple(t.to(device) for t in next(loader))
+
+
 def _grouped(est: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
     """Head outputs [b, s_head, c, t] summed into a dataset's (coarser) stems with its
     ``group_matrix()`` [s_data, s_head]; unchanged when the dataset has none."""
@@ -342,14 +347,14 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         if remixes_left == 0:
-            fetched = [tuple(t.to(device) for t in next(loader)) for loader in loaders]
+            fetched = [_next_batch(loader, device) for loader in loaders]
             batches, remixes_left = fetched, cfg.remix_steps
             remix_generator.manual_seed(cfg.seed * 1_000_003 + rank * 100_003 + step)  # resumable
         else:
             batches = [
                 remix_batch(stems, remix_generator)
                 if stems.shape[0] > 1
-                else tuple(t.to(device) for t in next(loader))
+                else _next_batch(loader, device)
                 for (_, stems), loader in zip(fetched, loaders)
             ]
             remixes_left -= 1
