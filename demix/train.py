@@ -51,6 +51,9 @@ class SourceConfig:
     weight: float = 1.0
     batch_size: int = 0  # examples per step from this source (0: the run's batch_size)
     stem_weights: dict[str, float] = field(default_factory=dict)  # loss weight per stem (1)
+    # Each stem's error relative to its level (demix.losses) for this source's examples only;
+    # None: the run's ``relative_loss``.
+    relative_loss: bool | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +101,11 @@ class TrainConfig:
     remix_steps: int = 0
     device: str = "cpu"
     info: dict[str, Any] = field(default_factory=dict)  # provenance stored in checkpoints
+
+
+def _relative(src: SourceConfig, cfg: TrainConfig) -> bool:
+    """Whether ``src``'s loss is relative to each stem's level (its own flag, else the run's)."""
+    return cfg.relative_loss if src.relative_loss is None else src.relative_loss
 
 
 class _Stop:
@@ -375,7 +383,7 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
                 ref,
                 cfg.stft_loss_weight,
                 stem_weights[i],
-                mix=mix if cfg.relative_loss else None,
+                mix=mix if _relative(src, cfg) else None,
                 n_ffts=cfg.stft_loss_ffts,
             )
             total = total + src.weight * loss

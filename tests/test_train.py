@@ -1,6 +1,7 @@
 """Training: a few steps lower the loss; resuming is exact."""
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,6 +203,27 @@ def test_training_with_the_relative_loss_lowers_it(tmp_path):
     train(_config(tmp_path / "run", steps=30, relative_loss=True))
     losses = _losses(tmp_path / "run")
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_a_source_can_choose_the_relative_loss_for_itself(tmp_path):
+    """A source's ``relative_loss`` overrides the run's, for that source's examples only."""
+    relative_source = SourceConfig(name="test_tones", head="tones", relative_loss=True)
+    plain_source = SourceConfig(name="test_tones", head="tones", relative_loss=False)
+    runs = {
+        "run_relative": _config(tmp_path / "a", steps=1, relative_loss=True),
+        "source_relative": replace(_config(tmp_path / "b", steps=1), sources=(relative_source,)),
+        "plain": _config(tmp_path / "c", steps=1),
+        "source_plain": replace(
+            _config(tmp_path / "d", steps=1, relative_loss=True), sources=(plain_source,)
+        ),
+    }
+    first = {}
+    for name, cfg in runs.items():
+        train(cfg)
+        first[name] = _losses(Path(cfg.run_dir))[0]
+    assert first["source_relative"] == pytest.approx(first["run_relative"])
+    assert first["source_plain"] == pytest.approx(first["plain"])
+    assert first["run_relative"] > 1.5 * first["plain"]  # the quiet stem's errors count more
 
 
 def test_decay_steps_hold_the_rate_then_anneal():
