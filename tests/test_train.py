@@ -223,7 +223,8 @@ def test_a_source_can_choose_the_relative_loss_for_itself(tmp_path):
         first[name] = _losses(Path(cfg.run_dir))[0]
     assert first["source_relative"] == pytest.approx(first["run_relative"])
     assert first["source_plain"] == pytest.approx(first["plain"])
-    assert first["run_relative"] > 1.5 * first["plain"]  # the quiet stem's errors count more
+    # each error divided by its stem's level (well under 1 for these tones): a larger loss
+    assert first["run_relative"] > 1.5 * first["plain"]
 
 
 def test_decay_steps_hold_the_rate_then_anneal():
