@@ -545,12 +545,12 @@ def launch(
     compare: list[str] | None = None,
 ) -> None:
     """Start the demo server (no browser window is opened)."""
-    root = Path(tempfile.mkdtemp(prefix="demix-demo-"))
-    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # uploads stay in the app folder
-    separator = Separator.from_pretrained(model)
+    separator = Separator.from_pretrained(model)  # (a bad name fails before any folder exists)
     others = {name: Separator.from_pretrained(name) for name in available_models() if name != model}
     for path in compare or []:  # checkpoints to compare against, by file name
         others[Path(path).stem] = Separator.from_pretrained(path)
+    root = Path(tempfile.mkdtemp(prefix="demix-demo-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # uploads stay in the app folder
     demo = build_demo(separator, limits, root, others)
     atexit.register(demo.demix_app.cleanup)
     serve(demo, host, port, share)

@@ -596,7 +596,7 @@ def post_batch(
     ``progress(done_seconds, total_seconds, file)`` follows the whole batch.
     """
     out_dir = Path(out_dir)
-    files = audio.find_inputs([str(i) for i in inputs])
+    files = audio.find_inputs([str(i) for i in inputs], out_dir)
     durations = []
     for f, _ in files:
         with contextlib.suppress(audio.AudioError, OSError):

@@ -46,6 +46,21 @@ _BITS_SUBTYPE = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
 OUTPUT_FORMATS = ("wav", "flac", "mp3")
 MP3_BITRATES_KBPS = (64, 96, 128, 160, 192, 224, 256, 320)
 MP3_MAX_RATE = 48000
+# A plain RIFF WAV holds at most 4 GiB (32-bit sizes); larger stems are written as RF64.
+RIFF_LIMIT_BYTES = 0xFFFFFFFF - (1 << 20)  # (room for the header)
+
+# ffmpeg's names for channel layouts (``ffmpeg -layouts``) → channel count. A layout it
+# prints that is not here is refused rather than guessed: decoding with a wrong count would
+# downmix the file.
+FFMPEG_LAYOUTS = {
+    "mono": 1, "stereo": 2, "downmix": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3, "4.0": 4,
+    "quad": 4, "quad(side)": 4, "3.1": 4, "5.0": 5, "5.0(side)": 5, "4.1": 5, "5.1": 6,
+    "5.1(side)": 6, "6.0": 6, "6.0(front)": 6, "3.1.2": 6, "hexagonal": 6, "6.1": 7,
+    "6.1(back)": 7, "6.1(front)": 7, "7.0": 7, "7.0(front)": 7, "7.1": 8, "7.1(wide)": 8,
+    "7.1(wide-side)": 8, "5.1.2": 8, "7.1(top)": 8, "octagonal": 8, "cube": 8, "5.1.4": 10,
+    "7.1.2": 10, "7.1.4": 12, "7.2.3": 12, "9.1.4": 14, "9.1.6": 16, "hexadecagonal": 16,
+    "binaural": 2, "22.2": 24,
+}  # fmt: skip
 
 
 class AudioError(Exception):
@@ -93,9 +108,17 @@ def _check(path: Path, sample_rate: int, channels: int, frames: int) -> None:
         raise AudioError(f"{path}: no audio (zero length)")
 
 
+def _ffmpeg_for(path: Path) -> str:
+    """``ffmpeg_executable()``, its error naming the file that needed it."""
+    try:
+        return ffmpeg_executable()
+    except AudioError as exc:
+        raise AudioError(f"{path}: {exc}") from exc
+
+
 def _ffprobe(path: Path) -> AudioInfo:
     """Stream parameters of a container through ``ffmpeg -i`` (imageio-ffmpeg has no ffprobe)."""
-    exe = ffmpeg_executable()
+    exe = _ffmpeg_for(path)
     # The header's duration gives the length (for progress bars); the exact length is what
     # the streamed decode yields.
     proc = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
@@ -114,7 +137,7 @@ def _ffprobe(path: Path) -> AudioInfo:
         part = part.strip()
         if part.endswith(" Hz"):
             rate = int(part[:-3])
-    channels = _ffmpeg_channels(line)
+    channels = _ffmpeg_channels(line, path)
     frames = _ffmpeg_duration_frames(text, rate)
     if frames <= 0:  # no usable duration in the header: count by decoding (streamed)
         frames = sum(b.shape[1] for b in _ffmpeg_blocks(path, rate, channels, 1 << 16))
@@ -166,36 +189,27 @@ def _ffmpeg_duration_frames(text: str, sample_rate: int) -> int:
     return 0
 
 
-def _ffmpeg_channels(line: str) -> int:
-    layouts = {
-        "mono": 1,
-        "stereo": 2,
-        "2.1": 3,
-        "3.0": 3,
-        "quad": 4,
-        "4.0": 4,
-        "5.0": 5,
-        "5.1": 6,
-        "5.0(side)": 5,
-        "5.1(side)": 6,
-        "6.1": 7,
-        "7.1": 8,
-        "7.1(wide)": 8,
-    }
-    for part in line.split(","):
-        part = part.strip()
-        if part in layouts:
-            return layouts[part]
-        if part.endswith("channels"):
-            return int(part.split()[0])
-    return 2
+def _ffmpeg_channels(line: str, path: Path) -> int:
+    """Channel count of ffmpeg's "Stream #0:1: Audio: aac, 48000 Hz, 5.1, fltp" line: the
+    field after the rate is the layout's name, or "N channels" for an unnamed one."""
+    parts = [part.strip() for part in line.split(",")]
+    for i, part in enumerate(parts):
+        if part.endswith(" Hz") and i + 1 < len(parts):
+            layout = parts[i + 1]
+            words = layout.split()
+            if len(words) > 1 and words[0].isdigit() and words[1] == "channels":
+                return int(words[0])  # "6 channels", "3 channels (FL+FR+LFE)"
+            if layout in FFMPEG_LAYOUTS:
+                return FFMPEG_LAYOUTS[layout]
+            raise AudioError(f"{path}: unknown channel layout {layout!r} (ffmpeg: {line.strip()})")
+    raise AudioError(f"{path}: no channel layout in ffmpeg's stream line ({line.strip()})")
 
 
 def _ffmpeg_blocks(
     path: Path, sample_rate: int, channels: int, block_frames: int, stream: int = 0
 ) -> Iterator[np.ndarray]:
     cmd = [
-        ffmpeg_executable(),
+        _ffmpeg_for(path),
         "-nostdin",
         "-hide_banner",
         "-loglevel",
@@ -255,17 +269,28 @@ def _quiet_decoder(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def find_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+def find_inputs(
+    inputs: list[str], output: str | os.PathLike | None = None
+) -> list[tuple[Path, Path]]:
     """(file, its output subfolder) for each input: files as given go to the output folder
     itself; folders are expanded (recursively, links to folders not followed) to the
     audio/video files inside, whose subfolders are mirrored under the output folder
-    (``reel1/mix.wav`` → ``OUT/reel1/...``). An empty folder is reported on stderr."""
+    (``reel1/mix.wav`` → ``OUT/reel1/...``). An empty folder is reported on stderr.
+
+    Files under ``output`` (the output folder) are left out of a folder that holds it: a
+    rerun of ``demix separate reels -o reels/out`` must not separate the stems it wrote."""
+    out = Path(output).resolve() if output is not None else None
     files: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            inner = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
             found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in AUDIO_EXTENSIONS
+                and not (inner and f.resolve().is_relative_to(out))
             )
             if not found:
                 print(f"demix: {p}: folder holds no audio files", file=sys.stderr)
@@ -273,6 +298,27 @@ def find_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
         else:
             files.append((p, Path()))
     return files
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """Create the output folder (with its parents) before a batch starts, so that a folder
+    that cannot hold outputs is one error up front, not one per input.
+
+    Raises:
+        AudioError: ``path`` is a file, cannot be created, or is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AudioError(f"{path}: the output folder is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AudioError(
+            f"{path}: cannot create the output folder ({exc.strerror or exc})"
+        ) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AudioError(f"{path}: the output folder is not writable")
+    return path
 
 
 def info(path: str | os.PathLike) -> AudioInfo:
@@ -562,6 +608,7 @@ class AtomicWriter:
     one step per stem); samples beyond full scale are clipped and counted in ``clipped``.
     MP3 (``bitrate_kbps``, constant bitrate) is lossy: its stems no longer sum exactly to
     the input, and samples beyond full scale are clipped and counted the same way.
+    A WAV whose expected ``frames`` pass 4 GiB is written as RF64 (EBU Tech 3306).
     """
 
     def __init__(
@@ -572,9 +619,14 @@ class AtomicWriter:
         fmt: str,
         bit_depth: str | None,
         bitrate_kbps: int = 320,
+        frames: int = 0,
     ):
         self.path = Path(path)
         subtype = subtype_for(fmt, bit_depth)
+        container = "MP3" if fmt == "mp3" else fmt.upper()
+        sample_bytes = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}.get(subtype, 4)
+        if container == "WAV" and frames * channels * sample_bytes > RIFF_LIMIT_BYTES:
+            container = "RF64"  # libsndfile would write past 4 GiB with clamped RIFF sizes
         self.bits = {"PCM_16": 16, "PCM_24": 24}.get(subtype, 0)
         self.clipped = 0
         self.lossy = fmt == "mp3"
@@ -592,7 +644,7 @@ class AtomicWriter:
                 "w",
                 samplerate=sample_rate,
                 channels=channels,
-                format="MP3" if fmt == "mp3" else fmt.upper(),
+                format=container,
                 subtype=subtype,
                 **options,
             )
@@ -642,7 +694,7 @@ def write(
     """Write float32 [c, t] to ``path`` atomically (format from ``fmt`` or the extension)."""
     path = Path(path)
     fmt = fmt or path.suffix.lower().lstrip(".")
-    writer = AtomicWriter(path, sample_rate, audio.shape[0], fmt, bit_depth)
+    writer = AtomicWriter(path, sample_rate, audio.shape[0], fmt, bit_depth, frames=audio.shape[1])
     try:
         writer.write(np.asarray(audio, dtype=np.float32))
         writer.commit()

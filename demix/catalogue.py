@@ -234,7 +234,9 @@ def separate_catalogue(
         finally:
             if started_here:
                 ray.shutdown()
-    order = {str(p): i for i, (p, _) in enumerate(audio.find_inputs([str(i) for i in inputs]))}
+    order = {
+        str(p): i for i, (p, _) in enumerate(audio.find_inputs([str(i) for i in inputs], out_dir))
+    }
     results.sort(key=lambda r: order.get(r.file, len(order)))
     write_report(results, out_dir)
     return results
@@ -274,7 +276,7 @@ def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bo
     (skipped, or stems clashing with another input's)."""
     items, results = [], []
     claims = OutputClaims()
-    for path, subfolder in audio.find_inputs([str(i) for i in inputs]):
+    for path, subfolder in audio.find_inputs([str(i) for i in inputs], out_dir):
         folder = out_dir / subfolder
         targets = stem_paths(path, folder, outputs, fmt, filename)
         clash = claims.claim(path, targets.values())

@@ -136,14 +136,29 @@ def cmd_separate(args: argparse.Namespace) -> int:
 
     inputs = list(args.inputs)
     out_dir = Path(args.output)
-    if args.demo:
-        from demix.demo import write_demo_clip
-
-        demo = write_demo_clip(out_dir / "demo-input" / "demo_film.wav", DEMO_SECONDS)
-        print(f"demo clip (generated): {demo}")
-        inputs.append(str(demo))
-    if not inputs:
+    if not inputs and not args.demo:
         print("demix separate: no inputs (give files or folders, or --demo)", file=sys.stderr)
+        return 2
+    if args.jobs is not None and args.jobs < 1:
+        print(f"demix: --jobs {args.jobs}: give 1 or more threads", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.ray is None:
+        print("demix: --workers sets the Ray actors: give it with --ray", file=sys.stderr)
+        return 2
+    if args.files_together != 1 and args.ray is not None:
+        print("demix: --files-together is for one machine; with --ray, give --workers",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        audio.output_folder(out_dir)
+        if args.demo:
+            from demix.demo import write_demo_clip
+
+            demo = write_demo_clip(out_dir / "demo-input" / "demo_film.wav", DEMO_SECONDS)
+            print(f"demo clip (generated): {demo}")
+            inputs.append(str(demo))
+    except (audio.AudioError, OSError) as exc:
+        print(f"demix: {audio.one_line_error(exc, out_dir)}", file=sys.stderr)
         return 2
     if args.two_stems:
         if args.stems:
@@ -194,12 +209,17 @@ def cmd_separate(args: argparse.Namespace) -> int:
             options["overlap_seconds"] = args.overlap * sep.chunk_samples / sep.sample_rate
         del sep  # each Ray actor loads its own
         return _separate_on_ray(args, inputs, out_dir, options, outputs)
-    files = audio.find_inputs(inputs)
+    files = audio.find_inputs(inputs, out_dir)
     ok, failed = [], []
     claims = OutputClaims()  # stem file → the input of this batch that writes it
     jobs, labels = [], {}
     for i, (path, subfolder) in enumerate(files, 1):
-        targets = stem_paths(path, out_dir / subfolder, outputs, args.format, args.filename)
+        try:
+            targets = stem_paths(path, out_dir / subfolder, outputs, args.format, args.filename)
+        except (SeparationError, ValueError) as exc:  # a name the template cannot use
+            failed.append(path)
+            print(f"demix: error: {audio.one_line_error(exc, path)}", file=sys.stderr)
+            continue
         clash = claims.claim(path, targets.values())
         if clash is not None:
             failed.append(path)
@@ -293,9 +313,9 @@ def _separate_on_ray(
             threads_per_worker=args.jobs or 1, device=args.device, backend=args.backend,
             separator_options=options, progress=progress, outputs=outputs,
         )  # fmt: skip
-    except (SeparationError, audio.AudioError, ValueError) as exc:
+    except (SeparationError, audio.AudioError, ValueError, OSError) as exc:
         bar.close()
-        print(f"demix: {exc}", file=sys.stderr)
+        print(f"demix: {audio.one_line_error(exc, out_dir)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         bar.close()
@@ -337,12 +357,13 @@ def cmd_post(args: argparse.Namespace) -> int:
             raise ValueError("--normalise applies to the --dialogue-gain remix: give both")
         if args.dialogue_gain is not None and not {"dx", "me"} <= set(deliver):
             raise ValueError("--dialogue-gain remixes DX and ME: --deliver must hold dx and me")
+        audio.output_folder(args.output)
         # One signal per model call: two-hour 5.1 reels in flat, bounded memory (the film
         # head's batch of 4 took about 450 MB more for little speed on the CPU).
         sep = Separator.from_pretrained(
             args.model, device=args.device, backend=args.backend, batch_size=1
         )
-    except (SeparationError, ValueError) as exc:
+    except (SeparationError, audio.AudioError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
         return 2
     bar = tqdm(
@@ -361,6 +382,10 @@ def cmd_post(args: argparse.Namespace) -> int:
             sep, args.inputs, args.output, deliver, args.overwrite, progress,
             args.dialogue_gain, args.normalise,
         )  # fmt: skip
+    except OSError as exc:  # the report (the output folder went away or became read-only)
+        bar.close()
+        print(f"demix: {audio.one_line_error(exc, args.output)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         bar.close()
         print(
@@ -429,7 +454,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"demix: {exc}", file=sys.stderr)
         return 2
     # Exported and checked in a temporary folder beside OUT: OUT appears only if it passes.
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+    try:
+        workspace = tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent)
+    except OSError as exc:
+        print(f"demix: {audio.one_line_error(exc, out.parent)}", file=sys.stderr)
+        return 2
+    with workspace as tmp:
         candidate = Path(tmp) / out.name
         try:
             if args.int8:
@@ -538,14 +568,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"demix demo needs the app extra: pip install 'demix[app]' ({exc})", file=sys.stderr)
         return 2
-    launch(
-        args.model,
-        args.host,
-        args.port,
-        args.share,
-        Limits(args.max_upload_mb, args.max_seconds, args.max_queue),
-        args.compare,
-    )
+    from demix.separator import SeparationError
+
+    try:
+        launch(
+            args.model,
+            args.host,
+            args.port,
+            args.share,
+            Limits(args.max_upload_mb, args.max_seconds, args.max_queue),
+            args.compare,
+        )
+    except (SeparationError, ValueError, OSError) as exc:  # a bad --model/--compare, a busy port
+        print(f"demix: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -831,7 +831,7 @@ class Separator:
         try:
             for name, target in targets.items():
                 writers[name] = audio.AtomicWriter(
-                    target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps
+                    target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps, meta.frames
                 )
             blocks = audio.iter_blocks(path, meta=meta)
             channel_plan = None

@@ -35,6 +35,7 @@ import yaml
 from tqdm import tqdm
 
 from demix import models  # noqa: F401 - registers the models
+from demix.audio import one_line_error
 from demix.checkpoint import load_checkpoint, save_checkpoint
 from demix.config import from_dict, load_yaml, to_dict
 from demix.losses import project_to_mix, separation_loss
@@ -482,8 +483,21 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config value (dotted key)",
     )
     args = parser.parse_args(argv)
-    cfg = load_yaml(TrainConfig, args.config, args.overrides)
-    train(cfg)
+    try:
+        cfg = load_yaml(TrainConfig, args.config, args.overrides)
+    except (ValueError, OSError, yaml.YAMLError) as exc:  # ConfigError is a ValueError
+        print(f"demix train: {one_line_error(exc, args.config)}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except (KeyError, FileNotFoundError) as exc:  # an unknown model or source, missing data
+        if isinstance(exc, KeyError) and not str(exc.args[0] if exc.args else "").startswith(
+            "unknown "
+        ):
+            raise  # not the registry's: a bug, with its traceback
+        text = exc.args[0] if isinstance(exc, KeyError) else exc
+        print(f"demix train: {args.config}: {' '.join(str(text).split())}", file=sys.stderr)
+        return 2
     return 0
 
 

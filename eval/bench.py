@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from demix import Separator
-from demix.separator import checkpoint_path
+from demix.separator import SeparationError, checkpoint_path
 from eval import metrics
 from eval.sets import SetItem, load_set
 
@@ -315,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-anchors", action="store_true", help="skip DFN3 / RNNoise / Conv-TasNet")
     args = p.parse_args(argv)
-    sep = Separator.from_pretrained(args.model, device=args.device)
+    if not Path(args.set_dir).is_dir():
+        p.error(f"--set {args.set_dir}: no such folder (make the sets with python -m eval.sets)")
+    try:
+        sep = Separator.from_pretrained(args.model, device=args.device)
+    except (SeparationError, ValueError) as exc:
+        p.error(" ".join(str(exc).split()))
     name = Path(args.model).stem
     scores = run_benchmark(
         args.task,

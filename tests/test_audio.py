@@ -395,6 +395,57 @@ def test_atomic_writer_commit_moves_the_file_into_place(tmp_path: Path) -> None:
     assert sf.info(str(target)).frames == 3000
 
 
+def test_atomic_writer_writes_rf64_past_the_riff_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAV stem whose expected size passes 4 GiB is RF64 (tested with the limit lowered)."""
+    monkeypatch.setattr(audio, "RIFF_LIMIT_BYTES", 10_000)
+    block = noise(2, 3000)
+    for frames, magic in ((3000, b"RF64"), (1000, b"RIFF")):
+        target = tmp_path / f"stem{frames}.wav"
+        writer = audio.AtomicWriter(target, RATE, 2, "wav", "24", frames=frames)
+        writer.write(block[:, :frames])
+        writer.commit()
+        assert target.read_bytes()[:4] == magic
+        decoded, _ = audio.read(target)
+        np.testing.assert_allclose(decoded, block[:, :frames], rtol=0, atol=2.0**-23)
+
+
+@pytest.mark.parametrize(
+    ("line", "channels"),
+    [
+        ("Stream #0:1: Audio: aac (LC), 48000 Hz, 5.1, fltp, 384 kb/s", 6),
+        ("Stream #0:0: Audio: flac, 44100 Hz, 4.1, s16", 5),
+        ("Stream #0:0: Audio: pcm_s24le, 48000 Hz, 7.1.4, s32 (24 bit)", 12),
+        ("Stream #0:0: Audio: pcm_s24le, 48000 Hz, 9.1.6, s32 (24 bit)", 16),
+        ("Stream #0:0: Audio: pcm_s16le, 48000 Hz, 3 channels (FL+FR+LFE), s16", 3),
+        ("Stream #0:0(eng): Audio: opus, 48000 Hz, 6 channels, fltp", 6),
+    ],
+)
+def test_ffmpeg_layout_names_give_their_channel_count(line: str, channels: int) -> None:
+    assert audio._ffmpeg_channels(line, Path("reel.mkv")) == channels
+
+
+def test_an_unknown_ffmpeg_layout_is_refused_not_downmixed() -> None:
+    with pytest.raises(audio.AudioError, match=r"reel\.mkv: unknown channel layout 'ambisonic 3'"):
+        audio._ffmpeg_channels(
+            "Stream #0:0: Audio: opus, 48000 Hz, ambisonic 3, fltp", Path("reel.mkv")
+        )
+
+
+def test_a_4_1_container_keeps_its_five_channels(tmp_path: Path) -> None:
+    """ffmpeg names a 5-channel layout 4.1: it is decoded as five channels, not downmixed."""
+    path = tmp_path / "reel.mkv"
+    join = "[0:a]asplit=5[a][b][c][d][e];[a][b][c][d][e]join=inputs=5:channel_layout=4.1[o]"
+    run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-filter_complex", join,
+               "-map", "[o]", "-c:a", "pcm_s16le", str(path))  # fmt: skip
+    meta = audio.info(path)
+    assert meta.channels == 5
+    decoded, _ = audio.read(path)
+    assert decoded.shape[0] == 5
+    assert np.abs(decoded).max(axis=1).min() > 0.1  # every channel carries the tone
+
+
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 @pytest.mark.parametrize("previous", [None, b"an earlier take"])
 def test_exception_mid_write_leaves_the_final_name_untouched(

@@ -318,12 +318,43 @@ def test_output_folder_that_cannot_be_created(tiny_checkpoint: Path, tmp_path: P
     source = write_input(tmp_path / "scene.wav")
     blocker = tmp_path / "blocker"
     blocker.write_text("a regular file where a folder should go")
-    result = run_cli(tiny_checkpoint, source, "-o", blocker / "out")
-    assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert str(blocker) in lines[0]
+    for out in (blocker / "out", blocker):  # under a file; the file itself
+        for extra in ([], ["--demo"]):
+            result = run_cli(tiny_checkpoint, source, "-o", out, *extra)
+            assert result.returncode == 2  # refused up front, once for the whole batch
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1, result.stderr
+            assert str(blocker) in lines[0] and "output folder" in lines[0]
     assert blocker.read_text() == "a regular file where a folder should go"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "scene.wav"]
+
+
+def test_a_rerun_into_a_folder_inside_the_input_folder_skips_its_own_stems(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``demix separate reel -o reel/out`` twice: the second run does not take the stems the
+    first one wrote under reel/out for inputs."""
+    folder = tmp_path / "reel"
+    source = write_input(folder / "scene.wav")
+    for run in range(2):
+        result = run_cli(tiny_checkpoint, folder, "-o", folder / "out", "--overwrite")
+        assert result.returncode == 0, (run, result.stderr)
+        assert "1 separated, 0 failed" in result.stdout
+    assert listing(folder / "out") == {"scene"}
+    assert listing(folder / "out" / "scene") == {f"{name}.wav" for name in CDX_STEMS}
+    assert_sums_to(stem_paths(folder / "out" / "scene", CDX_STEMS), source)
+
+
+def test_zero_jobs_or_workers_without_ray_are_usage_errors(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "scene.wav")
+    for args, reason in (
+        (["--jobs", "0"], "--jobs 0"),
+        (["--workers", "2"], "with --ray"),
+    ):
+        result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", *args)
+        assert result.returncode == 2 and reason in result.stderr, result.stderr
 
 
 def test_folder_input_is_expanded_to_its_audio_files(tiny_checkpoint: Path, tmp_path: Path) -> None:

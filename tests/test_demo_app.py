@@ -266,6 +266,28 @@ def test_demix_demo_command_serves_the_page(tiny_checkpoint, tmp_path, extra):
                 proc.kill()
 
 
+def test_demix_demo_with_a_bad_model_is_one_line(tiny_checkpoint, tmp_path):
+    """``demix demo --model`` or ``--compare`` naming no checkpoint: one line, exit 2, and no
+    temporary app folder left behind."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp_path))
+    for args in (
+        ["--model", "no-such-model"],
+        ["--model", str(tiny_checkpoint), "--compare", str(tmp_path / "gone.safetensors")],
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "demix.cli", "demo", *args, "--port", str(_free_port())],
+            capture_output=True, text=True, env=env, timeout=180,
+        )  # fmt: skip
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("demix: "), lines
+        assert args[-1].split("/")[-1] in lines[0]
+    assert not list(tmp_path.glob("demix-demo-*"))
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6

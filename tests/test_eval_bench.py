@@ -210,3 +210,17 @@ def test_seeded_sets_do_not_change_when_the_corpus_grows(tmp_path):
         assert [i.name for i in grown] == [i.name for i in same]
         for a, b in zip(grown, same):
             np.testing.assert_array_equal(a.mix, b.mix)
+
+
+def test_bench_cli_refuses_a_missing_set_or_model(tmp_path, capsys):
+    from eval.bench import main
+
+    for argv, reason in (
+        (["film", "--set", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such folder"),
+        (["film", "--set", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "nosuch"],
+         "nosuch"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert reason in capsys.readouterr().err

@@ -310,6 +310,29 @@ def test_cli_post_and_check(tiny_checkpoint, tmp_path):
     assert bad.returncode == 2 and "--deliver stems" in bad.stderr
 
 
+def test_cli_post_into_a_file_or_inside_the_input_folder(tiny_checkpoint, tmp_path):
+    """An output folder that is a file is one line up front; a rerun into a folder inside the
+    input folder does not take its own deliverables for reels."""
+    reels = tmp_path / "reels"
+    reels.mkdir()
+    write_reel(reels / "reel.wav", "stereo", seconds=0.5)
+    cli = [sys.executable, "-m", "demix.cli", "post", "--model", str(tiny_checkpoint), "-q"]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    bad = subprocess.run([*cli, str(reels), "-o", str(blocker)], capture_output=True,
+                         text=True, env=_env(), timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.strip().splitlines() == [f"demix: {blocker}: the output folder is a file"]
+    for _ in range(2):
+        run = subprocess.run([*cli, str(reels), "-o", str(reels / "out"), "--overwrite"],
+                             capture_output=True, text=True, env=_env(), timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "done: 1 delivered" in run.stdout
+    assert sorted(p.name for p in (reels / "out").iterdir() if not p.name.startswith(".")) == [
+        "reel_DX.wav", "reel_ME.wav", "report.csv", "report.json"
+    ]  # fmt: skip
+
+
 def test_cli_sigterm_then_rerun_continues_the_reel(tiny_checkpoint, tmp_path):
     """``demix post`` killed with SIGTERM part-way through a reel exits 130 and keeps its
     partial files and checkpoint; the same command then continues (and says so)."""

@@ -318,3 +318,31 @@ def test_remix_steps_train_on_fewer_fetched_mixes(tmp_path):
     CountedToneMixes.made = 0
     train(replace(cfg, run_dir=str(tmp_path / "plain"), remix_steps=0))
     assert CountedToneMixes.made == 12
+
+
+def test_demix_train_config_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    """``demix train`` with a missing config, an unknown key, a bad override or an unknown
+    model: one line naming the config, exit status 2, no traceback."""
+    from demix.train import main
+
+    good = tmp_path / "run.yaml"
+    good.write_text("model: tiny\nsources: []\nrun_dir: runs/x\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model: tiny\nsources: []\nlearning_rate: 0.1\n")
+    incomplete = tmp_path / "incomplete.yaml"
+    incomplete.write_text("model: tiny\n")
+    no_model = tmp_path / "no_model.yaml"
+    no_model.write_text(f"model: no-such-model\nsources: []\nrun_dir: {tmp_path / 'run'}\n")
+    cases = [
+        ([str(tmp_path / "missing.yaml")], "missing.yaml"),
+        ([str(unknown)], "unknown key(s) learning_rate"),
+        ([str(incomplete)], "missing key(s) sources"),
+        ([str(good), "--set", "lr"], "expected key=value"),
+        ([str(good), "--set", "lr=fast"], "expected a number"),
+        ([str(no_model)], "unknown model 'no-such-model'"),
+    ]
+    for argv, reason in cases:
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("demix train: "), lines
+        assert reason in lines[0], lines
