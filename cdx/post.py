@@ -528,13 +528,13 @@ def accessible_remix(
     import soundfile as sf
 
     layout = wav.read_layout(dx_path)
-    info = sf.info(str(dx_path))
+    info = sf.info(os.fsencode(dx_path))
     depth = {"PCM_16": "16", "PCM_24": "24"}.get(info.subtype, "32f")
     names = wav.speakers(layout.channel_mask, info.channels)
     gain = 10 ** (dialogue_gain_db / 20)
 
     def remixed():
-        with sf.SoundFile(str(dx_path)) as dx, sf.SoundFile(str(me_path)) as me:
+        with sf.SoundFile(os.fsencode(dx_path)) as dx, sf.SoundFile(os.fsencode(me_path)) as me:
             while True:
                 a = dx.read(1 << 18, dtype="float64", always_2d=True)
                 b = me.read(1 << 18, dtype="float64", always_2d=True)

@@ -338,7 +338,7 @@ def info(path: str | os.PathLike) -> AudioInfo:
         return _ffprobe(path)
     try:
         with _quiet_decoder(path):
-            meta = sf.info(str(path))
+            meta = sf.info(os.fsencode(path))
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
         if path.suffix.lower() not in SOUNDFILE_EXTENSIONS:
             return _ffprobe(path)
@@ -471,7 +471,7 @@ def _drop_frames(blocks: Iterator[np.ndarray], frames: int) -> Iterator[np.ndarr
 
 def _soundfile_blocks(path: Path, block_frames: int, start_frame: int = 0) -> Iterator[np.ndarray]:
     try:
-        with _quiet_decoder(path), sf.SoundFile(str(path)) as f:
+        with _quiet_decoder(path), sf.SoundFile(os.fsencode(path)) as f:
             if start_frame:
                 f.seek(start_frame)
             while True:
@@ -586,7 +586,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     tmp = temporary_path(path)
     try:
-        tmp.write_text(text)
+        # (surrogateescape: a file name that is not UTF-8 goes back to disk as its bytes)
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -640,7 +641,7 @@ class AtomicWriter:
         self.tmp = temporary_path(self.path)
         try:
             self._file = sf.SoundFile(
-                str(self.tmp),
+                os.fsencode(self.tmp),  # (bytes: a name that is not UTF-8 is kept as it is)
                 "w",
                 samplerate=sample_rate,
                 channels=channels,

@@ -808,6 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``demix`` command."""
     argv = sys.argv[1:] if argv is None else argv
+    # A file name that is not UTF-8 (surrogate-escaped by Python) is printed, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # a replaced stream
+            stream.reconfigure(errors="backslashreplace")
     if argv and argv[0] == "train":
         from demix.train import main as train_main
 

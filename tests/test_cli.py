@@ -345,6 +345,29 @@ def test_a_rerun_into_a_folder_inside_the_input_folder_skips_its_own_stems(
     assert_sums_to(stem_paths(folder / "out" / "scene", CDX_STEMS), source)
 
 
+def test_a_file_name_that_is_not_utf8_is_separated(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Linux file names are bytes: one in Latin-1 (b"caf\\xe9.wav") is read, its stems are
+    written under the same bytes, and the lines naming it print."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9")  # a lone surrogate in Python, the raw byte on disk
+    source = write_input(folder / "plain.wav")
+    os.rename(source, folder / f"{name}.wav")
+    result = subprocess.run(
+        [sys.executable, "-m", "demix.cli", "separate", str(folder), "-o", str(tmp_path / "out"),
+         "--model", str(tiny_checkpoint)],
+        capture_output=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr
+    assert os.listdir(os.fsencode(tmp_path / "out")) == [b"caf\xe9"]
+    from demix import audio
+
+    mix, _ = audio.read(folder / f"{name}.wav")
+    total = sum(audio.read(p)[0] for p in stem_paths(tmp_path / "out" / name, CDX_STEMS))
+    assert np.abs(total - mix).max() < 4 * LSB["PCM_24"]
+
+
 def test_zero_jobs_or_workers_without_ray_are_usage_errors(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
