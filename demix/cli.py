@@ -174,6 +174,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
     if args.format == "mp3" and args.bit_depth:
         print("demix separate: mp3 has no bit depth (drop --bit-depth)", file=sys.stderr)
         return 2
+    if args.bit_depth is not None:  # flac at 32f: refused once here, not once per file
+        try:
+            audio.subtype_for(args.format, args.bit_depth)
+        except audio.AudioError as exc:
+            print(f"demix: {exc}", file=sys.stderr)
+            return 2
     options = {"shifts": args.shifts, "batch_size": args.batch_size}
     if not 1 <= args.batch_size <= 256:
         print(f"demix: --batch-size {args.batch_size}: choose 1 to 256", file=sys.stderr)

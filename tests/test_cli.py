@@ -368,13 +368,14 @@ def test_a_file_name_that_is_not_utf8_is_separated(tiny_checkpoint: Path, tmp_pa
     assert np.abs(total - mix).max() < 4 * LSB["PCM_24"]
 
 
-def test_zero_jobs_or_workers_without_ray_are_usage_errors(
+def test_option_combinations_that_cannot_work_are_usage_errors(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     source = write_input(tmp_path / "scene.wav")
     for args, reason in (
         (["--jobs", "0"], "--jobs 0"),
         (["--workers", "2"], "with --ray"),
+        (["--format", "flac", "--bit-depth", "32f"], "flac stores 16- or 24-bit integers only"),
     ):
         result = run_cli(tiny_checkpoint, source, "-o", tmp_path / "out", *args)
         assert result.returncode == 2 and reason in result.stderr, result.stderr
