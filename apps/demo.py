@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 import zipfile
@@ -23,7 +24,7 @@ from pathlib import Path
 import gradio as gr  # at module level: Gradio resolves gr.Request / gr.EventData hints here
 import numpy as np
 
-from demix import Separator, audio
+from demix import Separator, audio, wav
 from demix.data import loudness_lufs, true_peak_dbtp
 from demix.mixing import MUTE_DB, remix
 from demix.plots import plot_spectrogram
@@ -31,6 +32,8 @@ from demix.separator import SeparationError, available_models
 
 HERE = Path(__file__).parent
 HEADS = ("film", "music", "both")
+JOB_MAX_AGE_S = 3600.0  # a result stays this long for Compare / Remix (the 4 newest longer)
+MAX_JOBS = 24  # and never more than this many results on disk
 UPLOAD_TYPES = [
     ".wav",
     ".flac",
@@ -91,13 +94,27 @@ def _label(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "track"
 
 
-def _preview(x: np.ndarray) -> np.ndarray:
-    """Stereo (or mono) version of [c, t] for browser players (5.1 folded down)."""
+# Which side each speaker of a layout folds down to for the browser's stereo players
+# (centres and the unnamed channels of a multitrack to both at -3 dB; LFE left out).
+_LEFT = {"FL", "BL", "FLC", "SL", "TFL", "TBL"}
+_RIGHT = {"FR", "BR", "FRC", "SR", "TFR", "TBR"}
+
+
+def _preview(x: np.ndarray, speakers: list[str] | None = None) -> np.ndarray:
+    """Stereo (or mono) version of [c, t] for browser players: more channels are folded
+    down by their ``speakers`` (``demix.wav.speakers`` names; by default the WAV order of
+    the channel count: L R C, quad, 5.0, 5.1, 6.1, 7.1)."""
     if x.shape[0] <= 2:
         return x
-    left = x[0] + 0.707 * x[2] + 0.707 * x[4 % x.shape[0]]
-    right = x[1] + 0.707 * x[2] + 0.707 * x[min(5, x.shape[0] - 1)]
-    return np.stack([left, right]) / 2.0
+    if speakers is None:
+        speakers = wav.speakers(wav.DEFAULT_MASKS.get(x.shape[0], 0), x.shape[0])
+    gains = np.array(
+        [[1.0, 0.0] if s in _LEFT else [0.0, 1.0] if s in _RIGHT
+         else [0.0, 0.0] if s == "LFE" else [0.707, 0.707] for s in speakers],
+        dtype=np.float32,
+    )  # fmt: skip
+    folded = gains.T @ x  # [2, t]
+    return folded / gains.sum(0, keepdims=True).T.clip(min=1.0)
 
 
 def _level_text(value: float, unit: str) -> str:
@@ -171,7 +188,7 @@ class DemoApp:
 
     # ----------------------------------------------------------------- helpers
     def _check(self, path: Path) -> audio.AudioInfo:
-        size_mb = path.stat().st_size / 1e6
+        size_mb = path.stat().st_size / (1024 * 1024)  # the server's limit is in MiB too
         if size_mb > self.limits.max_upload_mb:
             raise SeparationError(
                 f"file too large: {size_mb:.0f} MB (limit {self.limits.max_upload_mb:.0f} MB)"
@@ -191,11 +208,19 @@ class DemoApp:
             )
         return meta
 
-    def _forget_old_jobs(self, keep: int = 4) -> None:
-        """Delete all but the ``keep`` most recent job folders (temporary files are bounded)."""
-        jobs = sorted((self.root / "jobs").glob("*"), key=lambda p: p.stat().st_mtime)
-        for old in jobs[: max(len(jobs) - keep, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _forget_old_jobs(self, keep: int = 4, max_age_s: float = JOB_MAX_AGE_S) -> None:
+        """Delete job folders older than ``max_age_s``, keeping the ``keep`` most recent, and
+        all past ``MAX_JOBS`` (temporary files are bounded; another user's fresh result
+        stays for Compare and Remix)."""
+        jobs = sorted(
+            (p for p in (self.root / "jobs").glob("*") if p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        now = time.time()
+        for i, old in enumerate(jobs):
+            if i >= MAX_JOBS or (i >= keep and now - old.stat().st_mtime > max_age_s):
+                shutil.rmtree(old, ignore_errors=True)
 
     def demo_clip(self) -> Path:
         """Generate the bundled demo clip inside the app folder."""
@@ -205,13 +230,19 @@ class DemoApp:
 
     # ----------------------------------------------------------------- actions
     def cancel_event(self, session: str) -> threading.Event:
-        """The flag that ``cancel(session)`` sets for that browser session's separation."""
+        """A new flag for the separation that ``session`` starts now: ``cancel(session)``
+        sets it. Each run has its own, so a run cancelled just before the next one starts
+        still stops (clearing a shared flag could lose that cancel)."""
         with self.lock_cancels:
-            return self.cancels.setdefault(session, threading.Event())
+            self.cancels[session] = event = threading.Event()
+            return event
 
     def cancel(self, session: str) -> None:
         """Ask the separation running for ``session`` to stop (it drops its files)."""
-        self.cancel_event(session).set()
+        with self.lock_cancels:
+            event = self.cancels.get(session)
+        if event is not None:
+            event.set()
 
     def separate(
         self,
@@ -242,10 +273,15 @@ class DemoApp:
 
     def _separate(self, source, meta, folder, head, stems, compare_model, progress, cancel):
         job = Job(folder, _label(source.name), meta.sample_rate, meta.channels, meta.seconds)
-        mix, _ = audio.read(source)
         original = folder / "original.wav"
-        audio.write(original, mix, meta.sample_rate, "wav", "24")
+        if source.suffix.lower() in (".wav", ".wave"):  # as it is: speaker mask, float levels
+            shutil.copyfile(source, original)
+        else:  # decoded at its own depth (float stays float: nothing above 0 dBFS clipped)
+            mix, _ = audio.read(source)
+            audio.write(original, mix, meta.sample_rate, "wav", meta.bit_depth)
         job.tracks["original"] = original
+        mask = wav.surround_mask_of(original, meta.channels) if meta.channels > 2 else None
+        speakers = wav.speakers(mask, meta.channels) if mask is not None else None
         runs = [("", self.separator)]
         if compare_model and compare_model in self.others:
             runs.append((f"{compare_model}:", self.others[compare_model]))
@@ -278,11 +314,13 @@ class DemoApp:
                     )
         job.groups.append(Group("original", "Original", ["original"], False))
         for label, path in job.tracks.items():
+            if cancel is not None and cancel.is_set():  # (between the phases after separating)
+                raise Cancelled("separation cancelled")
             x, rate = audio.read(path)
             job.levels[label] = (loudness_lufs(x, rate), true_peak_dbtp(x, rate))
             preview = folder / "preview" / f"{label.replace(':', '__')}.wav"
             preview.parent.mkdir(exist_ok=True)
-            audio.write(preview, _preview(x), rate, "wav", "16")
+            audio.write(preview, _preview(x, speakers), rate, "wav", "16")
             job.previews[label] = preview
         return job
 
@@ -364,7 +402,8 @@ def build_demo(
     head_stems = {h: list(s) for h, s in separator.heads.items()}
     head_stems["both"] = [s for h in separator.heads for s in separator.heads[h]]
 
-    with gr.Blocks(title="demix: separate, listen, remix") as demo:
+    # delete_cache: Gradio's copies of uploads and served files older than an hour go, hourly.
+    with gr.Blocks(title="demix: separate, listen, remix", delete_cache=(3600, 3600)) as demo:
         demo.demix_app = app  # for tests and cleanup
         job_state = gr.State(None)
         gr.Markdown(
@@ -432,9 +471,12 @@ def build_demo(
         def on_head(h):
             return gr.CheckboxGroup(choices=head_stems[h], value=head_stems[h])
 
-        head.change(on_head, head, stems)
-        demo.load(on_head, head, stems)
-        demo_btn.click(lambda: str(app.demo_clip()), None, upload)
+        # The light events skip the queue: a queue full of waiting separations must not stop
+        # another user from loading the page, comparing or remixing (--max-queue counts the
+        # queue's events, not only separations).
+        head.change(on_head, head, stems, queue=False)
+        demo.load(on_head, head, stems, queue=False)
+        demo_btn.click(lambda: str(app.demo_clip()), None, upload, queue=False)
 
         def run(path, h, chosen, other, request: gr.Request, progress=gr.Progress()):  # noqa: B008
             if not path:
@@ -442,7 +484,6 @@ def build_demo(
             if not chosen:
                 raise gr.Error("Choose at least one stem.")
             cancel = app.cancel_event(request.session_hash)
-            cancel.clear()
             try:
                 job = app.separate(
                     path, h, list(chosen), None if other == "none" else other, progress, cancel
@@ -476,23 +517,28 @@ def build_demo(
         )
 
         def on_cancel(request: gr.Request):
+            # The separation's own event ends without output when Gradio cancels it, so the
+            # final word is this one; its thread drops the job folder at its next check.
             app.cancel(request.session_hash)
-            return "Cancelling…"
+            return "Cancelled: nothing was kept."
 
         cancel_btn.click(on_cancel, None, status, cancels=[separate_event], queue=False)
 
         def on_compare(job, a, b):
             if job is None:
                 raise gr.Error("Separate something first.")
+            _still_there(job)
             return app.compare(job, a, b)
 
         compare_btn.click(
-            on_compare, [job_state, track_a, track_b], [audio_a, audio_b, image_a, image_b, level]
-        )
+            on_compare, [job_state, track_a, track_b], [audio_a, audio_b, image_a, image_b, level],
+            queue=False,
+        )  # fmt: skip
 
         def on_remix(job, evt: gr.EventData):
             if job is None:
                 raise gr.Error("Separate something first.")
+            _still_there(job)
             data = evt._data or {}
             try:
                 out = app.remix(
@@ -502,12 +548,19 @@ def build_demo(
                     set(data.get("solo", [])),
                     group=data.get("group"),
                 )
-            except (SeparationError, ValueError) as exc:
+            except (SeparationError, audio.AudioError, ValueError) as exc:
                 raise gr.Error(str(exc)) from None
             return str(app.preview(out)), str(out)
 
-        mixer.click(on_remix, [job_state], [remix_audio, remix_file])
+        mixer.click(on_remix, [job_state], [remix_audio, remix_file], queue=False)
     return demo
+
+
+def _still_there(job: Job) -> None:
+    """Refuse, in words, a result whose files the app has since removed (old results go
+    after ``JOB_MAX_AGE_S``)."""
+    if not job.folder.is_dir():
+        raise gr.Error("This result has expired and its files were removed: separate again.")
 
 
 def serve(

@@ -576,6 +576,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     from demix.separator import SeparationError
 
+    # SIGTERM (kill, docker stop) takes the Ctrl-C path: the server closes and the app's
+    # temporary folder is removed at exit.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         launch(
             args.model,
@@ -588,6 +591,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (SeparationError, ValueError, OSError) as exc:  # a bad --model/--compare, a busy port
         print(f"demix: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Gradio's own wait: a normal stop
+        pass
     return 0
 
 

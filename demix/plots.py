@@ -9,6 +9,8 @@ import torch
 def spectrogram_db(x: np.ndarray, n_fft: int = 2048) -> np.ndarray:
     """Log-magnitude spectrogram in dB of [c, t] (channels averaged), [bins, frames]."""
     mono = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1]).mean(0))
+    if mono.shape[0] <= n_fft // 2:  # (stft's reflect padding needs more than half a window)
+        mono = torch.nn.functional.pad(mono, (0, n_fft // 2 + 1 - mono.shape[0]))
     spec = torch.stft(
         mono, n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True
     ).abs()

@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,16 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from apps.demo import Cancelled, DemoApp, Limits, build_demo, serve  # noqa: E402
+from apps.demo import (  # noqa: E402
+    JOB_MAX_AGE_S,
+    MAX_JOBS,
+    Cancelled,
+    DemoApp,
+    Limits,
+    _preview,
+    build_demo,
+    serve,
+)
 from demix import Separator, audio  # noqa: E402
 from demix.demo import write_demo_clip  # noqa: E402
 
@@ -223,7 +233,27 @@ def test_second_model_for_ab_and_bounded_job_folders(tiny_checkpoint, tmp_path):
     assert "clip/demix-small_dialogue.wav" in zipfile.ZipFile(app.zip(job)).namelist()
     for _ in range(5):
         app.separate(clip, "film", ["dialogue"])
-    assert len(list((app.root / "jobs").iterdir())) == 5  # the 4 previous jobs + the current
+    jobs = list((app.root / "jobs").iterdir())
+    assert len(jobs) == 6  # fresh results stay: another user may still compare or remix them
+    hour_ago = time.time() - 2 * JOB_MAX_AGE_S
+    for folder in jobs:
+        os.utime(folder, (hour_ago, hour_ago))
+    app.separate(clip, "film", ["dialogue"])
+    assert len(list((app.root / "jobs").iterdir())) == 5  # old ones go but the 4 newest
+
+
+@pytest.mark.parametrize(
+    ("channels", "channel", "sides"),
+    [(3, 1, (0, 1)), (5, 3, (1, 0)), (6, 3, (0, 0)), (8, 6, (1, 0)), (8, 7, (0, 1)),
+     (6, 2, (1, 1))],
+)  # fmt: skip
+def test_stereo_preview_folds_each_speaker_to_its_side(channels, channel, sides):
+    """3.0 R, 5.0 back left, 7.1 side left/right to their side; LFE nowhere; C to both."""
+    x = np.zeros((channels, 100), np.float32)
+    x[channel] = 0.5
+    folded = _preview(x)
+    assert folded.shape == (2, 100)
+    assert tuple(int(v > 0.1) for v in folded[:, 0]) == sides, folded[:, 0]
 
 
 @pytest.mark.parametrize("extra", [[], ["--max-upload-mb", "200"], ["--max-upload-mb", "12.5"]])
@@ -264,6 +294,8 @@ def test_demix_demo_command_serves_the_page(tiny_checkpoint, tmp_path, extra):
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    assert proc.returncode == 0  # SIGTERM closes the server as Ctrl-C does
+    assert not list(tmp_path.glob("demix-demo-*"))  # and its temporary folder is removed
 
 
 def test_demix_demo_with_a_bad_model_is_one_line(tiny_checkpoint, tmp_path):
@@ -345,7 +377,7 @@ def test_ten_clients_are_served_in_turn_or_told_the_queue_is_full(served, tmp_pa
     full = [a for a in answers if "queue is full" in a.lower()]
     assert len(served_ok) + len(full) == 10, answers
     assert served_ok and full, answers
-    assert len(list((root / "jobs").iterdir())) <= 5  # job folders stay bounded
+    assert len(list((root / "jobs").iterdir())) <= MAX_JOBS  # job folders stay bounded
     assert _rss_mb() - before < 400, f"RSS grew by {_rss_mb() - before:.0f} MB"
 
 
