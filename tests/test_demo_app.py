@@ -410,3 +410,21 @@ def test_demo_binds_loopback_unless_told(tiny_checkpoint, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_uploads_kept_as_they_are_and_a_very_short_clip_compares(tiny_checkpoint, tmp_path):
+    """A float WAV above full scale is separated unclipped (the original is the upload
+    itself), and a clip shorter than a spectrogram window still compares."""
+    sep = Separator.from_pretrained(str(tiny_checkpoint))
+    app = DemoApp(sep, Limits(), tmp_path / "root")
+    loud = tmp_path / "loud.wav"
+    x = np.stack([np.linspace(-1.5, 1.5, 44100), np.zeros(44100)]).astype(np.float32)
+    audio.write(loud, x, 44100, "wav", "32f")
+    job = app.separate(loud, "film", ["dialogue"])
+    assert job.tracks["original"].read_bytes() == loud.read_bytes()
+    rebuilt = audio.read(job.tracks["dialogue"])[0] + audio.read(job.tracks["rest"])[0]
+    assert np.abs(rebuilt - x).max() < 1e-4  # the stems sum to the unclipped upload
+    short = tmp_path / "blip.wav"
+    audio.write(short, x[:, :400], 44100, "wav", "24")
+    *_, text = app.compare(app.separate(short, "film", None), "original", "dialogue")
+    assert "LUFS" in text
