@@ -149,17 +149,6 @@ def cmd_separate(args: argparse.Namespace) -> int:
         print("demix: --files-together is for one machine; with --ray, give --workers",
               file=sys.stderr)  # fmt: skip
         return 2
-    try:
-        audio.output_folder(out_dir)
-        if args.demo:
-            from demix.demo import write_demo_clip
-
-            demo = write_demo_clip(out_dir / "demo-input" / "demo_film.wav", DEMO_SECONDS)
-            print(f"demo clip (generated): {demo}")
-            inputs.append(str(demo))
-    except (audio.AudioError, OSError) as exc:
-        print(f"demix: {audio.one_line_error(exc, out_dir)}", file=sys.stderr)
-        return 2
     if args.two_stems:
         if args.stems:
             print("demix separate: give --stems or --two-stems, not both", file=sys.stderr)
@@ -209,6 +198,18 @@ def cmd_separate(args: argparse.Namespace) -> int:
         stem_paths(Path("x.wav"), out_dir, outputs, args.format, args.filename)
     except (SeparationError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
+        return 2
+    # The output folder once the command is known to be usable (a usage error makes none).
+    try:
+        audio.output_folder(out_dir)
+        if args.demo:
+            from demix.demo import write_demo_clip
+
+            demo = write_demo_clip(out_dir / "demo-input" / "demo_film.wav", DEMO_SECONDS)
+            print(f"demo clip (generated): {demo}")
+            inputs.append(str(demo))
+    except (audio.AudioError, OSError) as exc:
+        print(f"demix: {audio.one_line_error(exc, out_dir)}", file=sys.stderr)
         return 2
     if args.ray is not None:
         if args.overlap is not None:
@@ -363,12 +364,12 @@ def cmd_post(args: argparse.Namespace) -> int:
             raise ValueError("--normalise applies to the --dialogue-gain remix: give both")
         if args.dialogue_gain is not None and not {"dx", "me"} <= set(deliver):
             raise ValueError("--dialogue-gain remixes DX and ME: --deliver must hold dx and me")
-        audio.output_folder(args.output)
         # One signal per model call: two-hour 5.1 reels in flat, bounded memory (the film
         # head's batch of 4 took about 450 MB more for little speed on the CPU).
         sep = Separator.from_pretrained(
             args.model, device=args.device, backend=args.backend, batch_size=1
         )
+        audio.output_folder(args.output)  # (last: a usage error makes no folder)
     except (SeparationError, audio.AudioError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)
         return 2

@@ -150,9 +150,9 @@ def test_read_only_output_file_system(tiny_checkpoint, tmp_path):
     with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
         source = write_input(tmp_path / "a.wav", seconds=0.5)
         result = run_cli(tiny_checkpoint, source, "-o", mount)
-        assert result.returncode == 1, result.stderr
-        line = [ln for ln in result.stderr.splitlines() if "error" in ln]
-        assert len(line) == 1 and str(mount) in line[0]
+        assert result.returncode == 2, result.stderr  # refused up front, before any work
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(mount) in lines[0] and "not writable" in lines[0]
 
 
 def _bad_model(tmp_path: Path, tiny_checkpoint: Path, kind: str) -> Path:
