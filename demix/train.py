@@ -100,6 +100,10 @@ class TrainConfig:
     # waits on the CPU workers making mixes; a source with a batch of one gets fresh mixes.
     # 0: every step on fresh mixes.
     remix_steps: int = 0
+    # Micro-batches whose gradients are summed into one optimiser step (the batch a lent GPU
+    # takes at once, on the CPU's memory: accumulate_steps 12 at batch 2 + 1 is a burst's
+    # 24 + 12). Each is scaled by 1/accumulate_steps, so the rate is the large batch's.
+    accumulate_steps: int = 1
     device: str = "cpu"
     info: dict[str, Any] = field(default_factory=dict)  # provenance stored in checkpoints
 
@@ -219,7 +223,8 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 
 def _loader(ds, src: SourceConfig, cfg: TrainConfig, start_step: int):
     batch_size = src.batch_size or cfg.batch_size
-    indices = range(start_step * batch_size, len(ds))
+    # A resumed run goes on with examples it has not drawn (``accumulate_steps`` batches a step).
+    indices = range(start_step * cfg.accumulate_steps * batch_size, len(ds))
     return iter(
         torch.utils.data.DataLoader(
             ds,
@@ -348,6 +353,8 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     last_step = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
     if cfg.remix_steps < 0:
         raise ValueError(f"remix_steps must be 0 or more, not {cfg.remix_steps}")
+    if cfg.accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps must be 1 or more, not {cfg.accumulate_steps}")
     remix_generator = torch.Generator()
     remixes_left, fetched = 0, []
     while step < last_step and not _Stop.requested:
@@ -355,43 +362,47 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        if remixes_left == 0:
-            fetched = [_next_batch(loader, device) for loader in loaders]
-            batches, remixes_left = fetched, cfg.remix_steps
-            remix_generator.manual_seed(cfg.seed * 1_000_003 + rank * 100_003 + step)  # resumable
-        else:
-            batches = [
-                remix_batch(stems, remix_generator)
-                if stems.shape[0] > 1
-                else _next_batch(loader, device)
-                for (_, stems), loader in zip(fetched, loaders)
-            ]
-            remixes_left -= 1
-        with torch.autocast(
-            torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
-        ):
-            estimates = net([(mix, src.head) for (mix, _), (src, _) in zip(batches, sources)])
-        total = 0.0
-        losses = []
-        for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
-            est = _grouped(project_to_mix(est.float(), mix), groups[i])
-            ref = stems
-            if cfg.loss_on_mix_rms:
-                rms = mix_rms(mix)[:, None, None, None]
-                est, ref, mix = est / rms, ref / rms, mix / rms[:, 0]
-            loss = separation_loss(
-                est,
-                ref,
-                cfg.stft_loss_weight,
-                stem_weights[i],
-                mix=mix if _relative(src, cfg) else None,
-                n_ffts=cfg.stft_loss_ffts,
-            )
-            total = total + src.weight * loss
-            losses.append(loss.item())
-            running[i] = 0.9 * running[i] + 0.1 * losses[-1] if step else losses[-1]
-            window_examples += mix.shape[0] * world
-        total.backward()
+        losses = [0.0] * len(sources)
+        for micro in range(cfg.accumulate_steps):
+            if remixes_left == 0:
+                fetched = [_next_batch(loader, device) for loader in loaders]
+                batches, remixes_left = fetched, cfg.remix_steps
+                remix_generator.manual_seed(  # resumable
+                    cfg.seed * 1_000_003 + rank * 100_003 + step * cfg.accumulate_steps + micro
+                )
+            else:
+                batches = [
+                    remix_batch(stems, remix_generator)
+                    if stems.shape[0] > 1
+                    else _next_batch(loader, device)
+                    for (_, stems), loader in zip(fetched, loaders)
+                ]
+                remixes_left -= 1
+            with torch.autocast(
+                torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
+            ):
+                estimates = net([(mix, src.head) for (mix, _), (src, _) in zip(batches, sources)])
+            total = 0.0
+            for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
+                est = _grouped(project_to_mix(est.float(), mix), groups[i])
+                ref = stems
+                if cfg.loss_on_mix_rms:
+                    rms = mix_rms(mix)[:, None, None, None]
+                    est, ref, mix = est / rms, ref / rms, mix / rms[:, 0]
+                loss = separation_loss(
+                    est,
+                    ref,
+                    cfg.stft_loss_weight,
+                    stem_weights[i],
+                    mix=mix if _relative(src, cfg) else None,
+                    n_ffts=cfg.stft_loss_ffts,
+                )
+                total = total + src.weight * loss
+                losses[i] += loss.item() / cfg.accumulate_steps
+                window_examples += mix.shape[0] * world
+            (total / cfg.accumulate_steps).backward()
+        for i, value in enumerate(losses):
+            running[i] = 0.9 * running[i] + 0.1 * value if step else value
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():

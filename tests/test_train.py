@@ -346,3 +346,19 @@ def test_demix_train_config_errors_are_one_line(tmp_path: Path, capsys) -> None:
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("demix train: "), lines
         assert reason in lines[0], lines
+
+
+def test_accumulated_micro_batches_are_the_large_batch(tmp_path):
+    """``accumulate_steps`` 2 at batch 2 draws the examples of batch 4 into one optimiser
+    step (the same loss at every step up to rounding) and resumes without redrawing any."""
+    train(replace(_config(tmp_path / "large", steps=4), batch_size=4))
+    train(replace(_config(tmp_path / "acc", steps=4), accumulate_steps=2))
+    np.testing.assert_allclose(_losses(tmp_path / "acc"), _losses(tmp_path / "large"), rtol=2e-3)
+    train(replace(_config(tmp_path / "resumed", steps=2), accumulate_steps=2))
+    train(replace(_config(tmp_path / "resumed", steps=4), accumulate_steps=2))
+    a = load_file(tmp_path / "acc" / "last.safetensors")
+    b = load_file(tmp_path / "resumed" / "last.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="accumulate_steps"):
+        train(replace(_config(tmp_path / "bad", steps=1), accumulate_steps=0))
