@@ -286,10 +286,13 @@ class DemoApp:
         if compare_model and compare_model in self.others:
             runs.append((f"{compare_model}:", self.others[compare_model]))
 
+        def stop_if_cancelled() -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("separation cancelled")
+
         def report(i: int):
             def on_progress(done: float, total: float) -> None:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("separation cancelled")
+                stop_if_cancelled()
                 if progress is not None:
                     progress((i + done / max(total, 1e-9)) / len(runs))
 
@@ -314,8 +317,7 @@ class DemoApp:
                     )
         job.groups.append(Group("original", "Original", ["original"], False))
         for label, path in job.tracks.items():
-            if cancel is not None and cancel.is_set():  # (between the phases after separating)
-                raise Cancelled("separation cancelled")
+            stop_if_cancelled()  # (between the phases after separating, too)
             x, rate = audio.read(path)
             job.levels[label] = (loudness_lufs(x, rate), true_peak_dbtp(x, rate))
             preview = folder / "preview" / f"{label.replace(':', '__')}.wav"

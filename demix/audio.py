@@ -43,6 +43,7 @@ _SUBTYPE_BITS = {
     "DOUBLE": "32f",
 }
 _BITS_SUBTYPE = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+SAMPLE_BYTES = {"16": 2, "24": 3, "32f": 4}  # bytes a sample takes in a PCM file, by depth
 OUTPUT_FORMATS = ("wav", "flac", "mp3")
 MP3_BITRATES_KBPS = (64, 96, 128, 160, 192, 224, 256, 320)
 MP3_MAX_RATE = 48000
@@ -284,7 +285,8 @@ def find_inputs(
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            inner = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
+            root = p.resolve()
+            inner = out is not None and out != root and out.is_relative_to(root)
             found = sorted(
                 f
                 for f in p.rglob("*")
@@ -625,8 +627,7 @@ class AtomicWriter:
         self.path = Path(path)
         subtype = subtype_for(fmt, bit_depth)
         container = "MP3" if fmt == "mp3" else fmt.upper()
-        sample_bytes = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}.get(subtype, 4)
-        if container == "WAV" and frames * channels * sample_bytes > RIFF_LIMIT_BYTES:
+        if container == "WAV" and frames * channels * SAMPLE_BYTES[bit_depth] > RIFF_LIMIT_BYTES:
             container = "RF64"  # libsndfile would write past 4 GiB with clamped RIFF sizes
         self.bits = {"PCM_16": 16, "PCM_24": 24}.get(subtype, 0)
         self.clipped = 0

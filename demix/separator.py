@@ -662,11 +662,9 @@ class Separator:
             missing = [folder, *folder.parents]
             missing = [f for f in missing if not f.exists()]
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SeparationError(
-                    f"{folder}: cannot create output folder ({exc.strerror})"
-                ) from exc
+                audio.output_folder(folder)  # made, or refused: a file, not writable
+            except audio.AudioError as exc:
+                raise SeparationError(str(exc)) from exc
             created += missing
         with contextlib.ExitStack() as stack:
             for folder in folders:
@@ -805,9 +803,6 @@ class Separator:
     def _write_stems(self, path, meta, targets, fmt, depth, bitrate_kbps, head, stems, progress):
         """The body of ``separate_file``, run while the output folders are locked; returns
         the number of clipped samples per stem (stems with none left out)."""
-        for folder in sorted({t.parent for t in targets.values()}):
-            if not os.access(folder, os.W_OK):
-                raise SeparationError(f"{folder}: output folder is not writable")
         for target in targets.values():
             # Temporaries of an earlier run that was killed (SIGKILL, power loss): the folder
             # lock says no other demix is writing them now.
@@ -986,8 +981,7 @@ def _bytes_needed(meta: audio.AudioInfo, fmt: str, depth: str, bitrate_kbps: int
     stems compress little; the check must not refuse a run that fits), the bitrate for mp3."""
     if fmt == "mp3":
         return int(meta.seconds * bitrate_kbps * 1000 / 8)
-    sample_bytes = {"16": 2, "24": 3, "32f": 4}[depth]
-    size = meta.frames * meta.channels * sample_bytes
+    size = meta.frames * meta.channels * audio.SAMPLE_BYTES[depth]
     return int(size * (0.7 if fmt == "flac" else 1.0))
 
 

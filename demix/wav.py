@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from demix.audio import AudioError, temporary_path
+from demix.audio import SAMPLE_BYTES, AudioError, temporary_path
 
 # WAVE_FORMAT_EXTENSIBLE speaker positions (dwChannelMask bits), in file order.
 SPEAKERS = (
@@ -157,7 +157,7 @@ class WavWriter:
             raise AudioError(f"unknown bit depth {bit_depth!r} (choose 16, 24 or 32f)")
         self.path = Path(path)
         self.channels, self.bit_depth = channels, bit_depth
-        self.sample_bytes = {"16": 2, "24": 3, "32f": 4}[bit_depth]
+        self.sample_bytes = SAMPLE_BYTES[bit_depth]
         self.frames = 0
         mask = channel_mask or DEFAULT_MASKS.get(channels, 0)
         extensible = channels > 2 or mask != DEFAULT_MASKS.get(channels, 0)
