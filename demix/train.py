@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     process_start = last_checkpoint = time.time()
     started = process_start - elapsed_s
     window_start, window_examples = time.time(), 0
-    running = [0.0] * len(sources)
+    running: list[float | None] = [None] * len(sources)  # smoothed losses for the progress line
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -402,7 +402,8 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
                 window_examples += mix.shape[0] * world
             (total / cfg.accumulate_steps).backward()
         for i, value in enumerate(losses):
-            running[i] = 0.9 * running[i] + 0.1 * value if step else value
+            previous = running[i]
+            running[i] = value if previous is None else 0.9 * previous + 0.1 * value
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():

@@ -70,10 +70,17 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, capsys):
     train(_config(tmp_path / "straight", steps=6))
     train(_config(tmp_path / "resumed", steps=3))
+    capsys.readouterr()
     train(_config(tmp_path / "resumed", steps=6))
+    # The progress line's smoothed loss starts again from the first resumed step's loss (it
+    # started from 0 and read about a tenth of the real loss after a resume).
+    first_line = next(
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("step 4 ")
+    )
+    assert float(first_line.split()[-1]) == pytest.approx(_losses(tmp_path / "resumed")[3], 1e-3)
     a = load_file(tmp_path / "straight" / "last.safetensors")
     b = load_file(tmp_path / "resumed" / "last.safetensors")
     assert a.keys() == b.keys()
