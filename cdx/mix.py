@@ -44,6 +44,9 @@ class FilmMixConfig:
     speech_sources: tuple[str, ...] = ()
     music_sources: tuple[str, ...] = ()
     effects_sources: tuple[str, ...] = ()
+    # A manifest file read instead of data_root/MANIFEST.csv (paths relative to data_root):
+    # seeded evaluation sets pass eval.sets.PINNED_MANIFEST, the rows they were built from.
+    manifest: str = ""
     sample_rate: int = 44100
     segment_seconds: float = 3.0
     dialogue_lufs: float = -17.0
@@ -92,10 +95,16 @@ class FilmMixDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"{root}: no MANIFEST.csv (development data not found)")
         cache = Path(config.cache_dir)
         rate = config.sample_rate
+        manifest = Path(config.manifest) if config.manifest else None
 
         def pool(kinds, channels, prefix=None):
             rows = data.read_manifest(
-                root, kinds, config.split, trainable_only=True, path_prefix=prefix
+                root,
+                kinds,
+                config.split,
+                trainable_only=True,
+                path_prefix=prefix,
+                manifest=manifest,
             )
             if not rows:
                 raise FileNotFoundError(
@@ -107,7 +116,7 @@ class FilmMixDataset(torch.utils.data.Dataset):
         self.speech = pool(["speech"], 1, config.speech_sources)
         self.music = pool(["music"], 2, config.music_sources)
         self.effects = pool(["effects"], 1, config.effects_sources)
-        rir_rows = data.read_manifest(root, ["rir"], None, trainable_only=True)
+        rir_rows = data.read_manifest(root, ["rir"], None, trainable_only=True, manifest=manifest)
         # Impulse responses: a pool like the others (cached, and carried by training packs).
         self.rir_pool = None
         if rir_rows:

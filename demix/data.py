@@ -62,16 +62,19 @@ def read_manifest(
     split: str | None = None,
     trainable_only: bool = False,
     path_prefix: str | tuple[str, ...] | None = None,
+    manifest: Path | None = None,
 ) -> list[ManifestRow]:
     """Rows of ``root/MANIFEST.csv`` filtered by kind, split, licence and path prefix.
 
-    ``path_prefix`` is one prefix or a tuple of them (a row matching any is kept); seeded
-    evaluation sets pass the folders they were built from, so that files added to the corpus
-    later do not change them.
+    ``path_prefix`` is one prefix or a tuple of them (a row matching any is kept).
+    ``manifest`` reads another manifest file of the same columns instead (its paths still
+    relative to ``root``): seeded evaluation sets read the committed copy of the rows they were
+    built from (``eval.sets.PINNED_MANIFEST``), so that files added to the corpus later, even
+    to the same folders, do not change them.
     """
     kinds = set(kinds) if kinds is not None else None
     rows = []
-    with open(root / "MANIFEST.csv", newline="") as f:
+    with open(manifest or root / "MANIFEST.csv", newline="") as f:
         for r in csv.DictReader(f):
             if kinds is not None and r["kind"] not in kinds:
                 continue

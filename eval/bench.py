@@ -66,13 +66,21 @@ def oracle_irm(item: SetItem, n_fft: int = 2048, hop: int = 512) -> Estimates:
 
 def model_system(sep: Separator, head: str, rename: dict[str, str] | None = None) -> System:
     """The model's ``head`` through ``Separator.separate``; ``rename`` maps its stems to the
-    set's stem names (e.g. dialogue → speech)."""
+    set's stem names (e.g. dialogue → speech). Where the set has an ``other`` reference, it is
+    everything the other references are not (MUSDB18's four stems: its ``other`` holds the
+    guitars and keys), so the model's stems that the set does not reference are summed into
+    its ``other`` estimate; elsewhere they are left out."""
     rename = rename or {}
 
     def run(item: SetItem) -> Estimates:
         out = sep.separate(item.mix, item.sample_rate, head=head)
         est = {rename.get(k, k): v.numpy() for k, v in out.items()}
-        return {k: v for k, v in est.items() if k in item.stems}
+        kept = {k: v for k, v in est.items() if k in item.stems}
+        if "other" in kept:
+            kept["other"] = kept["other"] + sum(
+                (v for k, v in est.items() if k not in item.stems), np.zeros_like(kept["other"])
+            )
+        return kept
 
     return run
 
@@ -150,6 +158,21 @@ def _speech_anchor(anchor, target: str) -> System:
     return run
 
 
+SET_KEY = "(set)"  # models.json's entry for the set's fingerprint
+
+
+def set_fingerprint(set_dir: Path) -> str:
+    """A hash of a set folder's file names and sizes and of every ``meta.json`` (which names
+    the clips, seeds and levels each item was made from): it changes when the set is rebuilt
+    from other material, not when it is rebuilt identically."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(set_dir).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(set_dir).as_posix()} {path.stat().st_size}\n".encode())
+        if path.name == "meta.json":
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run_benchmark(
     task: str,
     sep: Separator,
@@ -165,10 +188,19 @@ def run_benchmark(
 
     ``model_id`` (e.g. a hash of the checkpoint) is stored in ``out_dir/models.json``; when the
     model behind ``model_name`` changed since the CSV was written, its rows are dropped and
-    rescored, while the anchors' rows are kept.
+    rescored, while the anchors' rows are kept. The set's fingerprint (``set_fingerprint``) is
+    stored there too: when the set was rebuilt differently, every row is dropped.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "scores.csv"
+    ids_path = out_dir / "models.json"
+    set_id = set_fingerprint(set_dir)
+    ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+    if ids.get(SET_KEY) != set_id:
+        if csv_path.exists():
+            print(f"{set_dir}: not the set these scores came from, rescoring", file=sys.stderr)
+            csv_path.unlink()
+        ids_path.write_text(json.dumps({SET_KEY: set_id}, indent=1) + "\n")
     done: set[tuple[str, str]] = set()
     if csv_path.exists():
         old = pd.read_csv(csv_path)
@@ -258,8 +290,8 @@ def write_summary(task: str, scores: pd.DataFrame, out_dir: Path) -> None:
     lines = [
         f"# {task} benchmark",
         "",
-        f"{scores['item'].nunique()} items; NaN scores (silent references) excluded: "
-        f"{int(scores['value'].isna().sum())}.",
+        f"{scores['item'].nunique()} items; NaN scores (silent references, failed metrics) "
+        f"excluded: {int(scores['value'].isna().sum())}.",
         "",
     ]
     table = valid.groupby(["metric", "stem", "system"])["value"].agg(["mean", "median", "count"])

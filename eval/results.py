@@ -43,29 +43,52 @@ SET_HEADLINE = {  # sets whose table differs from their task's
 
 
 SET_NOTES = {
-    "film": "48 film mixtures of 10 s (Divide-and-Remaster recipe: dev speech, dev music, "
-    "ESC-10 fold 4; dialogue −17, music −24, effects −21 LUFS, each ±3 dB).",
+    "film": "48 film mixtures of 10 s (the Divide-and-Remaster levels: dialogue −17, music −24, "
+    "effects −21 LUFS, each ±3 dB; dev speech, dev music, ESC-10 fold 4), with the mixer's "
+    "everyday variations kept: a room on 30 % of the dialogue (the speechbrain impulse "
+    "responses or a synthetic room), pauses, random EQ and an overall gain of −6…+3 dB.",
     "film-sung": "16 film mixtures of 10 s whose music is a song with a singer (dev multitrack "
     "songs, where the vocals are active): the singing belongs to music, not dialogue.",
     "speech": "Speech in noise: dev utterances in ESC-10, DEMAND, music and pink noise at "
-    "SNR −5…20 dB. `demix-small:film-dialogue` is the film head's dialogue; "
-    "`demix-small:music-vocals` is the music head's vocals (the seed experiment).",
-    "music": "The dev multitrack songs (stems/mdb) and the MUSDB18 fixtures, full length; "
-    "global SDR as in the Sound Demixing Challenge 2023.",
+    "SNR −5…20 dB (the whole utterance's energy against the noise's, pauses included, not "
+    "the active speech level of ITU-T P.56). `demix-small:film-dialogue` is the film head's "
+    "dialogue; `demix-small:music-vocals` is the music head's vocals (the seed experiment).",
+    "music": "The dev multitrack songs (stems/mdb) and the MUSDB18 fixtures that are not "
+    "MedleyDB songs already counted, full length; global SDR as in the Sound Demixing "
+    "Challenge 2023. On the MUSDB18 song, `other` is everything but drums, bass and vocals, "
+    "so the model's guitar and piano are scored as part of its `other`; the last row counts "
+    "the songs behind each column.",
     "music-synth": "12 held-back synthetic songs of 20 s (`eval.sets.build_music_synth_set`): "
     "SoundFont renders from seeds training never draws, with dev speech sung over the chords "
     "as vocals; the only piano and other references here. Same SoundFont presets as in "
     "training, so these numbers flatter the model (new compositions, not new instruments). "
-    "Global SDR only (no BSSEval: 12 songs × 4 systems would cost about half an hour).",
+    "A stem a song has no part for is not scored, except through `other`: where a song has "
+    "an `other` part, the model's estimates of its absent stems count as part of its `other`. "
+    "Global SDR only (BSSEval on these songs would cost about half an hour here).",
 }
 
 
-def _table(scores: pd.DataFrame, metric: str, stems: list[str]) -> str:
-    sub = scores[(scores["metric"] == metric) & scores["stem"].isin(stems)].dropna(subset=["value"])
+def _common_items(sub: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the items that every system scored on a stem (a NaN for one system, such
+    as a PESQ error or a silent reference, drops that item for all), so that each stem's
+    means compare the systems on the same items."""
+    systems = sub.groupby("stem")["system"].nunique()
+    finite = sub.dropna(subset=["value"])
+    counts = finite.groupby(["stem", "item"])["system"].nunique()
+    whole = counts[counts == systems.reindex(counts.index.get_level_values("stem")).values]
+    keep = pd.MultiIndex.from_frame(finite[["stem", "item"]]).isin(whole.index)
+    return finite[keep]
+
+
+def _table(scores: pd.DataFrame, metric: str, stems: list[str], counts: bool = False) -> str:
+    sub = _common_items(scores[(scores["metric"] == metric) & scores["stem"].isin(stems)])
     pivot = sub.pivot_table(index="system", columns="stem", values="value", aggfunc="mean")
     pivot = pivot[[s for s in stems if s in pivot.columns]]
     # Anchors that estimate one stem only (speech enhancers, Spleeter's vocals) leave blanks.
     shown = pivot.apply(lambda col: col.map(lambda v: f"{v:.2f}" if pd.notna(v) else ""))
+    if counts:
+        items = sub.groupby("stem")["item"].nunique()
+        shown.loc["(items)"] = [str(items.get(stem, 0)) for stem in shown.columns]
     return shown.reset_index().to_markdown(
         index=False, disable_numparse=True, colalign=["left"] + ["right"] * len(shown.columns)
     )
@@ -74,7 +97,7 @@ def _table(scores: pd.DataFrame, metric: str, stems: list[str]) -> str:
 def _speech_tables(scores: pd.DataFrame) -> str:
     parts = []
     for metric in ("si_sdr", "estoi", "pesq_wb"):
-        sub = scores[(scores["metric"] == metric) & (scores["stem"] == "speech")]
+        sub = _common_items(scores[(scores["metric"] == metric) & (scores["stem"] == "speech")])
         pivot = sub.pivot_table(
             index="system", columns="meta_snr_db", values="value", aggfunc="mean"
         )
@@ -132,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     # Cached scores are reused only for the same weights separated the same way.
     model_id = f"{checkpoint_id} separation v{SEPARATION_VERSION}"
     sections = []
+    systems_run: set[str] = set()
     for set_name, (task, build, bss) in sets.items():
         set_dir = work / "sets" / set_name
         if not set_dir.exists():
@@ -145,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             model_id=model_id,
             bss=bss and not args.no_bss,
         )
+        systems_run.update(scores["system"].unique())
         metric, stems = SET_HEADLINE.get(set_name, HEADLINE[task])
         sections.append(
             f"## {set_name}\n\n{SET_NOTES[set_name]}\n\n{scores['item'].nunique()} items; "
             f"mean {metric} (dB) per stem; full tables in `{work / set_name / 'summary.md'}`.\n\n"
-            + _table(scores, metric, stems)
+            + _table(scores, metric, stems, counts=task == "music")
             + "\n"
         )
         if task == "speech":
@@ -166,8 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.",
         "Sets: seeded from the dev split of `../shared/data` (`python -m eval.sets`). "
         "Identity = the mix as every stem; oracle-irm = ideal ratio mask from the true stems; "
-        "deepfilternet3 / rnnoise / convtasnet = speech enhancers, scored on dialogue/speech; "
-        "spleeter-2stems = Spleeter's pretrained 2-stem model, scored on vocals.",
+        "deepfilternet3 / rnnoise / convtasnet = speech enhancers, scored on dialogue/speech"
+        + (
+            "; spleeter-2stems = Spleeter's pretrained 2-stem model, scored on vocals."
+            if "spleeter-2stems" in systems_run
+            else " (Spleeter's 2-stem model, the vocals anchor, was not run: see the music "
+            "benchmark's log)."
+        ),
+        "Each stem's mean is over the items every system in its table scored.",
         "",
     ]
     if left_out:

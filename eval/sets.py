@@ -2,6 +2,9 @@
 
 ``python -m eval.sets build film|film-sung|speech|music|music-synth|all --out DIR``
 
+Every set draws only from ``eval/pinned/MANIFEST.csv`` (``PINNED_MANIFEST``), a committed copy
+of the corpus rows they were built from: files added to ``../shared/data`` do not change them.
+
 Layouts written (and read back by ``load_set``; users' own copies of these layouts work too):
 
 - film, DnR layout: ``DIR/<id>/{mix,speech,music,sfx}.wav`` + ``meta.json`` (what went in);
@@ -49,6 +52,52 @@ DEV_FOLEY_MUSIC = ("music/ufoai/", "music/openclonk/")
 DEV_FOLEY_EFFECTS = (
     "effects/openclonk/", "effects/endless-sky/", "effects/minetest/", "effects/hyperrogue/"
 )  # fmt: skip
+# The rows of ../shared/data/MANIFEST.csv the seeded sets draw from (every dev-split row and
+# the impulse responses, as of 2026-12-06), committed: the sets read this copy, not the
+# growing manifest, so files added later, even to the folders above, leave them unchanged.
+# ``python -m eval.sets pin`` rewrites it from the corpus (deliberately: it changes the sets).
+PINNED_MANIFEST = Path(__file__).parent / "pinned" / "MANIFEST.csv"
+
+
+def pinned_rows(
+    root: Path, kinds: list[str], path_prefix: tuple[str, ...], split: str | None = "dev"
+) -> list[data.ManifestRow]:
+    """Rows of ``PINNED_MANIFEST`` (files under ``root``), in its order; a listed file that is
+    missing raises FileNotFoundError naming it (the set could not be rebuilt as pinned)."""
+    rows = data.read_manifest(root, kinds, split, path_prefix=path_prefix, manifest=PINNED_MANIFEST)
+    for row in rows:
+        if not row.path.exists():
+            raise FileNotFoundError(
+                f"{row.path}: listed in {PINNED_MANIFEST} but missing (the seeded evaluation "
+                "sets need the corpus they were pinned on)"
+            )
+    return rows
+
+
+def pinned_songs(root: Path, folder: str) -> list[tuple[str, dict[str, Path]]]:
+    """The multitrack songs under ``folder`` (e.g. ``stems/mdb/``) in the pinned manifest:
+    (song folder name, {stem: path}), sorted by name."""
+    songs: dict[str, dict[str, Path]] = {}
+    for row in pinned_rows(root, ["stem"], (folder,)):
+        songs.setdefault(row.path.parent.name, {})[row.path.name.split(".")[0]] = row.path
+    return [(name, dict(sorted(songs[name].items()))) for name in sorted(songs)]
+
+
+def pin_manifest(root: Path, out: Path = PINNED_MANIFEST) -> int:
+    """Write ``out``: the header and every dev-split or impulse-response row of
+    ``root/MANIFEST.csv``, in its order; returns the number of rows."""
+    import csv
+
+    with open(root / "MANIFEST.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r["split"] == "dev" or r["kind"] == "rir"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
 
 
 @dataclass
@@ -104,7 +153,14 @@ def dev_film_mixer(
         speech_sources=DEV_SPEECH,
         music_sources=music,
         effects_sources=effects,
+        # The dev sets are pinned; the train-split variant is a diagnostic on whatever the
+        # corpus holds now.
+        manifest=str(PINNED_MANIFEST) if split == "dev" else "",
     )
+    if split == "dev":  # a pinned file gone: one clear error naming it
+        where = root or data.default_data_root()
+        pinned_rows(where, ["speech", "music", "effects"], DEV_SPEECH + music + effects)
+        pinned_rows(where, ["rir"], ("rir/",), split=None)
     return FilmMixDataset(cfg, seed=seed)
 
 
@@ -153,8 +209,8 @@ def sung_music_pool(root: Path, config, seconds: float) -> data.ClipPool:
     rate = config.sample_rate
 
     def render():
-        for song in sorted(p for p in (root / "stems" / "mdb").iterdir() if p.is_dir()):
-            stems = {f.stem: audio.read(f, rate)[0] for f in sorted(song.glob("*.flac"))}
+        for song, paths in pinned_songs(root, "stems/mdb/"):
+            stems = {stem: audio.read(f, rate)[0] for stem, f in paths.items()}
             if "vocals" not in stems:
                 continue
             length = min(x.shape[1] for x in stems.values())
@@ -174,7 +230,7 @@ def sung_music_pool(root: Path, config, seconds: float) -> data.ClipPool:
                     start = k
                 elif not on and start is not None:
                     if k - start >= seconds:
-                        yield f"{song.name}@{start}s", mix[:, start * rate : k * rate]
+                        yield f"{song}@{start}s", mix[:, start * rate : k * rate]
                     start = None
 
     key = f"sung film music v1 {root} {rate} {seconds}"
@@ -185,17 +241,18 @@ def _noise_sources(root: Path, rate: int) -> dict[str, list[tuple[str, np.ndarra
     """Dev noises per type: ESC-10 fold 4, DEMAND (Valentini noisy − clean), dev music,
     and generated pink noise."""
     sources: dict[str, list[tuple[str, np.ndarray]]] = {}
-    rows = data.read_manifest(root, ["effects"], "dev", path_prefix=DEV_EFFECTS)
+    rows = pinned_rows(root, ["effects"], DEV_EFFECTS)
     sources["esc10"] = [(r.path.name, audio.read(r.path, rate)[0].mean(0)) for r in rows]
     demand = []
-    for clean in sorted((root / "paired" / "valentini" / "clean").glob("*")):
+    pairs = pinned_rows(root, ["paired"], ("paired/valentini/clean/",))
+    for clean in sorted(r.path for r in pairs):
         noisy = root / "paired" / "valentini" / "noisy" / clean.name
         c, _ = audio.read(clean, rate)
         n, _ = audio.read(noisy, rate)
         length = min(c.shape[1], n.shape[1])
         demand.append((clean.name, (n[:, :length] - c[:, :length]).mean(0)))
     sources["demand"] = demand
-    rows = data.read_manifest(root, ["music"], "dev", path_prefix=DEV_MUSIC)
+    rows = pinned_rows(root, ["music"], DEV_MUSIC)
     sources["music"] = [(r.path.name, audio.read(r.path, rate)[0].mean(0)) for r in rows]
     rng = np.random.default_rng(0)
     white = rng.standard_normal(rate * 30)
@@ -216,7 +273,7 @@ def build_speech_set(
     ``snrs_db`` picks a subset of SNRs (the random draws do not depend on it)."""
     root = root or data.default_data_root()
     rng = np.random.default_rng(seed)
-    speech_rows = data.read_manifest(root, ["speech"], "dev", path_prefix=DEV_SPEECH)
+    speech_rows = pinned_rows(root, ["speech"], DEV_SPEECH)
     chosen = rng.choice(len(speech_rows), size=min(utterances, len(speech_rows)), replace=False)
     noises = _noise_sources(root, sample_rate)
     folders = []
@@ -255,27 +312,42 @@ def build_speech_set(
     return folders
 
 
+def _song_key(name: str) -> str:
+    """A song's name without case, spaces or punctuation: MedleyDB's ``MusicDelta_80sRock``
+    and MUSDB18's ``Music Delta - 80s Rock`` are the same recording."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
 def build_music_set(out: Path, root: Path | None = None) -> list[Path]:
     """The dev multitrack songs (stems/mdb, stems/musdb-fixtures) in MUSDB layout;
-    mixture = sum of the stems (evaluation only: NC licence)."""
+    mixture = sum of the stems (evaluation only: NC licence). A MUSDB fixture that is one of
+    the MedleyDB songs (MUSDB18 took its Music Delta songs from MedleyDB) is left out, so no
+    recording counts twice."""
     root = root or data.default_data_root()
+    mdb = pinned_songs(root, "stems/mdb/")
+    medleydb = {
+        _song_key(r.group.split(":")[0]) for r in pinned_rows(root, ["stem"], ("stems/mdb/",))
+    }
+    fixtures = [
+        (name, paths)
+        for name, paths in pinned_songs(root, "stems/musdb-fixtures/")
+        if _song_key(name) not in medleydb
+    ]
     folders = []
-    for song in sorted((root / "stems" / "mdb").iterdir()) + sorted(
-        (root / "stems" / "musdb-fixtures").iterdir()
-    ):
+    for name, paths in mdb + fixtures:
         stems = {}
         rate = 44100
-        for f in sorted(song.glob("*.flac")):
+        for stem, f in paths.items():
             x, rate = audio.read(f)
-            stems[f.stem] = np.repeat(x, 2, axis=0) if x.shape[0] == 1 else x
+            stems[stem] = np.repeat(x, 2, axis=0) if x.shape[0] == 1 else x
         length = min(s.shape[1] for s in stems.values())
         stems = {k: v[:, :length] for k, v in stems.items()}
-        folder = Path(out) / song.name
+        folder = Path(out) / name
         _write_item(
             folder,
             {"mixture": sum(stems.values()), **stems},
             rate,
-            {"source": str(song.relative_to(root))},
+            {"source": str(next(iter(paths.values())).parent.relative_to(root))},
         )
         folders.append(folder)
     return folders
@@ -298,9 +370,7 @@ def build_music_synth_set(
     root = root or data.default_data_root()
     rate = 44100
     renderer = soundfont.Renderer(rate)
-    speech = sorted(
-        r.path for r in data.read_manifest(root, ["speech"], "dev", path_prefix=DEV_SPEECH)
-    )
+    speech = sorted(r.path for r in pinned_rows(root, ["speech"], DEV_SPEECH))
     if not speech:
         raise FileNotFoundError(f"{root}: no dev-split speech to sing")
     n = int(seconds * rate)
@@ -366,18 +436,27 @@ def load_set(path: Path) -> Iterator[SetItem]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m eval.sets build film|film-sung|speech|music|music-synth|all --out DIR``."""
+    """``python -m eval.sets build film|film-sung|speech|music|music-synth|all --out DIR``, or
+    ``python -m eval.sets pin`` (rewrite ``PINNED_MANIFEST`` from the corpus: changes the sets)."""
     p = argparse.ArgumentParser(prog="python -m eval.sets")
-    p.add_argument("action", choices=["build"])
-    p.add_argument("which", choices=["film", "film-sung", "speech", "music", "music-synth", "all"])
-    p.add_argument("--out", required=True, help="root folder; each set goes in OUT/<set>")
+    p.add_argument("action", choices=["build", "pin"])
+    p.add_argument(
+        "which", nargs="?", choices=["film", "film-sung", "speech", "music", "music-synth", "all"]
+    )
+    p.add_argument("--out", help="root folder; each set goes in OUT/<set>")
     p.add_argument("--count", type=int, default=48, help="film mixtures")
     p.add_argument("--utterances", type=int, default=8, help="speech-in-noise utterances")
     args = p.parse_args(argv)
+    if args.action == "build" and (args.which is None or args.out is None):
+        p.error("build needs a set (or all) and --out")
     root = data.default_data_root()
     if not (root / "MANIFEST.csv").exists():
         print(f"no development data at {root}", file=sys.stderr)
         return 1
+    if args.action == "pin":
+        count = pin_manifest(root)
+        print(f"{PINNED_MANIFEST}: {count} rows of {root / 'MANIFEST.csv'} (the sets change)")
+        return 0
     out = Path(args.out)
     builders = {
         "film": lambda folder: build_film_set(folder, args.count),

@@ -1,5 +1,7 @@
 """Evaluation sets (determinism, layouts) and a benchmark end to end on a tiny set."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,6 +214,96 @@ def test_seeded_sets_do_not_change_when_the_corpus_grows(tmp_path):
             np.testing.assert_array_equal(a.mix, b.mix)
 
 
+def _grown_corpus(tmp_path):
+    """The corpus plus one new file in a pinned dev speech folder, one new impulse response
+    and one new dev song, listed first in the manifest (a reordered, grown corpus). Folders
+    on the way to the new files are made of links to the corpus's own entries."""
+    import shutil
+
+    root = default_data_root()
+    grown = tmp_path / "grown-root"
+
+    def mirror(relative: str) -> None:  # a real folder of links, to add entries to
+        (grown / relative).mkdir(parents=True)
+        for entry in (root / relative).iterdir():
+            (grown / relative / entry.name).symlink_to(entry)
+
+    mirror(".")
+    (grown / "MANIFEST.csv").unlink()
+    for relative in ("speech", "speech/cv-hsb", "rir", "stems", "stems/mdb"):
+        (grown / relative).unlink()
+        mirror(relative)
+    lines = (root / "MANIFEST.csv").read_text().splitlines(keepends=True)
+    speech = next(ln for ln in lines if ln.startswith("speech/cv-hsb/") and ",dev," in ln)
+    old_path = speech.split(",")[0]
+    new_path = f"speech/cv-hsb/CVNEW/{Path(old_path).name}"
+    (grown / new_path).parent.mkdir()
+    shutil.copy(root / old_path, grown / new_path)
+    rir = next(ln for ln in lines if ln.startswith("rir/"))
+    (grown / "rir" / "new").mkdir()
+    shutil.copy(root / rir.split(",")[0], grown / "rir" / "new" / "r.flac")
+    song = sorted((root / "stems" / "mdb").iterdir())[-1]
+    (grown / "stems" / "mdb" / "0New").symlink_to(song)
+    new_rows = [
+        new_path + speech[speech.index(",") :],
+        "rir/new/r.flac" + rir[rir.index(",") :],
+        *(
+            ln.replace(f"stems/mdb/{song.name}/", "stems/mdb/0New/")
+            for ln in lines
+            if ln.startswith(f"stems/mdb/{song.name}/")
+        ),
+    ]
+    (grown / "MANIFEST.csv").write_text(lines[0] + "".join(new_rows) + "".join(lines[1:]))
+    return grown
+
+
+def test_seeded_sets_do_not_change_when_files_join_their_folders(tmp_path):
+    """Files added to the very folders a set draws from (and listed first) leave it as it was:
+    the sets read the committed eval/pinned/MANIFEST.csv, not the growing manifest."""
+    from eval import dev
+    from eval.sets import build_music_set
+
+    grown = _grown_corpus(tmp_path)
+    for name, r in (("now", default_data_root()), ("grown", grown)):
+        build_film_set(tmp_path / name / "film", count=2, seconds=2.0, root=r)
+        build_speech_set(tmp_path / name / "speech", utterances=2, root=r, snrs_db=(0,))
+        build_music_set(tmp_path / name / "music", root=r)
+    for kind in ("film", "speech", "music"):
+        now = list(load_set(tmp_path / "now" / kind))
+        later = list(load_set(tmp_path / "grown" / kind))
+        assert [i.name for i in now] == [i.name for i in later]
+        for a, b in zip(now, later):
+            np.testing.assert_array_equal(a.mix, b.mix)
+    assert [i.name for i in dev.music_items(2.0, grown)] == [i.name for i in dev.music_items(2.0)]
+
+
+def test_a_pinned_file_that_is_gone_is_named(tmp_path):
+    from eval.sets import PINNED_MANIFEST, build_speech_set
+
+    (tmp_path / "MANIFEST.csv").write_text(PINNED_MANIFEST.read_text())
+    with pytest.raises(FileNotFoundError, match=r"speech/.*listed in .*pinned/MANIFEST.csv"):
+        build_speech_set(tmp_path / "out", utterances=1, root=tmp_path)
+
+
+def test_music_set_counts_each_recording_once_and_other_is_the_rest(tmp_path, tiny_checkpoint):
+    """MUSDB18's "Music Delta - 80s Rock" is MedleyDB's 80sRock (already among the mdb songs);
+    on a four-stem MUSDB song the model's guitar and piano are scored inside its "other"."""
+    from eval.bench import model_system
+    from eval.sets import build_music_set
+
+    names = [f.name for f in build_music_set(tmp_path / "music")]
+    assert "80sRock" in names and "Music Delta - 80s Rock" not in names
+    musdb = next(i for i in load_set(tmp_path / "music") if "other" in i.stems)
+    assert set(musdb.stems) == {"drums", "bass", "other", "vocals"}
+    sep = Separator.from_pretrained(str(tiny_checkpoint))
+    short = type(musdb)(musdb.name, musdb.mix[:, :44100], {
+        k: v[:, :44100] for k, v in musdb.stems.items()
+    }, musdb.sample_rate)  # fmt: skip
+    est = model_system(sep, "music")(short)
+    assert set(est) == {"drums", "bass", "other", "vocals"}
+    np.testing.assert_allclose(sum(est.values()), short.mix, atol=1e-4)  # nothing dropped
+
+
 def test_bench_cli_refuses_a_missing_set_or_model(tmp_path, capsys):
     from eval.bench import main
 
@@ -224,3 +316,51 @@ def test_bench_cli_refuses_a_missing_set_or_model(tmp_path, capsys):
             main(argv)
         assert stop.value.code == 2
         assert reason in capsys.readouterr().err
+
+
+def test_a_rebuilt_set_drops_every_cached_score(tmp_path, tiny_checkpoint):
+    """Scores cached for one set are not mixed with a set rebuilt from other material under
+    the same item names (only a changed model's rows used to be dropped)."""
+    import shutil
+
+    sep = Separator.from_pretrained(str(tiny_checkpoint))
+    build_film_set(tmp_path / "set", count=1, seconds=2.0)
+    out = tmp_path / "out"
+
+    def bench():
+        return run_benchmark(
+            "film", sep, "tiny", tmp_path / "set", out, progress=False, anchors=False
+        )
+
+    def identity(scores):
+        return scores[(scores.system == "identity") & (scores.metric == "si_sdr")]["value"]
+
+    first = bench()
+    shutil.rmtree(tmp_path / "set")
+    build_film_set(tmp_path / "set", count=1, seconds=2.0, seed=5)
+    second = bench()
+    assert len(second) == len(first)  # replaced, not appended to
+    assert identity(second).tolist() != identity(first).tolist()
+    assert len(bench()) == len(first)  # the same set again: nothing rescored
+
+
+def test_results_tables_compare_systems_on_the_same_items():
+    """A NaN for one system (a PESQ error) drops that item from every system's mean."""
+    from eval.results import _table
+
+    scores = pd.DataFrame(
+        [
+            {"item": item, "system": system, "stem": "speech", "metric": "pesq_wb", "value": v}
+            for item, system, v in (
+                ("a", "model", 2.0), ("a", "anchor", 1.0),
+                ("b", "model", 4.0), ("b", "anchor", float("nan")),
+            )
+        ]
+    )  # fmt: skip
+    rows = {
+        cells[1].strip(): cells[2].strip()
+        for cells in (
+            line.split("|") for line in _table(scores, "pesq_wb", ["speech"], True).splitlines()[2:]
+        )
+    }
+    assert rows == {"anchor": "1.00", "model": "2.00", "(items)": "1"}  # model: not 3.00

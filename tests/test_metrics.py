@@ -69,3 +69,28 @@ def test_speech_metrics_identical_and_degraded():
     assert metrics.estoi(speechlike, noisy, RATE) < 0.9
     assert metrics.pesq_wb(speechlike, speechlike, RATE) > 4.0
     assert metrics.pesq_wb(speechlike, noisy, RATE) < 3.0
+
+
+def test_shapes_must_match():
+    """numpy would broadcast a mono reference against a stereo estimate (a perfect estimate
+    then scored 3 dB SI-SDR): different shapes are refused."""
+    ref = tone()[None]
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.si_sdr(ref, np.repeat(ref, 2, axis=0))
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.global_sdr(ref, ref[:, :-1])
+
+
+def test_bss_eval_scores_the_others_when_a_stem_is_silent():
+    """museval refuses a wholly silent reference or estimate; that stem is NaN and the rest are
+    scored (a silent stem in a user's song used to stop the whole benchmark)."""
+    rng = np.random.default_rng(0)
+    refs = rng.standard_normal((3, 2, 3 * RATE)) * 0.1
+    ests = refs + 1e-3 * rng.standard_normal(refs.shape)
+    ests[1] = 0.0
+    frames = metrics.bss_eval_frames(refs, ests, RATE)
+    assert frames["sdr"].shape == (3, 3)
+    assert np.isnan(frames["sdr"][1]).all()
+    assert (frames["sdr"][[0, 2]] > 30).all()
+    medians = metrics.bss_eval_v4(refs, ests, RATE)
+    assert np.isnan(medians["sdr"][1]) and (medians["sdr"][[0, 2]] > 30).all()
