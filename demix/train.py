@@ -238,6 +238,25 @@ def _loader(ds, src: SourceConfig, cfg: TrainConfig, start_step: int):
     )
 
 
+def bf16_autocast_works(device: str) -> bool:
+    """Whether an LSTM's forward and backward pass run under bfloat16 autocast on ``device``.
+
+    On CPUs oneDNN's bf16 LSTM needs AVX-512 (e.g. an AVX2-only AMD EPYC fails with "could
+    not create a primitive descriptor for the LSTM forward propagation primitive"), so a
+    config that asks for bf16 is probed once with a tiny LSTM instead of failing mid-run.
+    """
+    with torch.random.fork_rng(devices=[]):  # leaves the run's random stream as it was
+        lstm = torch.nn.LSTM(8, 8, batch_first=True, bidirectional=True).to(device)
+        x = torch.randn(2, 4, 8).to(device).requires_grad_()
+    try:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            y, _ = lstm(x)
+        y.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
 def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None) -> Path:
     """Run (or resume) training; returns the run folder. ``on_checkpoint(run_folder)`` is
     called after every checkpoint is written (on the main process), e.g. to copy it away."""
@@ -355,6 +374,12 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
         raise ValueError(f"remix_steps must be 0 or more, not {cfg.remix_steps}")
     if cfg.accumulate_steps < 1:
         raise ValueError(f"accumulate_steps must be 1 or more, not {cfg.accumulate_steps}")
+    use_bf16 = cfg.autocast_bf16 and bf16_autocast_works(device)
+    if cfg.autocast_bf16 and not use_bf16 and main:
+        print(
+            f"autocast_bf16: this {device} cannot run the LSTMs in bfloat16; training in float32",
+            file=sys.stderr,
+        )
     remix_generator = torch.Generator()
     remixes_left, fetched = 0, []
     while step < last_step and not _Stop.requested:
@@ -378,9 +403,7 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
                     for (_, stems), loader in zip(fetched, loaders)
                 ]
                 remixes_left -= 1
-            with torch.autocast(
-                torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
-            ):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
                 estimates = net([(mix, src.head) for (mix, _), (src, _) in zip(batches, sources)])
             total = 0.0
             for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from demix.config import load_yaml
-from demix.train import TrainConfig, train
+from demix.train import TrainConfig, bf16_autocast_works, train
 
 
 def seconds_per_step(cfg: TrainConfig, steps: int, warmup_steps: int) -> float:
@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_yaml(TrainConfig, path, [])
         examples = sum(s.batch_size or cfg.batch_size for s in cfg.sources)
         for bf16 in (False, True):
+            if bf16 and not bf16_autocast_works(cfg.device):
+                rows.append(  # e.g. an AVX2-only CPU: train() would fall back to fp32
+                    {"config": path, "model": cfg.model,
+                     "precision": f"bf16 autocast (this {cfg.device} cannot)"}
+                )  # fmt: skip
+                continue
             seconds = seconds_per_step(
                 replace(cfg, autocast_bf16=bf16), args.steps, args.warmup_steps
             )

@@ -369,3 +369,46 @@ def test_accumulated_micro_batches_are_the_large_batch(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
     with pytest.raises(ValueError, match="accumulate_steps"):
         train(replace(_config(tmp_path / "bad", steps=1), accumulate_steps=0))
+
+
+def _dualpath_config(run_dir, steps, **kw):
+    return replace(
+        _config(run_dir, steps),
+        model="dualpath",
+        model_config={"dim": 16, "layers": 1, "rnn_hidden": 16, "segment_seconds": 0.5},
+        **kw,
+    )
+
+
+def test_bf16_probe_answers_for_this_machine_and_keeps_the_random_stream():
+    """The probe says whether an LSTM really runs under bf16 autocast here (oneDNN refuses on
+    AVX2-only CPUs) and draws nothing from the run's random stream."""
+    from demix.train import bf16_autocast_works
+
+    lstm = torch.nn.LSTM(4, 4, bidirectional=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.randn(3, 1, 4))[0].float().sum().backward()
+        expected = True
+    except RuntimeError:
+        expected = False
+    state = torch.get_rng_state()
+    assert bf16_autocast_works("cpu") is expected
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_bf16_config_trains_in_float32_where_the_cpu_cannot(tmp_path, monkeypatch, capsys):
+    """A config asking for bf16 on a CPU without bf16 LSTMs trains in float32 with one line
+    saying so (it stopped at the first step with oneDNN's 'could not create a primitive
+    descriptor'); the run is then the float32 run exactly."""
+    import demix.train
+
+    train(_dualpath_config(tmp_path / "fp32", steps=3))
+    monkeypatch.setattr(demix.train, "bf16_autocast_works", lambda device: False)
+    capsys.readouterr()
+    train(_dualpath_config(tmp_path / "asked", steps=3, autocast_bf16=True))
+    assert "training in float32" in capsys.readouterr().err
+    assert _losses(tmp_path / "asked") == _losses(tmp_path / "fp32")
+    monkeypatch.undo()
+    train(_dualpath_config(tmp_path / "here", steps=3, autocast_bf16=True))  # real probe
+    assert len(_losses(tmp_path / "here")) == 3
