@@ -382,96 +382,106 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
         )
     remix_generator = torch.Generator()
     remixes_left, fetched = 0, []
-    while step < last_step and not _Stop.requested:
-        lr = _lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        losses = [0.0] * len(sources)
-        for micro in range(cfg.accumulate_steps):
-            if remixes_left == 0:
-                fetched = [_next_batch(loader, device) for loader in loaders]
-                batches, remixes_left = fetched, cfg.remix_steps
-                remix_generator.manual_seed(  # resumable
-                    cfg.seed * 1_000_003 + rank * 100_003 + step * cfg.accumulate_steps + micro
+    try:
+        while step < last_step and not _Stop.requested:
+            lr = _lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            losses = [0.0] * len(sources)
+            for micro in range(cfg.accumulate_steps):
+                if remixes_left == 0:
+                    fetched = [_next_batch(loader, device) for loader in loaders]
+                    batches, remixes_left = fetched, cfg.remix_steps
+                    remix_generator.manual_seed(  # resumable
+                        cfg.seed * 1_000_003 + rank * 100_003 + step * cfg.accumulate_steps + micro
+                    )
+                else:
+                    batches = [
+                        remix_batch(stems, remix_generator)
+                        if stems.shape[0] > 1
+                        else _next_batch(loader, device)
+                        for (_, stems), loader in zip(fetched, loaders)
+                    ]
+                    remixes_left -= 1
+                with torch.autocast(
+                    torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16
+                ):
+                    estimates = net(
+                        [(mix, src.head) for (mix, _), (src, _) in zip(batches, sources)]
+                    )
+                total = 0.0
+                for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
+                    est = _grouped(project_to_mix(est.float(), mix), groups[i])
+                    ref = stems
+                    if cfg.loss_on_mix_rms:
+                        rms = mix_rms(mix)[:, None, None, None]
+                        est, ref, mix = est / rms, ref / rms, mix / rms[:, 0]
+                    loss = separation_loss(
+                        est,
+                        ref,
+                        cfg.stft_loss_weight,
+                        stem_weights[i],
+                        mix=mix if _relative(src, cfg) else None,
+                        n_ffts=cfg.stft_loss_ffts,
+                    )
+                    total = total + src.weight * loss
+                    losses[i] += loss.item() / cfg.accumulate_steps
+                    window_examples += mix.shape[0] * world
+                (total / cfg.accumulate_steps).backward()
+            for i, value in enumerate(losses):
+                previous = running[i]
+                running[i] = value if previous is None else 0.9 * previous + 0.1 * value
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+            step += 1
+            bar.update(1)
+            bar.set_postfix({s.head: f"{r:.4f}" for (s, _), r in zip(sources, running)})
+            if step % cfg.log_every == 0:
+                now = time.time()
+                rate = window_examples / (now - window_start)
+                log.writerow(
+                    [step, round(now - started, 3), round(rate, 2), f"{lr:.2e}"]
+                    + [f"{x:.5f}" for x in losses]
                 )
-            else:
-                batches = [
-                    remix_batch(stems, remix_generator)
-                    if stems.shape[0] > 1
-                    else _next_batch(loader, device)
-                    for (_, stems), loader in zip(fetched, loaders)
-                ]
-                remixes_left -= 1
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
-                estimates = net([(mix, src.head) for (mix, _), (src, _) in zip(batches, sources)])
-            total = 0.0
-            for i, ((mix, stems), est, (src, _)) in enumerate(zip(batches, estimates, sources)):
-                est = _grouped(project_to_mix(est.float(), mix), groups[i])
-                ref = stems
-                if cfg.loss_on_mix_rms:
-                    rms = mix_rms(mix)[:, None, None, None]
-                    est, ref, mix = est / rms, ref / rms, mix / rms[:, 0]
-                loss = separation_loss(
-                    est,
-                    ref,
-                    cfg.stft_loss_weight,
-                    stem_weights[i],
-                    mix=mix if _relative(src, cfg) else None,
-                    n_ffts=cfg.stft_loss_ffts,
-                )
-                total = total + src.weight * loss
-                losses[i] += loss.item() / cfg.accumulate_steps
-                window_examples += mix.shape[0] * world
-            (total / cfg.accumulate_steps).backward()
-        for i, value in enumerate(losses):
-            previous = running[i]
-            running[i] = value if previous is None else 0.9 * previous + 0.1 * value
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        step += 1
-        bar.update(1)
-        bar.set_postfix({s.head: f"{r:.4f}" for (s, _), r in zip(sources, running)})
-        if step % cfg.log_every == 0:
-            now = time.time()
-            rate = window_examples / (now - window_start)
-            log.writerow(
-                [step, round(now - started, 3), round(rate, 2), f"{lr:.2e}"]
-                + [f"{x:.5f}" for x in losses]
-            )
-            log_file.flush()
-            if board is not None:
-                board.add_scalar("lr", lr, step)
-                board.add_scalar("examples_per_second", rate, step)
-                for (src, _), value in zip(sources, losses):
-                    board.add_scalar(f"loss/{src.head}", value, step)
-            if main and not sys.stderr.isatty():
-                print(
-                    f"step {step} ex/s {rate:.2f} lr {lr:.2e} "
-                    + " ".join(f"{s.head} {r:.4f}" for (s, _), r in zip(sources, running)),
-                    file=sys.stderr,
-                    flush=True,
-                )
-            window_start, window_examples = now, 0
-        if step % cfg.checkpoint_every == 0 or (
-            cfg.checkpoint_every_seconds
-            and time.time() - last_checkpoint > cfg.checkpoint_every_seconds
-        ):
-            checkpoint()
-            last_checkpoint = time.time()
-        if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
-            snapshot = run / "snapshots" / f"ema-{step:07d}.safetensors"
-            save_checkpoint(snapshot, ema, cfg.model, info())
-        if cfg.max_minutes and time.time() - process_start > cfg.max_minutes * 60:
-            _Stop.requested = True
-        if world > 1:  # every rank stops at the same step when any rank is asked to
-            flag = torch.tensor([float(_Stop.requested)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            _Stop.requested = bool(flag.item())
+                log_file.flush()
+                if board is not None:
+                    board.add_scalar("lr", lr, step)
+                    board.add_scalar("examples_per_second", rate, step)
+                    for (src, _), value in zip(sources, losses):
+                        board.add_scalar(f"loss/{src.head}", value, step)
+                if main and not sys.stderr.isatty():
+                    print(
+                        f"step {step} ex/s {rate:.2f} lr {lr:.2e} "
+                        + " ".join(f"{s.head} {r:.4f}" for (s, _), r in zip(sources, running)),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                window_start, window_examples = now, 0
+            if step % cfg.checkpoint_every == 0 or (
+                cfg.checkpoint_every_seconds
+                and time.time() - last_checkpoint > cfg.checkpoint_every_seconds
+            ):
+                checkpoint()
+                last_checkpoint = time.time()
+            if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                snapshot = run / "snapshots" / f"ema-{step:07d}.safetensors"
+                save_checkpoint(snapshot, ema, cfg.model, info())
+            if cfg.max_minutes and time.time() - process_start > cfg.max_minutes * 60:
+                _Stop.requested = True
+            if world > 1:  # every rank stops at the same step when any rank is asked to
+                flag = torch.tensor([float(_Stop.requested)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                _Stop.requested = bool(flag.item())
+    finally:
+        # An error in the loop must not leave the data workers alive: they ignore SIGTERM
+        # (_ignore_stop_signals), so Python's exit would wait for them forever while the
+        # traceback keeps this frame. Dropping the iterators shuts the workers down now.
+        loaders.clear()
     checkpoint()
     bar.close()
     log_file.close()

@@ -412,3 +412,32 @@ def test_bf16_config_trains_in_float32_where_the_cpu_cannot(tmp_path, monkeypatc
     monkeypatch.undo()
     train(_dualpath_config(tmp_path / "here", steps=3, autocast_bf16=True))  # real probe
     assert len(_losses(tmp_path / "here")) == 3
+
+
+def test_an_error_in_training_ends_the_process(tmp_path):
+    """An exception in the training loop exits the process with the error (the data workers
+    ignore SIGTERM, and Python's exit waited for them forever while the traceback kept the
+    loader alive: a crashed run hung instead of ending)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from dataclasses import replace
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_train  # registers the test_tones dataset
+import demix.train
+
+def fail(*args, **kwargs):
+    raise RuntimeError("loss failed")
+
+demix.train.separation_loss = fail
+demix.train.train(replace(test_train._config({str(tmp_path / "run")!r}, 3), num_workers=1))
+"""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the crashed training process did not exit within 120 s")
+    assert done.returncode != 0 and "loss failed" in done.stderr
