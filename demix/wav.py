@@ -289,4 +289,9 @@ def bext_chunk(description: str, originator: str, time_reference: int, when=None
 
 
 def _chunk(name: bytes, payload: bytes) -> bytes:
-    return name + struct.pack("<I", len(payload)) + payload + (b"\0" if len(payload) & 1 else b"")
+    # An odd payload gets its pad byte inside the declared size: RIFF allows a pad after an
+    # odd size, but libsndfile (1.2) then loses the data chunk of an RF64 file. bext and iXML
+    # end in NUL-terminated text, so one more NUL reads the same.
+    if len(payload) & 1:
+        payload += b"\0"
+    return name + struct.pack("<I", len(payload)) + payload

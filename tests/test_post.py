@@ -423,7 +423,13 @@ def test_dialogue_gain_remix_is_limited_and_normalised(tiny, tmp_path):
     me = read_ints(tmp_path / "out" / "reel_ME.wav", "24") / 2**23
     assert np.abs(remix).max() <= 10 ** (-1 / 20) + 2**-23
     expected = me + 10 ** (6 / 20) * dx
-    free = np.abs(expected).max(axis=0) < 0.5  # far below the ceiling: no limiting there
+    # Unchanged wherever no sample within the limiter's reach (±2 half-windows, 20 ms) needs
+    # limiting; near a limited peak the gain ramps (it passed by luck where none was near).
+    from scipy.ndimage import maximum_filter1d
+
+    reach = 4 * (int(0.02 * RATE) // 2) + 1
+    free = maximum_filter1d(np.abs(expected).max(axis=0), reach) < 10 ** (-1 / 20)
+    assert free.mean() > 0.5  # the check covers most of the reel
     np.testing.assert_allclose(remix[:, free], expected[:, free], atol=2**-22)
     assert wav.read_layout(tmp_path / "out" / "reel_REMIX.wav") == wav.read_layout(source)
     normalised = post_file(tiny, source, tmp_path / "ebu", dialogue_gain_db=6.0, normalise="ebu")
@@ -467,3 +473,23 @@ def test_surround_layout_only_where_it_is_known(tmp_path):
         path = tmp_path / f"tracks{channels}.flac"
         sf.write(path, np.zeros((100, channels)), RATE)
         assert wav.surround_mask_of(path, channels) == expected, channels
+
+
+def test_rf64_with_an_odd_sized_chunk_opens_in_libsndfile(tmp_path, monkeypatch):
+    """A copied bext whose coding history has an odd length (about half of them) made an
+    RF64 deliverable that libsndfile refused ("No 'data' chunk marker"): the pad byte after
+    an odd chunk now counts in its size."""
+    monkeypatch.setattr(wav, "_MAX_RIFF", 1000)
+    ints = np.arange(-3000, 3000, dtype=np.int32).reshape(2, -1) * 1000
+    bext = wav.bext_chunk("reel 1", "demix", 0) + b"A=PCM,F=48000,W=24\r\n\0"  # 623 bytes
+    assert len(bext) & 1
+    for name, riff in (("big.wav", b"RF64"), ("small.wav", b"RIFF")):
+        if riff == b"RIFF":
+            monkeypatch.setattr(wav, "_MAX_RIFF", 2**32 - 1)
+        writer = wav.WavWriter(tmp_path / name, RATE, 2, "24", None, {b"bext": bext})
+        writer.write_ints(ints)
+        writer.commit()
+        assert (tmp_path / name).read_bytes()[:4] == riff
+        assert sf.info(str(tmp_path / name)).frames == ints.shape[1]
+        assert np.array_equal(read_ints(tmp_path / name, "24"), ints)
+        assert wav.read_layout(tmp_path / name).chunks[b"bext"].rstrip(b"\0") == bext.rstrip(b"\0")
