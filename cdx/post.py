@@ -45,7 +45,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -152,10 +152,14 @@ def post_file(
         if not {"dialogue", "music", "effects"} <= set(separator.heads.get("film", ())):
             raise SeparationError("the model has no film head with dialogue, music, effects")
         wanted = [*targets.values()] + ([remix_path] if dialogue_gain_db is not None else [])
-        if not overwrite and all(t.exists() for t in wanted):
+        existing = [t for t in wanted if t.exists()]
+        if not overwrite and existing and len(existing) == len(wanted):
             result.status = "skipped"
             result.outputs = [str(t) for t in wanted]
             return result
+        if not overwrite and existing:  # e.g. a mixer's own DX beside the reel, or a new
+            # --dialogue-gain over finished stems: never replaced unless asked
+            raise SeparationError(f"{existing[0]}: already exists (--overwrite replaces it)")
         meta = audio.info(path)
         if meta.backend == "soundfile" and path.suffix.lower() in (".wav", ".wave"):
             layout = wav.read_layout(path)
@@ -593,9 +597,21 @@ def post_batch(
     """``post_file`` for every input (folders searched recursively, subfolders mirrored under
     ``out_dir``); writes ``out_dir/report.csv`` and ``report.json``.
 
-    ``progress(done_seconds, total_seconds, file)`` follows the whole batch.
+    ``progress(done_seconds, total_seconds, file)`` follows the whole batch. The report is
+    rewritten after every input; an input skipped because its deliverables are complete
+    keeps its row from the last run's report. Existing files are never replaced without
+    ``overwrite``, nor an input of the batch even with it.
+
+    Raises:
+        audio.AudioError: ``out_dir`` is one of the input folders.
     """
     out_dir = Path(out_dir)
+    for item in inputs:  # a rerun would take the deliverables for reels (R1_DX.wav → R1_DX_DX)
+        if Path(item).is_dir() and Path(item).resolve() == out_dir.resolve():
+            raise audio.AudioError(
+                f"{out_dir}: the output folder is the input folder {item}: write the "
+                "deliverables to another folder or a subfolder (-o)"
+            )
     files = audio.find_inputs([str(i) for i in inputs], out_dir)
     durations = []
     for f, _ in files:
@@ -604,17 +620,29 @@ def post_batch(
             continue
         durations.append(0.0)
     total, done = sum(durations), 0.0
-    results = []
+    results: list[PostResult] = []
+    previous = _previous_rows(out_dir)
+    batch_inputs = {f.resolve(): f for f, _ in files}
     claims = OutputClaims()  # deliverable → the input of this batch that writes it
     for (f, sub), seconds in zip(files, durations):
         if progress is not None:
             progress(done, total, str(f))
         targets = deliverable_paths(f, out_dir / sub, deliver).values()
+        if dialogue_gain_db is not None:
+            targets = [*targets, out_dir / sub / f"{f.stem}_REMIX.wav"]
         clash = claims.claim(f, targets)
-        if clash is not None:  # two inputs of one name (a/mix.wav, b/mix.wav given as files)
-            results.append(PostResult(str(f), "failed", error=(
+        overwritten = next((t for t in targets if t.resolve() in batch_inputs), None)
+        if clash is not None or overwritten is not None:
+            error = (  # two inputs of one name (a/mix.wav, b/mix.wav given as files), or
+                # a reel's deliverable name taken by another input (R1_DX.wav beside R1.wav)
                 f"{f}: its deliverables would be those of {clash} ({next(iter(targets)).name}"
-                "): give the folders, or rename one")))  # fmt: skip
+                "): give the folders, or rename one"
+                if clash is not None
+                else f"{f}: its deliverable {overwritten} is an input of this batch: write "
+                "the deliverables to another folder (-o)"
+            )
+            results.append(PostResult(str(f), "failed", error=error))
+            write_report(results, out_dir, deliver)
             done += seconds
             continue
 
@@ -625,16 +653,33 @@ def post_batch(
                 progress(done, total, str(f))
 
         before = done
-        results.append(
-            post_file(
+        try:
+            result = post_file(
                 separator, f, out_dir / sub, deliver, overwrite, step, dialogue_gain_db, normalise
             )
-        )
+        except Exception as exc:  # noqa: BLE001 - one bad input never stops the batch
+            result = PostResult(str(f), "failed", error=audio.one_line_error(exc, f))
+        if result.status == "skipped" and str(f) in previous:  # keep the run that made them
+            result = replace(previous[str(f)], status="skipped")
+        results.append(result)
+        write_report(results, out_dir, deliver)  # after every input: an interrupted batch
+        # still reports what it finished
         done = before + seconds  # skipped and failed inputs count as done
     if progress is not None:
         progress(total, total, "")
     write_report(results, out_dir, deliver)
     return results
+
+
+def _previous_rows(out_dir: Path) -> dict[str, PostResult]:
+    """The finished rows of an earlier run's ``report.json`` in ``out_dir`` (file → row), so
+    that a rerun which skips those inputs keeps their measurements; {} if there is none."""
+    try:
+        rows = json.loads((out_dir / "report.json").read_text())["inputs"]
+        found = {row["file"]: PostResult(**row) for row in rows}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {f: r for f, r in found.items() if r.status in ("done", "skipped") and r.levels}
 
 
 def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence[str]) -> None:

@@ -389,7 +389,8 @@ def cmd_post(args: argparse.Namespace) -> int:
             sep, args.inputs, args.output, deliver, args.overwrite, progress,
             args.dialogue_gain, args.normalise,
         )  # fmt: skip
-    except OSError as exc:  # the report (the output folder went away or became read-only)
+    except (OSError, audio.AudioError) as exc:  # the report (the output folder went away or
+        # became read-only), or an output folder that is an input folder
         bar.close()
         print(f"demix: {audio.one_line_error(exc, args.output)}", file=sys.stderr)
         return 2

@@ -493,3 +493,56 @@ def test_rf64_with_an_odd_sized_chunk_opens_in_libsndfile(tmp_path, monkeypatch)
         assert sf.info(str(tmp_path / name)).frames == ints.shape[1]
         assert np.array_equal(read_ints(tmp_path / name, "24"), ints)
         assert wav.read_layout(tmp_path / name).chunks[b"bext"].rstrip(b"\0") == bext.rstrip(b"\0")
+
+
+def test_existing_files_and_batch_inputs_are_never_replaced(tiny, tmp_path, monkeypatch):
+    """A mixer's own R1_DX.wav beside R1.wav: without --overwrite nothing existing is
+    replaced (it was, whenever not every deliverable existed); with it, an input of the
+    batch still is not; the input folder as output folder is refused up front."""
+    import cdx.post
+
+    reels = tmp_path / "reels"
+    write_reel(reels / "R1.wav", "stereo", seconds=0.5)
+    write_reel(reels / "R1_DX.wav", "stereo", seconds=0.5)
+    original = (reels / "R1_DX.wav").read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "R1_DX.wav").write_bytes(original)  # a finished DX, no ME
+    results = post_batch(tiny, [reels / "R1.wav"], out)
+    assert results[0].status == "failed" and "already exists" in results[0].error
+    assert (out / "R1_DX.wav").read_bytes() == original and not (out / "R1_ME.wav").exists()
+    both = post_batch(tiny, [reels / "R1.wav", reels / "R1_DX.wav"], reels, overwrite=True)
+    assert [r.status for r in both] == ["failed", "done"]
+    assert "is an input of this batch" in both[0].error
+    assert (reels / "R1_DX.wav").read_bytes() == original
+    with pytest.raises(cdx.post.audio.AudioError, match="the output folder is the input folder"):
+        post_batch(tiny, [reels], reels)
+
+    # Any error in one input is that input's failed row; the rest of the batch goes on.
+    real = cdx.post.post_file
+
+    def flaky(separator, path, *args, **kwargs):
+        if Path(path).name == "R1.wav":
+            raise RuntimeError("libsndfile says no")
+        return real(separator, path, *args, **kwargs)
+
+    monkeypatch.setattr(cdx.post, "post_file", flaky)
+    went_on = post_batch(tiny, [reels / "R1.wav", reels / "R1_DX.wav"], tmp_path / "on")
+    assert [r.status for r in went_on] == ["failed", "done"]
+    assert went_on[0].error == f"{reels / 'R1.wav'}: libsndfile says no"
+
+
+def test_a_rerun_keeps_the_report_rows_of_skipped_reels(tiny, tmp_path):
+    """Adding a reel and rerunning kept only blank rows for the reels already done (their
+    loudness figures were lost); the report is also written after every input."""
+    reels = tmp_path / "reels"
+    write_reel(reels / "a.wav", "stereo", seconds=0.5)
+    out = tmp_path / "out"
+    first = post_batch(tiny, [reels], out)
+    write_reel(reels / "b.wav", "stereo", seconds=0.5)
+    again = post_batch(tiny, [reels], out)
+    assert [r.status for r in again] == ["skipped", "done"]
+    assert again[0].levels == first[0].levels and again[0].levels["DX"]["lufs"] is not None
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [r["status"] for r in rows] == ["skipped", "done"]
+    assert rows[0]["DX_lufs"] == str(first[0].levels["DX"]["lufs"])
