@@ -57,6 +57,7 @@ from demix.separator import (
     OutputClaims,
     SeparationError,
     Separator,
+    folder_lock,
     take_samples,
 )
 
@@ -184,12 +185,19 @@ def post_file(
             if target.resolve() == path.resolve():
                 raise SeparationError(f"{target}: output would overwrite the input")
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write(separator, path, meta, layout, names, targets, result, progress)
-        if dialogue_gain_db is not None:
-            result.remix = accessible_remix(
-                targets["dx"], targets["me"], remix_path, dialogue_gain_db, normalise
-            )
-            result.outputs.append(str(remix_path))
+        with folder_lock(out_dir) as locked:  # a second run here would adopt and cut back
+            # this run's partial files while it writes them
+            if not locked:
+                raise SeparationError(
+                    f"{out_dir}: another demix process is writing here; wait for it or "
+                    "choose another -o"
+                )
+            _write(separator, path, meta, layout, names, targets, result, progress)
+            if dialogue_gain_db is not None:
+                result.remix = accessible_remix(
+                    targets["dx"], targets["me"], remix_path, dialogue_gain_db, normalise
+                )
+                result.outputs.append(str(remix_path))
     except (audio.AudioError, SeparationError, OSError, ValueError) as exc:
         result.status, result.error = "failed", audio.one_line_error(exc, path)
     result.seconds_taken = round(time.time() - started, 2)
@@ -368,8 +376,8 @@ class _Resume:
         self._load(meta.frames)
         if not self.saved:  # starting over: partial files of an earlier, other run go
             self.file.unlink(missing_ok=True)
-            for stray in out_dir.glob(f".{path.stem}_*.wav.partial"):
-                stray.unlink(missing_ok=True)
+            for name in DELIVERABLES.values():  # exactly this input's (not R1_alt's for R1)
+                (out_dir / f".{path.stem}_{name}.wav.partial").unlink(missing_ok=True)
 
     def _load(self, total_frames: int) -> None:
         try:

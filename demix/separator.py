@@ -668,7 +668,7 @@ class Separator:
             created += missing
         with contextlib.ExitStack() as stack:
             for folder in folders:
-                if not stack.enter_context(_folder_lock(folder)):
+                if not stack.enter_context(folder_lock(folder)):
                     raise SeparationError(
                         f"{folder}: another demix process is writing stems here; "
                         "wait for it or choose another -o"
@@ -955,7 +955,7 @@ def stem_paths(
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[bool]:
+def folder_lock(folder: Path) -> Iterator[bool]:
     """Hold an exclusive advisory lock on ``folder`` (flock on the folder itself, so no lock
     file is left behind); yields False when another process holds it. Where flock is missing
     (Windows), yields True without locking."""

@@ -546,3 +546,22 @@ def test_a_rerun_keeps_the_report_rows_of_skipped_reels(tiny, tmp_path):
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert [r["status"] for r in rows] == ["skipped", "done"]
     assert rows[0]["DX_lufs"] == str(first[0].levels["DX"]["lufs"])
+
+
+def test_a_locked_output_folder_and_another_reels_partial_files(tiny, tmp_path):
+    """A second run into a folder that another is writing fails that input in one line (it
+    adopted and cut back the first run's partial files); starting R1 over leaves R1_alt's
+    partial files alone (a prefix pattern deleted them)."""
+    from demix.separator import folder_lock
+
+    write_reel(tmp_path / "R1.wav", "stereo", seconds=0.5)
+    out = tmp_path / "out"
+    out.mkdir()
+    alt = out / ".R1_alt_DX.wav.partial"
+    alt.write_bytes(b"R1_alt in progress")
+    with folder_lock(out) as held:
+        assert held
+        busy = post_file(tiny, tmp_path / "R1.wav", out)
+    assert busy.status == "failed" and "another demix process is writing here" in busy.error
+    assert post_file(tiny, tmp_path / "R1.wav", out).status == "done"
+    assert alt.read_bytes() == b"R1_alt in progress"
