@@ -614,12 +614,6 @@ def post_batch(
         audio.AudioError: ``out_dir`` is one of the input folders.
     """
     out_dir = Path(out_dir)
-    for item in inputs:  # a rerun would take the deliverables for reels (R1_DX.wav → R1_DX_DX)
-        if Path(item).is_dir() and Path(item).resolve() == out_dir.resolve():
-            raise audio.AudioError(
-                f"{out_dir}: the output folder is the input folder {item}: write the "
-                "deliverables to another folder or a subfolder (-o)"
-            )
     files = audio.find_inputs([str(i) for i in inputs], out_dir)
     durations = []
     for f, _ in files:

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,7 +279,12 @@ def find_inputs(
     (``reel1/mix.wav`` → ``OUT/reel1/...``). An empty folder is reported on stderr.
 
     Files under ``output`` (the output folder) are left out of a folder that holds it: a
-    rerun of ``demix separate reels -o reels/out`` must not separate the stems it wrote."""
+    rerun of ``demix separate reels -o reels/out`` must not separate the stems it wrote.
+
+    Raises:
+        AudioError: a folder input is the output folder itself (``check_output_folder``).
+    """
+    check_output_folder(inputs, output)
     out = Path(output).resolve() if output is not None else None
     files: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -300,6 +305,27 @@ def find_inputs(
         else:
             files.append((p, Path()))
     return files
+
+
+def check_output_folder(
+    inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None
+) -> None:
+    """Refuse an output folder that is one of the input folders: every output would be an
+    input of the next run (``reels/<track>/dialogue.wav`` separated again, a reel's
+    ``R1_DX.wav`` taken for a reel).
+
+    Raises:
+        AudioError: naming the folder and what to do instead.
+    """
+    if output is None:
+        return
+    out = Path(output).resolve()
+    for item in inputs:
+        if Path(item).is_dir() and Path(item).resolve() == out:
+            raise AudioError(
+                f"{output}: the output folder is the input folder {item}: write to another "
+                "folder or a subfolder (-o)"
+            )
 
 
 def output_folder(path: str | os.PathLike) -> Path:

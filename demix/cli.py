@@ -201,6 +201,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         return 2
     # The output folder once the command is known to be usable (a usage error makes none).
     try:
+        audio.check_output_folder(inputs, out_dir)
         audio.output_folder(out_dir)
         if args.demo:
             from demix.demo import write_demo_clip
@@ -369,6 +370,7 @@ def cmd_post(args: argparse.Namespace) -> int:
         sep = Separator.from_pretrained(
             args.model, device=args.device, backend=args.backend, batch_size=1
         )
+        audio.check_output_folder(args.inputs, args.output)
         audio.output_folder(args.output)  # (last: a usage error makes no folder)
     except (SeparationError, audio.AudioError, ValueError) as exc:
         print(f"demix: {exc}", file=sys.stderr)

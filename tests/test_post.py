@@ -565,3 +565,22 @@ def test_a_locked_output_folder_and_another_reels_partial_files(tiny, tmp_path):
     assert busy.status == "failed" and "another demix process is writing here" in busy.error
     assert post_file(tiny, tmp_path / "R1.wav", out).status == "done"
     assert alt.read_bytes() == b"R1_alt in progress"
+
+
+def test_the_input_folder_is_not_an_output_folder(tiny_checkpoint, tmp_path):
+    """``demix separate reels -o reels`` and ``demix post reels -o reels``: one line, exit 2,
+    nothing written (a rerun separated the stems of the last run as new inputs)."""
+    reels = tmp_path / "reels"
+    write_reel(reels / "R1.wav", "stereo", seconds=0.5)
+    for command in ("separate", "post"):
+        run = subprocess.run(
+            [sys.executable, "-m", "demix.cli", command, str(reels), "-o", str(reels),
+             "--model", str(tiny_checkpoint)],
+            capture_output=True, text=True, env=_env(), timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.strip().splitlines()[-1] == (
+            f"demix: {reels}: the output folder is the input folder {reels}: write to another "
+            "folder or a subfolder (-o)"
+        )
+        assert sorted(p.name for p in reels.iterdir()) == ["R1.wav"]
