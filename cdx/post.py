@@ -614,6 +614,7 @@ def post_batch(
         audio.AudioError: ``out_dir`` is one of the input folders.
     """
     out_dir = Path(out_dir)
+    audio.check_output_folder([str(i) for i in inputs], out_dir)
     files = audio.find_inputs([str(i) for i in inputs], out_dir)
     durations = []
     for f, _ in files:

@@ -280,11 +280,7 @@ def find_inputs(
 
     Files under ``output`` (the output folder) are left out of a folder that holds it: a
     rerun of ``demix separate reels -o reels/out`` must not separate the stems it wrote.
-
-    Raises:
-        AudioError: a folder input is the output folder itself (``check_output_folder``).
     """
-    check_output_folder(inputs, output)
     out = Path(output).resolve() if output is not None else None
     files: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -310,9 +306,9 @@ def find_inputs(
 def check_output_folder(
     inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None
 ) -> None:
-    """Refuse an output folder that is one of the input folders: every output would be an
-    input of the next run (``reels/<track>/dialogue.wav`` separated again, a reel's
-    ``R1_DX.wav`` taken for a reel).
+    """Refuse an output folder that is one of the input folders, where outputs sit beside
+    the inputs (``demix post``: a rerun would take a reel's ``R1_DX.wav`` for a reel).
+    ``demix separate`` allows it: its stems go into a subfolder per track.
 
     Raises:
         AudioError: naming the folder and what to do instead.

@@ -201,7 +201,6 @@ def cmd_separate(args: argparse.Namespace) -> int:
         return 2
     # The output folder once the command is known to be usable (a usage error makes none).
     try:
-        audio.check_output_folder(inputs, out_dir)
         audio.output_folder(out_dir)
         if args.demo:
             from demix.demo import write_demo_clip
