@@ -161,12 +161,18 @@ def test_cli_export_int8(tiny_checkpoint, tmp_path):
     ONNX file (it quantises checkpoints)."""
     import onnx
 
+    import demix
+
     env = dict(_env(), DEMIX_CACHE=str(tmp_path / "cache"))
+    # int8: the shipped model (-47 dB from torch on an AVX2-only CPU); the random-weight tiny
+    # model's int8 error depends on the CPU's int8 kernels (-28 dB without VNNI, past the
+    # export's -30 dB check, which then rightly refuses it)
+    shipped = Path(demix.__file__).parent / "pretrained" / "demix-small.safetensors"
     outs = {}
-    for flag in ([], ["--int8"]):
+    for flag, source in (([], tiny_checkpoint), (["--int8"], shipped)):
         out = outs[bool(flag)] = tmp_path / f"tiny{'-int8' if flag else ''}.onnx"
         run = subprocess.run(
-            [sys.executable, "-m", "demix.cli", "export", str(tiny_checkpoint), str(out), *flag],
+            [sys.executable, "-m", "demix.cli", "export", str(source), str(out), *flag],
             capture_output=True, text=True, env=env, timeout=300,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
