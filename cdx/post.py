@@ -105,6 +105,11 @@ def deliverable_paths(path: Path, out_dir: Path, deliver: Sequence[str]) -> dict
     return {d: Path(out_dir) / f"{Path(path).stem}_{DELIVERABLES[d]}.wav" for d in deliver}
 
 
+def remix_path_for(path: Path, out_dir: Path) -> Path:
+    """``out_dir/<name>_REMIX.wav``, the ``--dialogue-gain`` remix of ``path``."""
+    return Path(out_dir) / f"{Path(path).stem}_REMIX.wav"
+
+
 def layout_name(mask: int, channels: int) -> str:
     """A short description of a channel layout: ``5.1 (FL FR FC LFE SL SR)``."""
     names = " ".join(wav.speakers(mask, channels))
@@ -144,7 +149,7 @@ def post_file(
     _bound_heap()
     result = PostResult(str(path), "done")
     targets = deliverable_paths(path, out_dir, deliver)
-    remix_path = out_dir / f"{path.stem}_REMIX.wav"
+    remix_path = remix_path_for(path, out_dir)
     try:
         if dialogue_gain_db is not None and not {"dx", "me"} <= set(deliver):
             raise ValueError("--dialogue-gain remixes DX and ME: deliver dx and me")
@@ -154,7 +159,7 @@ def post_file(
             raise SeparationError("the model has no film head with dialogue, music, effects")
         wanted = [*targets.values()] + ([remix_path] if dialogue_gain_db is not None else [])
         existing = [t for t in wanted if t.exists()]
-        if not overwrite and existing and len(existing) == len(wanted):
+        if not overwrite and len(existing) == len(wanted):
             result.status = "skipped"
             result.outputs = [str(t) for t in wanted]
             return result
@@ -632,7 +637,7 @@ def post_batch(
             progress(done, total, str(f))
         targets = deliverable_paths(f, out_dir / sub, deliver).values()
         if dialogue_gain_db is not None:
-            targets = [*targets, out_dir / sub / f"{f.stem}_REMIX.wav"]
+            targets = [*targets, remix_path_for(f, out_dir / sub)]
         clash = claims.claim(f, targets)
         overwritten = next((t for t in targets if t.resolve() in batch_inputs), None)
         if clash is not None or overwritten is not None:
