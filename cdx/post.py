@@ -21,8 +21,8 @@ inference path) and writes, for the deliverables asked for, ``<name>_DX.wav`` (d
   (``demix.meter``), so memory stays flat in the input's length.
 
 With ``dialogue_gain_db``, also ``<name>_REMIX.wav``: an accessible mix (ME + DX raised),
-limited so it never clips, optionally normalised to -24 LKFS (ATSC A/85) or -23 LUFS (EBU
-R128); the stems are never normalised.
+true-peak limited to -1 dBTP, optionally normalised to -24 LKFS (ATSC A/85) or -23 LUFS (EBU
+R128) as measured after limiting; the stems are never normalised.
 
 ``post_batch`` runs a list of inputs, skipping those whose deliverables are complete,
 keeping going past bad files, and writes ``report.csv`` and ``report.json``.
@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from demix import audio, wav
-from demix.meter import LoudnessMeter, weights_for
+from demix.meter import LoudnessMeter, true_peak_oversampler, weights_for
 from demix.separator import (
     ChannelPlan,
     OutputClaims,
@@ -476,16 +476,34 @@ NORMALISE_LUFS = {"atsc": -24.0, "ebu": -23.0}  # ATSC A/85 (LKFS = LUFS), EBU R
 
 
 class PeakLimiter:
-    """A look-ahead brickwall limiter that never lets a sample past ``ceiling``.
+    """A look-ahead brickwall limiter that never lets the true peak past ``ceiling``.
 
-    The gain needed at each sample (ceiling / peak across channels, at most 1) is taken as
-    the minimum over ±``window`` samples, then averaged over a centred window of the same
-    length: every averaged value is at most the gain needed at the centre, so no output
-    sample passes the ceiling, and the gain moves smoothly (over ``window_s``) rather than
-    clipping. Offline (it looks ahead as far as it looks back); state carries across blocks.
+    The peak at each input sample is the larger of the sample itself and the oversampled
+    signal from it to the next sample (BS.1770-4 Annex 2, through the loudness meter's own
+    oversampler, ``demix.meter.true_peak_oversampler``: a sample-peak limiter let inter-sample
+    peaks read +0.1 dBTP over a -1 dBFS ceiling). The gain needed at each sample (ceiling /
+    peak across channels, at most 1) is taken as the minimum over ±``window`` samples, then
+    averaged over a centred window of the same length: every averaged value is at most the
+    gain needed at the centre, so no output sample passes the ceiling, and the gain moves
+    smoothly (over ``window_s``) rather than clipping. Offline (it looks ahead as far as it
+    looks back); state carries across blocks.
+
+    Args:
+        sample_rate: the signal's rate.
+        channels: channel count.
+        ceiling: the largest true peak let through (linear, full scale 1.0).
+        window_s: the gain's attack and release window.
+        true_peak: False limits sample peaks only.
     """
 
-    def __init__(self, sample_rate: int, channels: int, ceiling: float, window_s: float = 0.02):
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int,
+        ceiling: float,
+        window_s: float = 0.02,
+        true_peak: bool = True,
+    ):
         self.ceiling = ceiling
         self.half = max(1, int(window_s * sample_rate) // 2)
         self._input = np.zeros((channels, 0))
@@ -493,6 +511,33 @@ class PeakLimiter:
         self._started = False
         self.limited_samples = 0
         self.max_reduction_db = 0.0
+        self._factor, self._upsample = (
+            true_peak_oversampler(sample_rate, channels) if true_peak else (1, None)
+        )
+        self._sample_peaks = np.zeros(0)  # |x| of inputs still waiting for their oversampled
+        self._between_peaks = np.zeros(0)  # values (the resampler lags), and those values
+
+    def _peaks(self, block: np.ndarray, last: bool) -> np.ndarray:
+        """Peak across channels [t'] of the inputs whose oversampled values have all come out
+        of the resampler (all of them once ``last``)."""
+        sample_peaks = np.abs(block).max(axis=0) if block.shape[1] else np.zeros(0)
+        if self._upsample is None:
+            return sample_peaks
+        up = self._upsample.resample_chunk(np.ascontiguousarray(block.T, dtype=np.float32), last)
+        self._sample_peaks = np.concatenate([self._sample_peaks, sample_peaks])
+        self._between_peaks = np.concatenate(
+            [self._between_peaks, np.abs(up).max(axis=1) if len(up) else np.zeros(0)]
+        )
+        done = min(len(self._between_peaks) // self._factor, len(self._sample_peaks))
+        if last:  # the flushed resampler has given every input its values; pad any rounding
+            done = len(self._sample_peaks)
+            short = done * self._factor - len(self._between_peaks)
+            self._between_peaks = np.pad(self._between_peaks, (0, max(0, short)))
+        between = self._between_peaks[: done * self._factor].reshape(done, self._factor)
+        peaks = np.maximum(self._sample_peaks[:done], between.max(axis=1, initial=0.0))
+        self._sample_peaks = self._sample_peaks[done:]
+        self._between_peaks = self._between_peaks[done * self._factor :]
+        return peaks
 
     def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         """Feed [c, t]; returns the limited signal delayed by the look-ahead (all of it once
@@ -504,8 +549,7 @@ class PeakLimiter:
             self._input = np.zeros((block.shape[0], 2 * h))
             self._need = np.ones(2 * h)
             self._started = True
-        peak = np.abs(block).max(axis=0) if block.shape[1] else np.zeros(0)
-        need = np.minimum(1.0, self.ceiling / np.maximum(peak, 1e-12))
+        need = np.minimum(1.0, self.ceiling / np.maximum(self._peaks(block, last), 1e-12))
         self._input = np.concatenate([self._input, block], axis=1)
         self._need = np.concatenate([self._need, need])
         if last:
@@ -526,6 +570,11 @@ class PeakLimiter:
         return out
 
 
+NORMALISE_TOLERANCE_LU = 0.1  # how close to the target a normalised REMIX must come
+NORMALISE_PASSES = 8  # metering passes at most when the limiter's gain lowers the loudness
+NORMALISE_MAX_LIMITING_DB = 30.0  # gain past the unlimited answer that normalising may add
+
+
 def accessible_remix(
     dx_path: Path,
     me_path: Path,
@@ -535,12 +584,17 @@ def accessible_remix(
     ceiling_dbfs: float = -1.0,
 ) -> dict[str, float | None]:
     """Write ME + DX raised by ``dialogue_gain_db`` (an accessible "dialogue up" mix), limited
-    so that no sample passes ``ceiling_dbfs``; with ``normalise`` ("atsc" or "ebu") the
-    remix, never the stems, is first brought to −24 LKFS or −23 LUFS. Two passes over the
-    written deliverables (meter, then write), so memory stays flat.
+    so that no true peak passes ``ceiling_dbfs`` (dBTP); with ``normalise`` ("atsc" or "ebu")
+    the remix, never the stems, is brought to −24 LKFS or −23 LUFS (within
+    ``NORMALISE_TOLERANCE_LU``) *after* limiting: where the limiter's gain lowers the
+    loudness of a peaky mix, the gain is raised and the mix metered again (up to
+    ``NORMALISE_PASSES`` passes, secant steps), as a loudness processor would. Every pass
+    streams the written deliverables (meter, then write), so memory stays flat; a mix whose
+    peaks stay under the ceiling at the normalising gain takes two passes.
 
     Returns:
-        {"lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db"}.
+        {"lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db"}: the
+        written remix's figures and the gain applied before the limiter.
     """
     import soundfile as sf
 
@@ -549,6 +603,7 @@ def accessible_remix(
     depth = {"PCM_16": "16", "PCM_24": "24"}.get(info.subtype, "32f")
     names = wav.speakers(layout.channel_mask, info.channels)
     gain = 10 ** (dialogue_gain_db / 20)
+    ceiling = 10 ** (ceiling_dbfs / 20)
 
     def remixed():
         with sf.SoundFile(os.fsencode(dx_path)) as dx, sf.SoundFile(os.fsencode(me_path)) as me:
@@ -559,31 +614,47 @@ def accessible_remix(
                     return
                 yield (b + gain * a).T
 
+    def render(norm_db: float, writer: wav.WavWriter | None) -> tuple[LoudnessMeter, PeakLimiter]:
+        """The limited remix at ``norm_db`` metered (its loudness only when not written),
+        and written when ``writer`` is given."""
+        scale = 10 ** (norm_db / 20)
+        limiter = PeakLimiter(info.samplerate, info.channels, ceiling)
+        final = LoudnessMeter(
+            info.samplerate, info.channels, weights_for(names), true_peak=writer is not None
+        )
+
+        def emit(block: np.ndarray) -> None:
+            if writer is not None and depth == "32f":
+                writer.write_floats(block)
+            elif writer is not None:  # meter what the file holds: the quantised samples
+                ints = audio.quantise(block, int(depth))
+                writer.write_ints(ints)
+                block = ints / float(1 << (int(depth) - 1))
+            final.add(block)
+
+        for block in remixed():
+            emit(limiter.process(block * scale))
+        emit(limiter.process(np.zeros((info.channels, 0)), last=True))
+        return final, limiter
+
     meter = LoudnessMeter(info.samplerate, info.channels, weights_for(names))
     for block in remixed():
         meter.add(block)
     level = meter.integrated_lufs()
     norm_db = 0.0
     if normalise is not None and np.isfinite(level):
-        norm_db = NORMALISE_LUFS[normalise] - level
-    scale = 10 ** (norm_db / 20)
-    limiter = PeakLimiter(info.samplerate, info.channels, 10 ** (ceiling_dbfs / 20))
-    final = LoudnessMeter(info.samplerate, info.channels, weights_for(names))
+        norm_db = _normalising_gain_db(
+            lambda gain_db: render(gain_db, None),
+            NORMALISE_LUFS[normalise],
+            level,
+            meter.true_peak_dbtp(),
+            ceiling_dbfs,
+        )
     writer = wav.WavWriter(
         out_path, info.samplerate, info.channels, depth, layout.channel_mask, layout.chunks
     )
-
-    def emit(block: np.ndarray) -> None:
-        final.add(block)
-        if depth == "32f":
-            writer.write_floats(block)
-        else:
-            writer.write_ints(audio.quantise(block, int(depth)))
-
     try:
-        for block in remixed():
-            emit(limiter.process(block * scale))
-        emit(limiter.process(np.zeros((info.channels, 0)), last=True))
+        final, limiter = render(norm_db, writer)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -595,6 +666,59 @@ def accessible_remix(
         "limited_samples": limiter.limited_samples,
         "max_reduction_db": round(limiter.max_reduction_db, 2),
     }
+
+
+def _normalising_gain_db(
+    limited: Callable[[float], tuple[LoudnessMeter, PeakLimiter]],
+    target_lufs: float,
+    level_lufs: float,
+    true_peak_dbtp: float,
+    ceiling_dbfs: float,
+) -> float:
+    """The gain (dB) before the limiter that brings the limited mix to ``target_lufs``.
+
+    ``level_lufs`` and ``true_peak_dbtp`` are the unlimited mix's; ``limited(gain_db)``
+    meters the limited mix at a gain. Without limiting the answer is ``target - level``
+    exactly; limiting only ever lowers the loudness, and more gain never lowers it, so the
+    search brackets the answer from there upwards (doubling steps) and then closes in by
+    regula falsi (Illinois), within ``NORMALISE_PASSES`` passes and at most
+    ``NORMALISE_MAX_LIMITING_DB`` above the unlimited answer; the closest pass wins.
+    """
+    low = target_lufs - level_lufs
+    if true_peak_dbtp + low < ceiling_dbfs:  # nothing will be limited: the loudness is exact
+        return low
+    tried: list[tuple[float, float]] = []  # (gain dB, limited loudness LUFS)
+
+    def miss(gain_db: float) -> float:
+        meter, limiter = limited(gain_db)
+        lufs = meter.integrated_lufs()
+        tried.append((gain_db, lufs))
+        return 0.0 if limiter.limited_samples == 0 else lufs - target_lufs
+
+    low_miss = miss(low)
+    high = high_miss = None
+    step = -low_miss
+    side = ""  # the end the last pass moved
+    while abs(low_miss) > NORMALISE_TOLERANCE_LU and len(tried) < NORMALISE_PASSES:
+        if high is None:  # bracket: each step twice the last, from the shortfall on
+            gain_db = min(low + step, target_lufs - level_lufs + NORMALISE_MAX_LIMITING_DB)
+            step *= 2
+        else:  # regula falsi between the bracket's ends
+            gain_db = low - low_miss * (high - low) / (high_miss - low_miss)
+        gain_miss = miss(gain_db)
+        if abs(gain_miss) <= NORMALISE_TOLERANCE_LU:
+            break
+        if gain_miss < 0:
+            if high is None and gain_db <= low:
+                break  # at the cap and still short: the closest pass wins
+            if side == "low" and high is not None:
+                high_miss /= 2  # Illinois: the end that stays twice is weighed down
+            low, low_miss, side = gain_db, gain_miss, "low"
+        else:
+            if side == "high":
+                low_miss /= 2
+            high, high_miss, side = gain_db, gain_miss, "high"
+    return min(tried, key=lambda t: abs(t[1] - target_lufs))[0]
 
 
 def post_batch(

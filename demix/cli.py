@@ -778,12 +778,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dialogue-gain",
         type=float,
         metavar="DB",
-        help="also write <name>_REMIX.wav: ME + DX raised by DB (e.g. 6), limited below -1 dBFS",
+        help="also write <name>_REMIX.wav: ME + DX raised by DB (e.g. 6), limited to -1 dBTP",
     )
     q.add_argument(
         "--normalise",
         choices=["atsc", "ebu"],
-        help="bring that remix (never the stems) to -24 LKFS (ATSC A/85) or -23 LUFS (EBU R128)",
+        help="bring that remix (never the stems), as limited, to -24 LKFS (ATSC A/85) or "
+        "-23 LUFS (EBU R128)",
     )
     q.add_argument("--model", default="demix-small", help="embedded name or checkpoint path")
     q.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -26,6 +26,20 @@ def weights_for(names: Sequence[str]) -> list[float]:
     return [SPEAKER_WEIGHTS.get(name, 1.0) for name in names]
 
 
+def true_peak_oversampler(
+    sample_rate: int, channels: int
+) -> tuple[int, soxr.ResampleStream | None]:
+    """The oversampling factor that BS.1770-4 Annex 2's true peak needs at ``sample_rate``
+    (to at least 192 kHz: 4 at 48 kHz) and a streaming resampler to it (None when the rate
+    is already that high). Its output is aligned with its input (output sample j is at input
+    time j / factor) and lags it by the filter's delay; the meter and the REMIX limiter
+    (``cdx.post.PeakLimiter``) share it, so the limiter holds what the meter reads."""
+    factor = max(1, int(np.ceil(192000 / sample_rate)))
+    if factor == 1:
+        return 1, None
+    return factor, soxr.ResampleStream(sample_rate, sample_rate * factor, channels, "float32", "HQ")
+
+
 class LoudnessMeter:
     """Feed blocks [c, t] with ``add``; read integrated loudness, loudness range, true peak.
 
@@ -33,9 +47,17 @@ class LoudnessMeter:
         sample_rate: the signal's rate.
         channels: channel count.
         weights: BS.1770 weight per channel (default: 1 each; see ``weights_for``).
+        true_peak: False skips the oversampling (most of the meter's time) and reads the
+            sample peak instead.
     """
 
-    def __init__(self, sample_rate: int, channels: int, weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int,
+        weights: Sequence[float] | None = None,
+        true_peak: bool = True,
+    ):
         self.sample_rate, self.channels = sample_rate, channels
         self.weights = np.asarray(weights if weights is not None else [1.0] * channels)
         meter = pyloudnorm.Meter(sample_rate)
@@ -47,12 +69,7 @@ class LoudnessMeter:
         # of 72,000 small arrays per two hours and meter took 60 MB of object headers)
         self._powers = np.zeros((1024, channels))
         self._steps = 0
-        factor = max(1, int(np.ceil(192000 / sample_rate)))
-        self._upsample = (
-            soxr.ResampleStream(sample_rate, sample_rate * factor, channels, "float32", "HQ")
-            if factor > 1
-            else None
-        )
+        self._upsample = true_peak_oversampler(sample_rate, channels)[1] if true_peak else None
         self._peak = 0.0
 
     def add(self, block: np.ndarray) -> None:
@@ -143,7 +160,8 @@ class LoudnessMeter:
         return float(np.percentile(short, 95) - np.percentile(short, 10))
 
     def true_peak_dbtp(self) -> float:
-        """True peak (BS.1770-4 Annex 2, oversampled to at least 192 kHz) in dBTP."""
+        """True peak (BS.1770-4 Annex 2, oversampled to at least 192 kHz) in dBTP (the sample
+        peak in dBFS for a meter made with ``true_peak=False``)."""
         return 20 * float(np.log10(self._peak)) if self._peak > 0 else float("-inf")
 
 
