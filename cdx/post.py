@@ -9,7 +9,8 @@ inference path) and writes, for the deliverables asked for, ``<name>_DX.wav`` (d
   DX + ME and DX + MX + FX give the input back sample for sample (counted and reported
   where a difference would pass full scale and had to be clipped). 32-bit float inputs give
   float deliverables, exact to float rounding.
-- **Format kept**: rate, bit depth (16, 24, 32f), length, channel mask
+- **Format kept**: rate, bit depth (16, 24, 32f; a video's PCM depth too; 32-bit integer
+  inputs are delivered as 24-bit, so they null to within a 24-bit step), length, channel mask
   (WAVE_FORMAT_EXTENSIBLE), RF64 past 4 GiB, and the input's ``bext`` and ``iXML`` chunks
   (description, originator, date, time reference: the stems land on the timeline at the
   input's timecode) copied byte for byte into every deliverable (``demix.wav``).

@@ -32,7 +32,9 @@ FFMPEG_EXTENSIONS = {
 }  # fmt: skip
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
-# soundfile subtype → our bit-depth name; anything else (mp3, vorbis, opus, ffmpeg) → "24".
+# soundfile subtype → our bit-depth name; anything else (mp3, vorbis, opus) → "24" (ffmpeg's
+# containers: _ffmpeg_bit_depth). 32-bit integers are written as 24-bit (no 32-bit integer
+# output: float32 would not hold them exactly either).
 _SUBTYPE_BITS = {
     "PCM_16": "16",
     "PCM_U8": "16",
@@ -143,7 +145,26 @@ def _ffprobe(path: Path) -> AudioInfo:
     if frames <= 0:  # no usable duration in the header: count by decoding (streamed)
         frames = sum(b.shape[1] for b in _ffmpeg_blocks(path, rate, channels, 1 << 16))
     _check(path, rate, channels, frames)
-    return AudioInfo(path, rate, channels, frames, "24", "ffmpeg", (), _ffmpeg_timecode(text))
+    depth = _ffmpeg_bit_depth(line)
+    return AudioInfo(path, rate, channels, frames, depth, "ffmpeg", (), _ffmpeg_timecode(text))
+
+
+def _ffmpeg_bit_depth(line: str) -> str:
+    """Our bit-depth name for a container's audio stream line (``... Audio: pcm_s16le, 48000
+    Hz, stereo, s16 ...``): float PCM → "32f", 16-bit or 8-bit samples (PCM, FLAC, ALAC) → "16",
+    anything else (24/32-bit PCM, lossy codecs) → "24", as for soundfile's subtypes. The
+    decode goes through float32, which holds 16- and 24-bit samples exactly, so stems at
+    the input's depth sum back to it exactly."""
+    fields = [part.strip() for part in line.split("Audio:", 1)[1].split(",")]
+    codec = fields[0].split()[0] if fields and fields[0] else ""
+    if codec.startswith(("pcm_f32", "pcm_f64")):
+        return "32f"
+    sample_format = fields[3].split()[0] if len(fields) > 3 and fields[3] else ""
+    if codec.startswith(("pcm_s16", "pcm_u16", "pcm_s8", "pcm_u8")) or sample_format in (
+        "s16", "s16p", "u8", "u8p",
+    ):  # fmt: skip
+        return "16"
+    return "24"
 
 
 _NTSC_RATES = {"23.98": 24000 / 1001, "29.97": 30000 / 1001, "47.95": 48000 / 1001,

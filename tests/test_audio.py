@@ -432,6 +432,39 @@ def test_ffmpeg_layout_names_give_their_channel_count(line: str, channels: int) 
     assert audio._ffmpeg_channels(line, Path("reel.mkv")) == channels
 
 
+@pytest.mark.parametrize(
+    ("line", "bit_depth"),
+    [
+        ("Stream #0:1: Audio: aac (LC), 48000 Hz, 5.1, fltp, 384 kb/s", "24"),
+        ("Stream #0:0: Audio: flac, 44100 Hz, 4.1, s16", "16"),
+        ("Stream #0:0: Audio: flac, 48000 Hz, stereo, s32 (24 bit)", "24"),
+        (
+            "Stream #0:1[0x2](und): Audio: pcm_s16le (sowt / 0x74776F73), 48000 Hz, 5.1, s16, "
+            "4608 kb/s",
+            "16",
+        ),  # fmt: skip
+        ("Stream #0:0: Audio: pcm_s24le (in24 / 0x34326E69), 48000 Hz, 5.1, s32 (24 bit)", "24"),
+        ("Stream #0:0: Audio: pcm_f32le, 48000 Hz, stereo, flt, 3072 kb/s", "32f"),
+        ("Stream #0:0: Audio: alac (alac / 0x63616C61), 44100 Hz, stereo, s16p", "16"),
+    ],
+)
+def test_ffmpeg_streams_report_their_bit_depth(line: str, bit_depth: str) -> None:
+    assert audio._ffmpeg_bit_depth(line) == bit_depth
+
+
+def test_a_16_bit_movie_gives_16_bit_stems_that_null(tmp_path) -> None:
+    """pcm_s16le in a QuickTime file: read as 16-bit (it was reported and written as 24)."""
+    rng = np.random.default_rng(5)
+    source = tmp_path / "mix.wav"
+    sf.write(source, 0.3 * rng.standard_normal((RATE, 2)), RATE, subtype="PCM_16")
+    movie = tmp_path / "mix.mov"
+    mux_with_video(source, movie, "pcm_s16le")
+    assert audio.info(movie).bit_depth == "16"
+    decoded, _ = audio.read(movie)
+    expected, _ = audio.read(source)
+    np.testing.assert_array_equal(decoded, expected)  # float32 holds 16-bit samples exactly
+
+
 def test_an_unknown_ffmpeg_layout_is_refused_not_downmixed() -> None:
     with pytest.raises(audio.AudioError, match=r"reel\.mkv: unknown channel layout 'ambisonic 3'"):
         audio._ffmpeg_channels(
