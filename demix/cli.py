@@ -575,7 +575,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         from apps.demo import Limits, launch
     except ImportError as exc:
-        print(f"demix demo needs the app extra: pip install 'demix[app]' ({exc})", file=sys.stderr)
+        print(
+            f"demix demo: {exc}; gradio is a dependency of demix: reinstall it "
+            "(pip install -e . in a checkout)",
+            file=sys.stderr,
+        )
         return 2
     from demix.separator import SeparationError
 
