@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,9 @@ from demix.separator import (
     SeparationError,
     Separator,
     group_by_folders,
+    output_names,
     stem_paths,
+    without_earlier_stems,
 )
 
 
@@ -131,6 +133,7 @@ def separate_catalogue(
     separator_options: dict[str, Any] | None = None,
     progress: Callable[[float, float, int, int], None] | None = None,
     outputs: Sequence[str] | None = None,
+    heads: Mapping[str, Sequence[str]] | None = None,
 ) -> list[CatalogueResult]:
     """Separate every input on a Ray cluster; returns (and writes) the report.
 
@@ -150,6 +153,9 @@ def separate_catalogue(
         outputs: the output names of ``head`` and ``stems``, where the caller has loaded the
             model and checked them already (the CLI has); otherwise the driver loads it once
             to check them.
+        heads: the model's heads (its ``Separator.heads``), given with ``outputs``: the
+            stems of an earlier run among the inputs are left out by every name they can
+            have (``without_earlier_stems``).
 
     Raises:
         SeparationError: Ray is not installed, the cluster cannot be reached or has no room
@@ -161,14 +167,16 @@ def separate_catalogue(
     except ImportError as exc:
         raise SeparationError("--ray needs Ray: pip install 'demix[ray]'") from exc
     out_dir = Path(out_dir)
-    if outputs is None:  # checked here, before any work: the model, head and stems
-        outputs = Separator.from_pretrained(model, backend=backend).plan(head, stems).outputs
+    if outputs is None or heads is None:  # checked here, before any work: model, head, stems
+        checked = Separator.from_pretrained(model, backend=backend)
+        outputs, heads = checked.plan(head, stems).outputs, checked.heads
     settings = dict(head=head, stems=list(stems) if stems else None, fmt=fmt,
                     bit_depth=bit_depth, overwrite=overwrite, filename=filename,
                     bitrate_kbps=bitrate_kbps)  # fmt: skip
     audio.subtype_for(fmt, bit_depth or "24")  # a bad format or depth: refused up front
     gpu = device.startswith("cuda")
-    jobs, results = _plan(inputs, out_dir, outputs, fmt, filename, overwrite)
+    names = output_names(heads)
+    jobs, results = _plan(inputs, out_dir, outputs, fmt, filename, overwrite, names)
     total_s = sum(j.duration_s for j in jobs)
     done_s, files = 0.0, sum(len(j.files) for j in jobs) + len(results)
     if progress is not None:
@@ -271,12 +279,14 @@ def _failed(job: _Job, why: str) -> list[CatalogueResult]:
             for f in job.files]  # fmt: skip
 
 
-def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bool):
+def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bool, names=None):
     """The jobs to run (files grouped by shared output folders), and the rows already known
-    (skipped, or stems clashing with another input's)."""
+    (skipped, or stems clashing with another input's); files that are an input's stems by
+    one of ``names`` (default: ``outputs``) are no inputs."""
     items, results = [], []
     claims = OutputClaims()
-    for path, subfolder in audio.find_inputs([str(i) for i in inputs], out_dir):
+    found = audio.find_inputs([str(i) for i in inputs], out_dir)
+    for path, subfolder in without_earlier_stems(found, out_dir, names or outputs, filename):
         folder = out_dir / subfolder
         targets = stem_paths(path, folder, outputs, fmt, filename)
         clash = claims.claim(path, targets.values())

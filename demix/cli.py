@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -130,7 +131,14 @@ class _BatchProgress:
 
 def cmd_separate(args: argparse.Namespace) -> int:
     """Separate every input; one line per failure, a summary at the end."""
-    from demix.separator import OutputClaims, SeparationError, Separator, stem_paths
+    from demix.separator import (
+        OutputClaims,
+        SeparationError,
+        Separator,
+        output_names,
+        stem_paths,
+        without_earlier_stems,
+    )
 
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -214,9 +222,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
     if args.ray is not None:
         if args.overlap is not None:
             options["overlap_seconds"] = args.overlap * sep.chunk_samples / sep.sample_rate
+        heads = sep.heads
         del sep  # each Ray actor loads its own
-        return _separate_on_ray(args, inputs, out_dir, options, outputs)
-    files = audio.find_inputs(inputs, out_dir)
+        return _separate_on_ray(args, inputs, out_dir, options, outputs, heads)
+    files = without_earlier_stems(
+        audio.find_inputs(inputs, out_dir), out_dir, output_names(sep.heads), args.filename
+    )
     ok, failed = [], []
     claims = OutputClaims()  # stem file → the input of this batch that writes it
     jobs, labels = [], {}
@@ -294,7 +305,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
 
 
 def _separate_on_ray(
-    args: argparse.Namespace, inputs: list[str], out_dir: Path, options: dict, outputs
+    args: argparse.Namespace,
+    inputs: list[str],
+    out_dir: Path,
+    options: dict,
+    outputs: Sequence[str],
+    heads: Mapping[str, Sequence[str]],
 ) -> int:
     """``demix separate --ray``: the batch on a Ray cluster (``demix.catalogue``)."""
     from demix.catalogue import separate_catalogue
@@ -318,7 +334,7 @@ def _separate_on_ray(
             bitrate_kbps=args.mp3_bitrate, overwrite=args.overwrite,
             address=None if args.ray == "local" else args.ray, workers=args.workers,
             threads_per_worker=args.jobs or 1, device=args.device, backend=args.backend,
-            separator_options=options, progress=progress, outputs=outputs,
+            separator_options=options, progress=progress, outputs=outputs, heads=heads,
         )  # fmt: skip
     except (SeparationError, audio.AudioError, ValueError, OSError) as exc:
         bar.close()

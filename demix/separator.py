@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -911,6 +911,34 @@ def group_by_folders(items: Sequence, folders: Callable[[object], Iterable[Path]
     for i, item in enumerate(items):
         groups.setdefault(root(i), []).append(item)
     return list(groups.values())
+
+
+def output_names(heads: Mapping[str, Sequence[str]]) -> set[str]:
+    """Every name a stem file of a model with these heads can have (its stems, ``rest`` and
+    ``<head>_rest``), whatever stems a run asks for."""
+    return {s for stems in heads.values() for s in stems} | {"rest"} | {f"{h}_rest" for h in heads}
+
+
+def without_earlier_stems(
+    files: Sequence[tuple[Path, Path]],
+    out_dir: str | os.PathLike,
+    names: Iterable[str],
+    filename: str = DEFAULT_FILENAME,
+) -> list[tuple[Path, Path]]:
+    """``files`` (``audio.find_inputs``: file, output subfolder) without those that are the
+    stems of another of them, as ``filename`` places them (any of ``names``, any output
+    format): with ``-o`` the input folder, the stems of the last run sit among the inputs,
+    and a rerun must not separate them (``reel/mix/dialogue.wav`` became an input of its
+    own)."""
+    names = sorted(names)
+    written: set[Path] = set()
+    for path, subfolder in files:
+        folder = Path(out_dir) / subfolder
+        for fmt in audio.OUTPUT_FORMATS:
+            with contextlib.suppress(SeparationError, ValueError):  # a name it cannot use
+                targets = stem_paths(path, folder, names, fmt, filename)
+                written.update(p.resolve() for p in targets.values())
+    return [(path, sub) for path, sub in files if path.resolve() not in written]
 
 
 def stem_paths(

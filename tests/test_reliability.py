@@ -130,6 +130,22 @@ def test_output_folder_equal_to_the_input_folder(tiny_checkpoint, tmp_path):
     _separated_ok(run_cli(tiny_checkpoint, folder, "-o", folder))
     assert source.read_bytes() == before  # the input is untouched
     assert_sums_to(stem_paths(folder / "mix", CDX_STEMS), source)
+    # A rerun finds the stems among the inputs and leaves them alone (it separated
+    # reel/mix/dialogue.wav into reel/mix/dialogue/...), with --overwrite too, and with the
+    # stems beside the input by a template.
+    stems_before = sorted(p.name for p in (folder / "mix").iterdir())
+    again = run_cli(tiny_checkpoint, folder, "-o", folder)
+    assert again.returncode == 1  # mix.wav's stems exist: one line about them, no other input
+    assert [ln for ln in again.stderr.splitlines() if "error" in ln] == [
+        f"demix: error: {folder / 'mix' / 'dialogue.wav'}: exists (use --overwrite to replace it)"
+    ]
+    _separated_ok(run_cli(tiny_checkpoint, folder, "-o", folder, "--overwrite"))
+    assert sorted(p.name for p in (folder / "mix").iterdir()) == stems_before
+    template = ["--filename", "{track}_{stem}.{ext}", "--stems", "dialogue", "--overwrite"]
+    for _ in range(2):
+        _separated_ok(run_cli(tiny_checkpoint, folder, "-o", folder, *template))
+    assert sorted(p.name for p in folder.iterdir()) == ["mix", "mix.wav", "mix_dialogue.wav",
+                                                        "mix_rest.wav"]  # fmt: skip
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
