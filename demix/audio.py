@@ -151,8 +151,9 @@ def _ffprobe(path: Path) -> AudioInfo:
 
 def _ffmpeg_bit_depth(line: str) -> str:
     """Our bit-depth name for a container's audio stream line (``... Audio: pcm_s16le, 48000
-    Hz, stereo, s16 ...``): float PCM → "32f", 16-bit or 8-bit samples (PCM, FLAC, ALAC) → "16",
-    anything else (24/32-bit PCM, lossy codecs) → "24", as for soundfile's subtypes. The
+    Hz, stereo, s16 ...``): 32/64-bit float PCM → "32f"; 16-bit or 8-bit samples (PCM, FLAC,
+    ALAC, and the codecs that decode to them, e.g. mu-law) → "16"; anything else (24/32-bit
+    PCM, codecs that decode to float such as AAC or Opus) → "24", as for soundfile. The
     decode goes through float32, which holds 16- and 24-bit samples exactly, so stems at
     the input's depth sum back to it exactly."""
     fields = [part.strip() for part in line.split("Audio:", 1)[1].split(",")]

@@ -25,6 +25,7 @@ import math
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -929,16 +930,30 @@ def without_earlier_stems(
     stems of another of them, as ``filename`` places them (any of ``names``, any output
     format): with ``-o`` the input folder, the stems of the last run sit among the inputs,
     and a rerun must not separate them (``reel/mix/dialogue.wav`` became an input of its
-    own)."""
+    own). Only files under ``out_dir`` can be stems, so other batches cost nothing; what is
+    left out is said in one line on stderr."""
+    out = Path(out_dir).resolve()
+    inside = {path.resolve() for path, _ in files if path.resolve().is_relative_to(out)}
+    if not inside:
+        return list(files)
     names = sorted(names)
-    written: set[Path] = set()
+    stems_of: dict[Path, Path] = {}  # stem file → the input it belongs to
     for path, subfolder in files:
-        folder = Path(out_dir) / subfolder
         for fmt in audio.OUTPUT_FORMATS:
             with contextlib.suppress(SeparationError, ValueError):  # a name it cannot use
-                targets = stem_paths(path, folder, names, fmt, filename)
-                written.update(p.resolve() for p in targets.values())
-    return [(path, sub) for path, sub in files if path.resolve() not in written]
+                targets = stem_paths(path, out / subfolder, names, fmt, filename)
+                for target in targets.values():
+                    if target in inside and target != path.resolve():
+                        stems_of[target] = path
+    kept = [(path, sub) for path, sub in files if path.resolve() not in stems_of]
+    if stems_of:
+        first = sorted(stems_of)[0]
+        print(
+            f"demix: left out {len(stems_of)} file(s) that are stems of other inputs, written "
+            f"by an earlier run (e.g. {first}, of {stems_of[first]})",
+            file=sys.stderr,
+        )
+    return kept
 
 
 def stem_paths(

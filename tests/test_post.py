@@ -605,7 +605,17 @@ def test_limiter_holds_the_true_peak_that_the_meter_reads():
         meter.add(out)
         readings[true_peak] = meter.true_peak_dbtp()
     assert readings[False] > -0.2
-    assert -1.05 < readings[True] <= -1.0 + 0.01
+    assert -1.05 < readings[True] <= -1.0
+    # gated high-frequency bursts: the gain's own movement lifts the true peak between
+    # samples (by 0.004 dB without the limiter's margin)
+    rng = np.random.default_rng(2)
+    bursts = np.sin(2 * np.pi * 15000 * t + rng.uniform(0, 6, (2, 1))) * (t % 0.05 < 0.01)
+    limiter = PeakLimiter(RATE, 2, ceiling=10 ** (-1 / 20))
+    meter = LoudnessMeter(RATE, 2)
+    meter.add(
+        np.concatenate([limiter.process(2 * bursts), limiter.process(bursts[:, :0], True)], 1)
+    )
+    assert -1.1 < meter.true_peak_dbtp() <= -1.0
 
 
 def test_normalised_remix_reaches_its_target_after_limiting(tmp_path):
@@ -627,8 +637,9 @@ def test_normalised_remix_reaches_its_target_after_limiting(tmp_path):
     for normalise, target in (("ebu", -23.0), ("atsc", -24.0)):
         out = tmp_path / f"{normalise}.wav"
         figures = accessible_remix(tmp_path / "dx.wav", tmp_path / "me.wav", out, 6.0, normalise)
-        assert abs(figures["lufs"] - target) <= NORMALISE_TOLERANCE_LU, figures
-        assert figures["dbtp"] <= -1.0 + 0.01 and figures["max_reduction_db"] > 6, figures
+        # (the figures are rounded to 0.01)
+        assert abs(figures["lufs"] - target) <= NORMALISE_TOLERANCE_LU + 0.01, figures
+        assert figures["dbtp"] <= -1.0 and figures["max_reduction_db"] > 6, figures
         remix = read_ints(out, "24") / 2**23
         meter = LoudnessMeter(RATE, 2)
         meter.add(remix)  # the figures are the file's

@@ -136,6 +136,7 @@ def test_output_folder_equal_to_the_input_folder(tiny_checkpoint, tmp_path):
     stems_before = sorted(p.name for p in (folder / "mix").iterdir())
     again = run_cli(tiny_checkpoint, folder, "-o", folder)
     assert again.returncode == 1  # mix.wav's stems exist: one line about them, no other input
+    assert "left out 3 file(s) that are stems of other inputs" in again.stderr
     assert [ln for ln in again.stderr.splitlines() if "error" in ln] == [
         f"demix: error: {folder / 'mix' / 'dialogue.wav'}: exists (use --overwrite to replace it)"
     ]
