@@ -127,6 +127,7 @@ def post_file(
     progress: Callable[[float], None] | None = None,
     dialogue_gain_db: float | None = None,
     normalise: str | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> PostResult:
     """Write the deliverables of one input (see the module docstring).
 
@@ -140,6 +141,9 @@ def post_file(
         dialogue_gain_db: also write ``<name>_REMIX.wav``, ME + DX raised by this much
             (needs dx and me), limited below -1 dBFS (``accessible_remix``).
         normalise: "atsc" (-24 LKFS) or "ebu" (-23 LUFS) for that remix.
+        stage: called with what the remix is doing once the deliverables are written
+            ("REMIX: metering pass 2", "REMIX: writing"): each pass over a two-hour reel
+            takes minutes.
 
     Returns:
         The report row; failures are returned as status "failed" with the one-line reason,
@@ -201,7 +205,12 @@ def post_file(
             _write(separator, path, meta, layout, names, targets, result, progress)
             if dialogue_gain_db is not None:
                 result.remix = accessible_remix(
-                    targets["dx"], targets["me"], remix_path, dialogue_gain_db, normalise
+                    targets["dx"],
+                    targets["me"],
+                    remix_path,
+                    dialogue_gain_db,
+                    normalise,
+                    stage=stage,
                 )
                 result.outputs.append(str(remix_path))
     except (audio.AudioError, SeparationError, OSError, ValueError) as exc:
@@ -588,6 +597,7 @@ def accessible_remix(
     dialogue_gain_db: float,
     normalise: str | None = None,
     ceiling_dbfs: float = -1.0,
+    stage: Callable[[str], None] | None = None,
 ) -> dict[str, float | None]:
     """Write ME + DX raised by ``dialogue_gain_db`` (an accessible "dialogue up" mix), limited
     so that no true peak passes ``ceiling_dbfs`` (dBTP); with ``normalise`` ("atsc" or "ebu")
@@ -598,10 +608,13 @@ def accessible_remix(
     streams the written deliverables (meter, then write), so memory stays flat; a mix whose
     peaks stay under the ceiling at the normalising gain takes two passes.
 
+    ``stage``, if given, is called with each pass's name before it starts.
+
     Returns:
         {"lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db"}: the
         written remix's figures and the gain applied before the limiter.
     """
+    say = stage or (lambda _: None)
     import soundfile as sf
 
     layout = wav.read_layout(dx_path)
@@ -643,14 +656,21 @@ def accessible_remix(
         emit(limiter.process(np.zeros((info.channels, 0)), last=True))
         return final, limiter
 
+    say("REMIX: metering")
     meter = LoudnessMeter(info.samplerate, info.channels, weights_for(names))
     for block in remixed():
         meter.add(block)
     level = meter.integrated_lufs()
     norm_db = 0.0
+    passes = iter(range(1, NORMALISE_PASSES + 1))
+
+    def metering_pass(gain_db: float) -> tuple[LoudnessMeter, PeakLimiter]:
+        say(f"REMIX: normalising, pass {next(passes)} of at most {NORMALISE_PASSES}")
+        return render(gain_db, None)
+
     if normalise is not None and np.isfinite(level):
         norm_db = _normalising_gain_db(
-            lambda gain_db: render(gain_db, None),
+            metering_pass,
             NORMALISE_LUFS[normalise],
             level,
             meter.true_peak_dbtp(),
@@ -659,6 +679,7 @@ def accessible_remix(
     writer = wav.WavWriter(
         out_path, info.samplerate, info.channels, depth, layout.channel_mask, layout.chunks
     )
+    say("REMIX: writing")
     try:
         final, limiter = render(norm_db, writer)
         writer.commit()
@@ -746,7 +767,8 @@ def post_batch(
     """``post_file`` for every input (folders searched recursively, subfolders mirrored under
     ``out_dir``); writes ``out_dir/report.csv`` and ``report.json``.
 
-    ``progress(done_seconds, total_seconds, file)`` follows the whole batch. The report is
+    ``progress(done_seconds, total_seconds, file)`` follows the whole batch (while a
+    reel's REMIX passes run, ``file`` says which: "R1.wav (REMIX: writing)"). The report is
     rewritten after every input; an input skipped because its deliverables are complete
     keeps its row from the last run's report. Existing files are never replaced without
     ``overwrite``, nor an input of the batch even with it.
@@ -796,11 +818,16 @@ def post_batch(
             if progress is not None:
                 progress(done, total, str(f))
 
+        def stage(what: str, f=f) -> None:  # the remix's passes, after the reel's seconds
+            if progress is not None:
+                progress(done, total, f"{f} ({what})")  # noqa: B023 - the running total, now
+
         before = done
         try:
             result = post_file(
-                separator, f, out_dir / sub, deliver, overwrite, step, dialogue_gain_db, normalise
-            )
+                separator, f, out_dir / sub, deliver, overwrite, step, dialogue_gain_db,
+                normalise, stage,
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one bad input never stops the batch
             result = PostResult(str(f), "failed", error=audio.one_line_error(exc, f))
         if result.status == "skipped" and str(f) in previous:  # keep the run that made them

@@ -644,3 +644,17 @@ def test_normalised_remix_reaches_its_target_after_limiting(tmp_path):
         meter = LoudnessMeter(RATE, 2)
         meter.add(remix)  # the figures are the file's
         assert abs(meter.integrated_lufs() - figures["lufs"]) < 0.01
+
+
+def test_the_remix_passes_show_in_the_progress(tiny, tmp_path):
+    """After the reel's seconds, the REMIX's passes (minutes each on a two-hour reel) are
+    named in the progress instead of a bar standing at 100 %."""
+    write_reel(tmp_path / "in" / "R1.wav", "stereo", seconds=2.0)
+    seen = []
+    results = post_batch(
+        tiny, [tmp_path / "in"], tmp_path / "out", progress=lambda d, t, name: seen.append(name),
+        dialogue_gain_db=6.0, normalise="ebu",
+    )  # fmt: skip
+    assert results[0].status == "done", results[0].error
+    stages = [name.split(" (", 1)[1] for name in seen if " (" in name]
+    assert stages[0] == "REMIX: metering)" and stages[-1] == "REMIX: writing)", stages
