@@ -605,8 +605,9 @@ def accessible_remix(
     ``NORMALISE_TOLERANCE_LU``) *after* limiting: where the limiter's gain lowers the
     loudness of a peaky mix, the gain is raised and the mix metered again (up to
     ``NORMALISE_PASSES`` passes, secant steps), as a loudness processor would. Every pass
-    streams the written deliverables (meter, then write), so memory stays flat; a mix whose
-    peaks stay under the ceiling at the normalising gain takes two passes.
+    streams the written deliverables, so memory stays flat: one pass without ``normalise``;
+    with it, a mix whose peaks stay under the ceiling at the normalising gain takes two
+    (meter, then write).
 
     ``stage``, if given, is called with each pass's name before it starts.
 
@@ -656,26 +657,27 @@ def accessible_remix(
         emit(limiter.process(np.zeros((info.channels, 0)), last=True))
         return final, limiter
 
-    say("REMIX: metering")
-    meter = LoudnessMeter(info.samplerate, info.channels, weights_for(names))
-    for block in remixed():
-        meter.add(block)
-    level = meter.integrated_lufs()
     norm_db = 0.0
-    passes = iter(range(1, NORMALISE_PASSES + 1))
+    if normalise is not None:  # the unlimited remix's loudness and true peak: a pass of its own
+        say("REMIX: metering")
+        meter = LoudnessMeter(info.samplerate, info.channels, weights_for(names))
+        for block in remixed():
+            meter.add(block)
+        level = meter.integrated_lufs()
+        passes = iter(range(1, NORMALISE_PASSES + 1))
 
-    def metering_pass(gain_db: float) -> tuple[LoudnessMeter, PeakLimiter]:
-        say(f"REMIX: normalising, pass {next(passes)} of at most {NORMALISE_PASSES}")
-        return render(gain_db, None)
+        def metering_pass(gain_db: float) -> tuple[LoudnessMeter, PeakLimiter]:
+            say(f"REMIX: normalising, pass {next(passes)} of at most {NORMALISE_PASSES}")
+            return render(gain_db, None)
 
-    if normalise is not None and np.isfinite(level):
-        norm_db = _normalising_gain_db(
-            metering_pass,
-            NORMALISE_LUFS[normalise],
-            level,
-            meter.true_peak_dbtp(),
-            ceiling_dbfs,
-        )
+        if np.isfinite(level):
+            norm_db = _normalising_gain_db(
+                metering_pass,
+                NORMALISE_LUFS[normalise],
+                level,
+                meter.true_peak_dbtp(),
+                ceiling_dbfs,
+            )
     writer = wav.WavWriter(
         out_path, info.samplerate, info.channels, depth, layout.channel_mask, layout.chunks
     )
