@@ -37,8 +37,8 @@ from demix.separator import (
     Separator,
     group_by_folders,
     output_names,
+    separation_inputs,
     stem_paths,
-    without_earlier_stems,
 )
 
 
@@ -155,7 +155,7 @@ def separate_catalogue(
             to check them.
         heads: the model's heads (its ``Separator.heads``), given with ``outputs``: the
             stems of an earlier run among the inputs are left out by every name they can
-            have (``without_earlier_stems``).
+            have (``separation_inputs``).
 
     Raises:
         SeparationError: Ray is not installed, the cluster cannot be reached or has no room
@@ -176,7 +176,8 @@ def separate_catalogue(
     audio.subtype_for(fmt, bit_depth or "24")  # a bad format or depth: refused up front
     gpu = device.startswith("cuda")
     names = output_names(heads)
-    jobs, results = _plan(inputs, out_dir, outputs, fmt, filename, overwrite, names)
+    found = separation_inputs(inputs, out_dir, names, filename)
+    jobs, results = _plan(found, out_dir, outputs, fmt, filename, overwrite)
     total_s = sum(j.duration_s for j in jobs)
     done_s, files = 0.0, sum(len(j.files) for j in jobs) + len(results)
     if progress is not None:
@@ -242,9 +243,7 @@ def separate_catalogue(
         finally:
             if started_here:
                 ray.shutdown()
-    order = {
-        str(p): i for i, (p, _) in enumerate(audio.find_inputs([str(i) for i in inputs], out_dir))
-    }
+    order = {str(p): i for i, (p, _) in enumerate(found)}
     results.sort(key=lambda r: order.get(r.file, len(order)))
     write_report(results, out_dir)
     return results
@@ -279,14 +278,13 @@ def _failed(job: _Job, why: str) -> list[CatalogueResult]:
             for f in job.files]  # fmt: skip
 
 
-def _plan(inputs, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bool, names=None):
-    """The jobs to run (files grouped by shared output folders), and the rows already known
-    (skipped, or stems clashing with another input's); files that are an input's stems by
-    one of ``names`` (default: ``outputs``) are no inputs."""
+def _plan(files, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bool):
+    """The jobs to run for ``files`` (``separation_inputs``: file, output subfolder), grouped
+    by shared output folders, and the rows already known (skipped, or stems clashing with
+    another input's)."""
     items, results = [], []
     claims = OutputClaims()
-    found = audio.find_inputs([str(i) for i in inputs], out_dir)
-    for path, subfolder in without_earlier_stems(found, out_dir, names or outputs, filename):
+    for path, subfolder in files:
         folder = out_dir / subfolder
         targets = stem_paths(path, folder, outputs, fmt, filename)
         clash = claims.claim(path, targets.values())

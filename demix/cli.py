@@ -136,8 +136,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
         SeparationError,
         Separator,
         output_names,
+        separation_inputs,
         stem_paths,
-        without_earlier_stems,
     )
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -225,9 +225,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         heads = sep.heads
         del sep  # each Ray actor loads its own
         return _separate_on_ray(args, inputs, out_dir, options, outputs, heads)
-    files = without_earlier_stems(
-        audio.find_inputs(inputs, out_dir), out_dir, output_names(sep.heads), args.filename
-    )
+    files = separation_inputs(inputs, out_dir, output_names(sep.heads), args.filename)
     ok, failed = [], []
     claims = OutputClaims()  # stem file → the input of this batch that writes it
     jobs, labels = [], {}

@@ -956,6 +956,20 @@ def without_earlier_stems(
     return kept
 
 
+def separation_inputs(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    names: Iterable[str],
+    filename: str = DEFAULT_FILENAME,
+) -> list[tuple[Path, Path]]:
+    """The (file, output subfolder) pairs a batch separates: ``audio.find_inputs`` (folders
+    searched recursively, ``out_dir`` itself skipped) without the stems an earlier run wrote
+    among them (``without_earlier_stems``). ``names``: every stem name the model can write
+    (``output_names``). ``demix separate`` and ``--ray`` both plan from this list."""
+    found = audio.find_inputs([str(i) for i in inputs], out_dir)
+    return without_earlier_stems(found, out_dir, names, filename)
+
+
 def stem_paths(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,

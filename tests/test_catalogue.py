@@ -75,15 +75,17 @@ def test_files_sharing_an_output_folder_go_to_one_actor(tmp_path, template, jobs
     """``separate_file`` locks the folders it writes: files whose stems share one are one job
     (so two actors never meet at a lock); finished inputs are skipped."""
     from demix.catalogue import _plan
+    from demix.separator import separation_inputs
 
     for name in ("a", "b", "sub/c"):
         (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
         sf.write(tmp_path / "in" / f"{name}.wav", np.zeros((100, 2)), RATE)
-    planned, known = _plan([tmp_path / "in"], tmp_path / "out", STEMS, "wav", template, False)
+    found = separation_inputs([tmp_path / "in"], tmp_path / "out", STEMS, template)
+    planned, known = _plan(found, tmp_path / "out", STEMS, "wav", template, False)
     assert [[Path(f.file).stem for f in job.files] for job in planned] == jobs and not known
     for stem in STEMS:  # a's stems are there already (the default template)
         (tmp_path / "out2" / "a").mkdir(parents=True, exist_ok=True)
         (tmp_path / "out2" / "a" / f"{stem}.wav").write_bytes(b"")
-    planned, known = _plan([tmp_path / "in"], tmp_path / "out2", STEMS, "wav",
-                           "{track}/{stem}.{ext}", False)  # fmt: skip
+    found = separation_inputs([tmp_path / "in"], tmp_path / "out2", STEMS)
+    planned, known = _plan(found, tmp_path / "out2", STEMS, "wav", "{track}/{stem}.{ext}", False)
     assert [r.status for r in known] == ["skipped"] and len(planned) == 2
