@@ -302,6 +302,8 @@ def find_inputs(
 
     Files under ``output`` (the output folder) are left out of a folder that holds it: a
     rerun of ``demix separate reels -o reels/out`` must not separate the stems it wrote.
+    Hidden files and folders are left out too: macOS writes a ``._R1.wav`` (resource fork,
+    not audio) beside every ``R1.wav`` on exFAT and network drives.
     """
     out = Path(output).resolve() if output is not None else None
     files: list[tuple[Path, Path]] = []
@@ -315,6 +317,7 @@ def find_inputs(
                 for f in p.rglob("*")
                 if f.is_file()
                 and f.suffix.lower() in AUDIO_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
                 and not (inner and f.resolve().is_relative_to(out))
             )
             if not found:

@@ -226,7 +226,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         del sep  # each Ray actor loads its own
         return _separate_on_ray(args, inputs, out_dir, options, outputs, heads)
     files = separation_inputs(inputs, out_dir, output_names(sep.heads), args.filename)
-    ok, failed = [], []
+    ok, failed, skipped = [], [], []
     claims = OutputClaims()  # stem file → the input of this batch that writes it
     jobs, labels = [], {}
     for i, (path, subfolder) in enumerate(files, 1):
@@ -245,6 +245,10 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 "with {trackext})",
                 file=sys.stderr,
             )
+            continue
+        if not args.overwrite and all(t.exists() for t in targets.values()):
+            skipped.append(path)  # a finished input of an interrupted or repeated batch
+            print(f"{path}: stems already there, skipped (--overwrite separates it again)")
             continue
         jobs.append((path, out_dir / subfolder))
         labels[path] = f"[{i}/{len(files)}] {path.name}"
@@ -295,9 +299,10 @@ def cmd_separate(args: argparse.Namespace) -> int:
         )
         return 130
     bars.close()
+    was_skipped = f", {len(skipped)} skipped" if skipped else ""
     print(
-        f"done: {len(ok)} separated, {len(failed)} failed, {time.time() - started:.1f} s; "
-        f"stems in {out_dir}/"
+        f"done: {len(ok)} separated{was_skipped}, {len(failed)} failed, "
+        f"{time.time() - started:.1f} s; stems in {out_dir}/"
     )
     return 0 if not failed and files else 1
 

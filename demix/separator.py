@@ -24,7 +24,9 @@ import functools
 import math
 import os
 import queue
+import re
 import shutil
+import string
 import sys
 import threading
 import time
@@ -920,32 +922,69 @@ def output_names(heads: Mapping[str, Sequence[str]]) -> set[str]:
     return {s for stems in heads.values() for s in stems} | {"rest"} | {f"{h}_rest" for h in heads}
 
 
+def _stem_pattern(filename: str, names: Iterable[str]) -> re.Pattern[str] | None:
+    """A regular expression for the tail of a stem file's path as ``filename`` places it
+    (groups ``track`` / ``trackext``, ``stem`` and ``ext``), or None for a template
+    ``stem_paths`` refuses."""
+    try:
+        parts = list(string.Formatter().parse(filename))
+    except ValueError:
+        return None
+    fields = {
+        "track": r"[^/]+?",
+        "trackext": r"[^/]+?",
+        "stem": "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)),
+        "ext": "|".join(audio.OUTPUT_FORMATS),
+    }
+    pattern, seen = "", set()
+    for literal, field, _, _ in parts:
+        pattern += re.escape(literal)
+        if field is None:
+            continue
+        if field not in fields:
+            return None
+        pattern += f"(?P={field})" if field in seen else f"(?P<{field}>{fields[field]})"
+        seen.add(field)
+    return re.compile(f"(?:^|/){pattern}$") if "stem" in seen else None
+
+
 def without_earlier_stems(
     files: Sequence[tuple[Path, Path]],
-    out_dir: str | os.PathLike,
     names: Iterable[str],
     filename: str = DEFAULT_FILENAME,
+    given: Iterable[str | os.PathLike] = (),
 ) -> list[tuple[Path, Path]]:
-    """``files`` (``audio.find_inputs``: file, output subfolder) without those that are the
-    stems of another of them, as ``filename`` places them (any of ``names``, any output
-    format): with ``-o`` the input folder, the stems of the last run sit among the inputs,
-    and a rerun must not separate them (``reel/mix/dialogue.wav`` became an input of its
-    own). Only files under ``out_dir`` can be stems, so other batches cost nothing; what is
-    left out is said in one line on stderr."""
-    out = Path(out_dir).resolve()
-    inside = {path.resolve() for path, _ in files if path.resolve().is_relative_to(out)}
-    if not inside:
-        return list(files)
-    names = sorted(names)
+    """``files`` (``audio.find_inputs``: file, output subfolder) without those found in a
+    folder that are the stems of another of them, as ``filename`` or the default template
+    places them, in any output folder (any of ``names``, any output format): a folder that
+    holds an earlier run's output (``reels/film/r1/dialogue.wav`` beside ``reels/r1.wav``,
+    with ``-o`` the input folder, or another ``-o`` inside it) must not have those stems
+    separated again. Files named in ``given`` are always kept: the user asked for them.
+    What is left out is said in one line on stderr."""
+    kept_always = {Path(g).resolve() for g in given}
+    names = list(names)
+    patterns = [
+        p for p in {_stem_pattern(t, names) for t in (filename, DEFAULT_FILENAME)} if p is not None
+    ]
+    tracks: dict[str, Path] = {}  # a track's name (with and without extension) → its input
+    for path, _ in files:
+        tracks.setdefault(path.stem, path)
+        tracks.setdefault(path.name, path)
     stems_of: dict[Path, Path] = {}  # stem file → the input it belongs to
-    for path, subfolder in files:
-        for fmt in audio.OUTPUT_FORMATS:
-            with contextlib.suppress(SeparationError, ValueError):  # a name it cannot use
-                targets = stem_paths(path, out / subfolder, names, fmt, filename)
-                for target in targets.values():
-                    if target in inside and target != path.resolve():
-                        stems_of[target] = path
-    kept = [(path, sub) for path, sub in files if path.resolve() not in stems_of]
+    for path, _ in files:
+        if path.resolve() in kept_always:
+            continue
+        tail = path.resolve().as_posix()
+        for pattern in patterns:
+            match = pattern.search(tail)
+            if match is None:
+                continue
+            track = match.groupdict().get("track") or match.groupdict().get("trackext")
+            owner = tracks.get(track) if track is not None else None
+            if owner is not None and owner.resolve() != path.resolve():
+                stems_of[path] = owner
+                break
+    kept = [(path, sub) for path, sub in files if path not in stems_of]
     if stems_of:
         first = sorted(stems_of)[0]
         print(
@@ -963,11 +1002,12 @@ def separation_inputs(
     filename: str = DEFAULT_FILENAME,
 ) -> list[tuple[Path, Path]]:
     """The (file, output subfolder) pairs a batch separates: ``audio.find_inputs`` (folders
-    searched recursively, ``out_dir`` itself skipped) without the stems an earlier run wrote
-    among them (``without_earlier_stems``). ``names``: every stem name the model can write
-    (``output_names``). ``demix separate`` and ``--ray`` both plan from this list."""
+    searched recursively, ``out_dir`` and hidden files skipped) without the stems an earlier
+    run wrote among them (``without_earlier_stems``). ``names``: every stem name the model
+    can write (``output_names``). ``demix separate`` and ``--ray`` both plan from this list."""
     found = audio.find_inputs([str(i) for i in inputs], out_dir)
-    return without_earlier_stems(found, out_dir, names, filename)
+    given = [i for i in inputs if not Path(i).is_dir()]
+    return without_earlier_stems(found, names, filename, given)
 
 
 def stem_paths(

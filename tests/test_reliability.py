@@ -135,11 +135,9 @@ def test_output_folder_equal_to_the_input_folder(tiny_checkpoint, tmp_path):
     # stems beside the input by a template.
     stems_before = sorted(p.name for p in (folder / "mix").iterdir())
     again = run_cli(tiny_checkpoint, folder, "-o", folder)
-    assert again.returncode == 1  # mix.wav's stems exist: one line about them, no other input
+    _separated_ok(again)  # mix.wav's stems are there: skipped, no other input
     assert "left out 3 file(s) that are stems of other inputs" in again.stderr
-    assert [ln for ln in again.stderr.splitlines() if "error" in ln] == [
-        f"demix: error: {folder / 'mix' / 'dialogue.wav'}: exists (use --overwrite to replace it)"
-    ]
+    assert "done: 0 separated, 1 skipped, 0 failed" in again.stdout
     _separated_ok(run_cli(tiny_checkpoint, folder, "-o", folder, "--overwrite"))
     assert sorted(p.name for p in (folder / "mix").iterdir()) == stems_before
     template = ["--filename", "{track}_{stem}.{ext}", "--stems", "dialogue", "--overwrite"]
@@ -147,6 +145,46 @@ def test_output_folder_equal_to_the_input_folder(tiny_checkpoint, tmp_path):
         _separated_ok(run_cli(tiny_checkpoint, folder, "-o", folder, *template))
     assert sorted(p.name for p in folder.iterdir()) == ["mix", "mix.wav", "mix_dialogue.wav",
                                                         "mix_rest.wav"]  # fmt: skip
+
+
+def test_an_earlier_run_under_another_output_folder_is_no_input(tiny_checkpoint, tmp_path):
+    """``demix separate reels -o reels/film``, then ``-o reels/music``: the second run
+    separated the film stems of the first as tracks of their own (4 inputs, not 1). Hidden
+    files (macOS's ``._R1.wav`` beside ``R1.wav``) are no inputs either; a file named on the
+    command line is always one."""
+    reels = tmp_path / "reels"
+    write_input(reels / "r1.wav", seconds=0.5)
+    (reels / "._r1.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    first = run_cli(tiny_checkpoint, reels, "-o", reels / "film")
+    _separated_ok(first)
+    assert "done: 1 separated, 0 failed" in first.stdout
+    second = run_cli(tiny_checkpoint, reels, "-o", reels / "more")
+    _separated_ok(second)
+    assert "left out 3 file(s) that are stems of other inputs" in second.stderr
+    assert "done: 1 separated, 0 failed" in second.stdout
+    assert sorted(p.name for p in (reels / "more").iterdir()) == ["r1"]
+    named = run_cli(tiny_checkpoint, reels / "film" / "r1" / "music.wav", "-o", tmp_path / "x")
+    _separated_ok(named)  # asked for by name: separated
+    assert (tmp_path / "x" / "music" / "dialogue.wav").exists()
+
+
+def test_a_rerun_skips_the_finished_inputs(tiny_checkpoint, tmp_path):
+    """An interrupted or repeated batch resumes: the inputs whose stems are all there are
+    skipped, not failed (it exited 1 with one "exists" error per finished input); stems
+    partly there are still an error, and --overwrite separates again."""
+    write_input(tmp_path / "in" / "a.wav", seconds=0.5)
+    write_input(tmp_path / "in" / "b.wav", seconds=0.5)
+    out = tmp_path / "out"
+    _separated_ok(run_cli(tiny_checkpoint, tmp_path / "in", "-o", out))
+    (out / "b" / "music.wav").unlink()
+    again = run_cli(tiny_checkpoint, tmp_path / "in", "-o", out)
+    assert again.returncode == 1
+    assert f"{tmp_path / 'in' / 'a.wav'}: stems already there, skipped" in again.stdout
+    assert [ln for ln in again.stderr.splitlines() if "error" in ln] == [
+        f"demix: error: {out / 'b' / 'dialogue.wav'}: exists (use --overwrite to replace it)"
+    ]
+    assert "done: 0 separated, 1 skipped, 1 failed" in again.stdout
+    _separated_ok(run_cli(tiny_checkpoint, tmp_path / "in", "-o", out, "--overwrite"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
