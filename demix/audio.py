@@ -670,12 +670,18 @@ class AtomicWriter:
         bit_depth: str | None,
         bitrate_kbps: int = 320,
         frames: int = 0,
+        channel_mask: int | None = None,
     ):
         self.path = Path(path)
         subtype = subtype_for(fmt, bit_depth)
         container = "MP3" if fmt == "mp3" else fmt.upper()
         if container == "WAV" and frames * channels * SAMPLE_BYTES[bit_depth] > RIFF_LIMIT_BYTES:
             container = "RF64"  # libsndfile would write past 4 GiB with clamped RIFF sizes
+        # A WAV's speakers are kept by WAVE_FORMAT_EXTENSIBLE: libsndfile writes it (WAVEX;
+        # RF64 always) with its own default mask, which ``commit`` sets to the input's.
+        self.channel_mask = channel_mask if container in ("WAV", "RF64") else None
+        if container == "WAV" and self.channel_mask is not None:
+            container = "WAVEX"
         self.bits = {"PCM_16": 16, "PCM_24": 24}.get(subtype, 0)
         self.clipped = 0
         self.lossy = fmt == "mp3"
@@ -723,6 +729,8 @@ class AtomicWriter:
     def commit(self) -> None:
         """Close and move the file to its final name (atomic on one filesystem)."""
         self._file.close()
+        if self.channel_mask is not None:
+            _set_channel_mask(self.tmp, self.channel_mask)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -731,6 +739,23 @@ class AtomicWriter:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
+
+
+def _set_channel_mask(path: Path, mask: int) -> None:
+    """Write ``mask`` into the ``dwChannelMask`` of a WAVE_FORMAT_EXTENSIBLE file's ``fmt``
+    chunk, in place (python-soundfile cannot choose it: libsndfile's channel-map command is
+    not exposed)."""
+    from demix.wav import riff_chunks  # (demix.wav builds on this module)
+
+    fmt = next((c for c in riff_chunks(path) if c[0] == b"fmt "), None)
+    with path.open("r+b") as f:
+        if fmt is None or fmt[2] < 24:
+            raise AudioError(f"{path}: no WAVE_FORMAT_EXTENSIBLE header to hold the layout")
+        f.seek(fmt[1])
+        if int.from_bytes(f.read(2), "little") != 0xFFFE:
+            raise AudioError(f"{path}: no WAVE_FORMAT_EXTENSIBLE header to hold the layout")
+        f.seek(fmt[1] + 20)
+        f.write(int(mask).to_bytes(4, "little"))
 
 
 def write(

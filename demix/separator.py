@@ -827,13 +827,14 @@ class Separator:
         if progress is not None:
             progress(0.0, meta.seconds)
         try:
+            mask = wav.surround_mask_of(path, meta.channels) if meta.channels > 2 else None
             for name, target in targets.items():
                 writers[name] = audio.AtomicWriter(
-                    target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps, meta.frames
-                )
+                    target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps,
+                    meta.frames, channel_mask=mask,
+                )  # fmt: skip
             blocks = audio.iter_blocks(path, meta=meta)
             channel_plan = None
-            mask = wav.surround_mask_of(path, meta.channels) if meta.channels > 2 else None
             if mask is not None:  # surround: by the file's speakers (demix post does too)
                 channel_plan = ChannelPlan.centre_aware(wav.speakers(mask, meta.channels))
             for out in self.stream(

@@ -213,10 +213,36 @@ def test_any_rate_and_layout_in_same_out(tiny_checkpoint: Path, tmp_path: Path, 
         assert listing(track) == {f"{s}.{fmt}" for s in CDX_STEMS}
         stems = stem_paths(track, CDX_STEMS, fmt)
         for stem in stems:
-            assert sf.info(str(stem)).format == fmt.upper()
+            # (surround WAVs are WAVE_FORMAT_EXTENSIBLE, which soundfile calls WAVEX)
+            assert sf.info(str(stem)).format in {fmt.upper(), f"{fmt.upper()}EX"}
             assert_like_input(stem, source)
         assert_sums_to(stems, source)
     assert [digest(s) for s in sources] == before
+
+
+def test_surround_stems_keep_the_speaker_layout(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """WAV stems of a 5.1(side) or 7.1 WAV carry its channel mask (they were plain PCM WAVs,
+    which players read as unlabelled channels); a 6-channel FLAC's WAV stems get 5.1's."""
+    from demix import audio, wav
+
+    rng = np.random.default_rng(1)
+    sources = {}
+    for name, mask, channels in (("side51.wav", 0x60F, 6), ("film71.wav", 0x63F, 8)):
+        path = tmp_path / "in" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        noise = (0.1 * rng.standard_normal((RATE // 2, channels))).astype(np.float32)
+        sf.write(path, noise, RATE, format="WAVEX", subtype="PCM_24")
+        audio._set_channel_mask(path, mask)
+        sources[path] = mask
+    sources[write_input(tmp_path / "in" / "six.flac", 0.5, channels=6, subtype="PCM_24")] = 0x3F
+    result = run_cli(tiny_checkpoint, *sources, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    for source, mask in sources.items():
+        stems = stem_paths(tmp_path / "out" / source.stem, CDX_STEMS)
+        for stem in stems:
+            layout = wav.read_layout(stem)
+            assert layout.mask_given and layout.channel_mask == mask, (stem, layout)
+        assert_sums_to(stems, source)
 
 
 # ------------------------------------------------------------------ failures
