@@ -6,8 +6,9 @@ inference path) and writes, for the deliverables asked for, ``<name>_DX.wav`` (d
 
 - **Null test exact in the files**: the deliverables are computed in the output's integer
   format: DX (and MX) are quantised, then ME = input − DX and FX = input − DX − MX, so
-  DX + ME and DX + MX + FX give the input back sample for sample (counted and reported
-  where a difference would pass full scale and had to be clipped). 32-bit float inputs give
+  DX + ME and DX + MX + FX give the input back sample for sample, on hot mixes too (where
+  a difference would pass full scale, DX or MX moves towards the mix just enough for it to
+  fit; those samples are counted and reported). 32-bit float inputs give
   float deliverables, exact to float rounding.
 - **Format kept**: rate, bit depth (16, 24, 32f; a video's PCM depth too; 32-bit integer
   inputs are delivered as 24-bit, so they null to within a 24-bit step), length, channel mask
@@ -82,7 +83,7 @@ class PostResult:
     seconds_taken: float = 0.0
     levels: dict[str, dict[str, float]] = field(default_factory=dict)  # DX → lufs, dbtp, lra
     dialogue_to_me_db: float | None = None
-    clipped_samples: int = 0  # where a difference passed full scale (null test not exact)
+    clipped_samples: int = 0  # where DX or MX moved so that ME or FX fit in the format
     outputs: list[str] = field(default_factory=list)
     remix: dict[str, float | None] = field(default_factory=dict)  # see accessible_remix
     resumed_from_s: float = 0.0  # an interrupted run's deliverables were continued from here
@@ -455,30 +456,45 @@ def _deliverables(
 ) -> dict[str, np.ndarray]:
     """The ``wanted`` ones of DX, MX (quantised), ME = mix − DX, FX = mix − DX − MX, on the
     output's scale (int32 for integer formats: differences of 24-bit codes are exact in it,
-    at half the memory of float64); samples of a delivered difference beyond full scale are
-    counted."""
+    at half the memory of float64).
+
+    In an integer format a difference can pass full scale (a hot mix, DX of the opposite
+    sign at its peaks): DX is then moved towards the mix at those samples, just enough for
+    ME to fit (and MX for FX), so the null stays exact; those samples are counted in
+    ``result.clipped_samples`` (clipping ME instead broke the null by up to −31 dBFS)."""
     bits = int(np.log2(scale)) + 1 if integer else 0
+    low, high = -int(scale), int(scale) - 1
 
     def quantised(x: np.ndarray) -> np.ndarray:
         return audio.quantise(x, bits) if integer else x.astype(np.float32)
 
-    def difference(x: np.ndarray) -> np.ndarray:
+    def fitted(part: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """``part`` where ``total - part`` fits the format (``total`` does)."""
         if not integer:
-            return x.astype(np.float32)
-        beyond = int(np.count_nonzero((x < -scale) | (x > scale - 1)))
-        result.clipped_samples += beyond
-        return np.clip(x, -int(scale), int(scale) - 1) if beyond else x
+            return part
+        lowest, highest = np.maximum(total - high, low), np.minimum(total - low, high)
+        moved = (part < lowest) | (part > highest)
+        count = int(np.count_nonzero(moved))
+        if not count:
+            return part
+        result.clipped_samples += count
+        return np.clip(part, lowest, highest).astype(part.dtype)
 
-    dx = quantised(out["dialogue"])
     mix = np.asarray(mix, dtype=np.int32 if integer else np.float32)
+    dx = quantised(out["dialogue"])
+    if "me" in wanted or "fx" in wanted:
+        dx = fitted(dx, mix)
     parts = {"dx": dx}
+    me = mix - dx
     if "me" in wanted:
-        parts["me"] = difference(mix - dx)
+        parts["me"] = me
     if {"mx", "fx"} & set(wanted):
         mx = quantised(out["music"])
+        if "fx" in wanted:
+            mx = fitted(mx, me)
         parts["mx"] = mx
         if "fx" in wanted:
-            parts["fx"] = difference(mix - dx - mx)
+            parts["fx"] = me - mx
     return parts
 
 

@@ -381,6 +381,11 @@ def cmd_post(args: argparse.Namespace) -> int:
         deliver = parse_deliver(args.deliver)
         if args.normalise and args.dialogue_gain is None:
             raise ValueError("--normalise applies to the --dialogue-gain remix: give both")
+        if args.dialogue_gain is not None and not abs(args.dialogue_gain) <= MAX_DIALOGUE_GAIN_DB:
+            raise ValueError(
+                f"--dialogue-gain {args.dialogue_gain:g}: choose a gain within "
+                f"±{MAX_DIALOGUE_GAIN_DB:g} dB (an accessible mix raises dialogue by 3 to 12)"
+            )
         if args.dialogue_gain is not None and not {"dx", "me"} <= set(deliver):
             raise ValueError("--dialogue-gain remixes DX and ME: --deliver must hold dx and me")
         # One signal per model call: two-hour 5.1 reels in flat, bounded memory (the film
@@ -429,18 +434,24 @@ def cmd_post(args: argparse.Namespace) -> int:
         elif r.status == "skipped":
             print(f"{r.file}: deliverables complete, skipped (--overwrite to redo)")
         else:
-            dx = r.levels.get("DX", {}).get("lufs")
-            note = f", {r.clipped_samples} samples clipped" if r.clipped_samples else ""
+            note = (
+                f", {r.clipped_samples} samples of DX/MX eased at full scale so that ME/FX fit"
+                if r.clipped_samples
+                else ""
+            )
             if r.resumed_from_s:
                 note += f", continued from {r.resumed_from_s:.1f} s"
             if r.remix:
                 note += (
-                    f"; remix {r.remix['lufs']} LUFS, {r.remix['dbtp']} dBTP, limited by up to "
-                    f"{r.remix['max_reduction_db']} dB"
+                    f"; remix {_level(r.remix['lufs'], 'LUFS')}, {_level(r.remix['dbtp'], 'dBTP')}"
+                    f", limited by up to {r.remix['max_reduction_db']} dB"
                 )
+                if args.normalise and r.remix["lufs"] is None:
+                    note += " (silent: not normalised)"
+            dx = _level(r.levels.get("DX", {}).get("lufs"), "LUFS")
             print(
                 f"{r.file} -> {', '.join(Path(o).name for o in r.outputs)} "
-                f"({r.layout}; DX {dx} LUFS; {r.seconds_taken:.1f} s{note})"
+                f"({r.layout}; DX {dx}; {r.seconds_taken:.1f} s{note})"
             )
     failed = sum(r.status == "failed" for r in results)
     print(
@@ -449,6 +460,15 @@ def cmd_post(args: argparse.Namespace) -> int:
         f"report in {Path(args.output) / 'report.csv'}"
     )
     return 1 if failed or not results else 0
+
+
+MAX_DIALOGUE_GAIN_DB = 40.0  # past this the REMIX is the limiter's, not a mix (nan: refused)
+
+
+def _level(value: float | None, unit: str) -> str:
+    """A loudness or peak for the console: "-23.0 LUFS", or "silent" where the meter has
+    none (below the BS.1770 gate, or no samples)."""
+    return "silent" if value is None else f"{value} {unit}"
 
 
 EXPORT_TOLERANCE = 1e-4  # largest |torch − onnxruntime| stem sample accepted by demix export

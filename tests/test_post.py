@@ -308,6 +308,47 @@ def test_cli_post_and_check(tiny_checkpoint, tmp_path):
         capture_output=True, text=True, env=_env(), timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and "--deliver stems" in bad.stderr
+    for gain in ("nan", "inf", "100"):  # nan gave an all-zero REMIX reported at 70 LUFS
+        bad = subprocess.run(
+            [*cli, str(source), "-o", str(tmp_path / "x"), "--dialogue-gain", gain],
+            capture_output=True, text=True, env=_env(), timeout=120,
+        )  # fmt: skip
+        assert bad.returncode == 2 and f"--dialogue-gain {gain}: choose a gain" in bad.stderr
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros((RATE, 2), np.float32), RATE, subtype="PCM_24")
+    run = subprocess.run(
+        [*cli, str(silent), "-o", str(tmp_path / "quiet"), "--model", str(tiny_checkpoint),
+         "-q", "--dialogue-gain", "6", "--normalise", "ebu"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "DX silent" in run.stdout and "remix silent, silent" in run.stdout, run.stdout
+    assert "(silent: not normalised)" in run.stdout and "None" not in run.stdout
+
+
+def test_a_hot_mix_still_nulls_exactly():
+    """A mix at full scale with DX of the opposite sign at its peaks: ME = mix − DX passed
+    full scale and was clipped, so DX + ME missed the mix by up to −31 dBFS (a clipped sine
+    through the shipped model). Now DX (and MX) give way just enough, and the null is exact."""
+    from cdx.post import PostResult, _deliverables
+
+    scale = 2**15
+    t = np.arange(4800) / RATE
+    mix = np.clip(np.rint(1.3 * scale * np.sin(2 * np.pi * 100 * t)), -scale, scale - 1)
+    mix = np.stack([mix, -mix]).astype(np.int64)
+    out = {"dialogue": -0.4 * mix / scale, "music": 0.9 * mix / scale}  # opposite, then same
+    result = PostResult("hot.wav", "done")
+    parts = _deliverables(out, mix, float(scale), True, ["dx", "mx", "fx", "me"], result)
+    assert np.array_equal(parts["dx"] + parts["me"], mix)
+    assert np.array_equal(parts["dx"] + parts["mx"] + parts["fx"], mix)
+    for name, part in parts.items():
+        assert part.min() >= -scale and part.max() <= scale - 1, name
+    assert result.clipped_samples > 0  # counted (and reported by the CLI)
+    quiet = _deliverables(
+        {k: 0.1 * v for k, v in out.items()}, mix // 8, float(scale), True, ["dx", "me"],
+        PostResult("quiet.wav", "done"),
+    )  # fmt: skip
+    assert np.array_equal(quiet["dx"], audio.quantise(-0.04 * mix / scale, 16))  # untouched
 
 
 def test_cli_post_into_a_file_or_inside_the_input_folder(tiny_checkpoint, tmp_path):
