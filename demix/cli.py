@@ -36,7 +36,7 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}
 def _parse_stems(text: str | None) -> list[str] | None:
     if not text:
         return None
-    return [s.strip() for s in text.replace("+", ",").split(",") if s.strip()]
+    return [s.strip().lower() for s in text.replace("+", ",").split(",") if s.strip()]
 
 
 def _terminate(signum: int, _frame) -> None:
@@ -202,6 +202,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 backend=sep.backend,
                 **options,
             )
+        if args.head is None:  # --two-stems vocals: the head that has the stems asked for
+            args.head = sep.head_for(_parse_stems(args.stems))
         outputs = sep.plan(args.head, _parse_stems(args.stems)).outputs  # validate up front
         stem_paths(Path("x.wav"), out_dir, outputs, args.format, args.filename)
     except (SeparationError, ValueError) as exc:
@@ -657,10 +659,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder: OUT/<track>/<stem>.ext")
     p.add_argument(
         "--head",
-        default="film",
         choices=["film", "music", "both"],
         help="film: dialogue, music, effects; music: drums, bass, vocals, guitar, piano, "
-        "other; both: every stem of both (default film)",
+        "other; both: every stem of both (default: the head that has the --stems asked "
+        "for, else film)",
     )
     p.add_argument(
         "--stems",

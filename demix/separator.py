@@ -343,6 +343,16 @@ class Separator:
         return cls(model, meta, device, backend=backend, **kwargs)
 
     # ----------------------------------------------------------------- planning
+    def head_for(self, stems: Sequence[str] | None) -> str:
+        """The head to separate ``stems`` with when none is named: the one head that has
+        them all (``vocals`` → music), else the film head (the first; ``plan`` then says
+        which stems it lacks)."""
+        if stems:
+            owners = [h for h in self.heads if set(stems) <= set(self.heads[h])]
+            if len(owners) == 1:
+                return owners[0]
+        return next(iter(self.heads))
+
     def plan(self, head: str = "film", stems: Sequence[str] | None = None) -> Plan:
         """Resolve ``head`` ("film", "music" or "both") and a stem selection to outputs.
 

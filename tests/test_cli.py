@@ -660,12 +660,14 @@ def test_help_lists_heads_stems_and_examples() -> None:
 
 
 def test_demucs_style_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """-n/--name, --two-stems, --segment, --overlap and -j as a demucs user types them."""
+    """-n/--name, --two-stems, --segment, --overlap and -j as a demucs user types them; the
+    head is the one that has the stem (--two-stems vocals said "unknown stem(s) vocals for
+    head film" without --head music), and stem names are not case-sensitive."""
     source = write_input(tmp_path / "song.wav", seconds=3.0)
     cli = [sys.executable, "-m", "demix.cli", "separate", str(source), "-q"]
     result = subprocess.run(
-        [*cli, "-o", str(tmp_path / "out"), "-n", str(tiny_checkpoint), "--head", "music",
-         "--two-stems", "vocals", "--segment", "1.5", "--overlap", "0.25", "-j", "1"],
+        [*cli, "-o", str(tmp_path / "out"), "-n", str(tiny_checkpoint),
+         "--two-stems", "Vocals", "--segment", "1.5", "--overlap", "0.25", "-j", "1"],
         capture_output=True, text=True, env=_env(), timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -674,10 +676,11 @@ def test_demucs_style_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert_sums_to(stem_paths(track, ["vocals", "rest"]), source)
     for bad, message in (
         (["--two-stems", "vocals", "--stems", "drums"], "not both"),
+        (["--stems", "vocals,dialogue"], "unknown stem(s) vocals for head film"),
         (["--overlap", "1.5"], "--overlap"),
         (["--segment", "0.01"], "segment"),
     ):
-        refused = run_cli(tiny_checkpoint, source, "-o", tmp_path / "x", "--head", "music", *bad)
+        refused = run_cli(tiny_checkpoint, source, "-o", tmp_path / "x", *bad)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
 
 
