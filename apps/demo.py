@@ -21,7 +21,11 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gradio as gr  # at module level: Gradio resolves gr.Request / gr.EventData hints here
+# No usage telemetry from a tool that post houses run on unreleased material (and offline
+# machines): Gradio sends it unless told not to; GRADIO_ANALYTICS_ENABLED=True opts in.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402 - after the line above: Gradio reads it at import
 import numpy as np
 
 from demix import Separator, audio, wav
@@ -405,7 +409,11 @@ def build_demo(
     head_stems["both"] = [s for h in separator.heads for s in separator.heads[h]]
 
     # delete_cache: Gradio's copies of uploads and served files older than an hour go, hourly.
-    with gr.Blocks(title="demix: separate, listen, remix", delete_cache=(3600, 3600)) as demo:
+    analytics = os.environ.get("GRADIO_ANALYTICS_ENABLED") == "True"
+    with gr.Blocks(
+        title="demix: separate, listen, remix", delete_cache=(3600, 3600),
+        analytics_enabled=analytics,
+    ) as demo:  # fmt: skip
         demo.demix_app = app  # for tests and cleanup
         job_state = gr.State(None)
         gr.Markdown(

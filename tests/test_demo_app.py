@@ -116,6 +116,12 @@ def test_through_gradio_client(served):
     assert sorted(names) == ["scene_01/drums.wav", "scene_01/rest.wav", "scene_01/vocals.wav"]
     with pytest.raises(Exception, match="at least one stem"):
         client.predict(handle_file(str(clip)), "film", [], "none", api_name="/run")
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}config", timeout=30) as response:
+        config = json.load(response)
+    assert config["analytics_enabled"] is False  # no telemetry unless the user opts in
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
