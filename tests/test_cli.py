@@ -649,6 +649,14 @@ def test_info_is_a_short_summary_and_json_on_request(tiny_checkpoint: Path) -> N
     raw = subprocess.run([*cli, "--json"], capture_output=True, text=True, env=_env(), timeout=120)
     meta = __import__("json").loads(raw.stdout)
     assert meta["model"] == "bandsplit" and meta["heads"]["music"] == list(MDX_STEMS)
+    read, write = os.pipe()  # `demix info | head -0`: the reader has gone
+    os.close(read)
+    try:
+        gone = subprocess.run(cli, stdout=write, stderr=subprocess.PIPE, text=True, env=_env(),
+                              timeout=120)  # fmt: skip
+    finally:
+        os.close(write)
+    assert gone.returncode == 141 and gone.stderr == "", gone.stderr  # no traceback
 
 
 def test_help_lists_heads_stems_and_examples() -> None:
