@@ -87,6 +87,7 @@ class PostResult:
     outputs: list[str] = field(default_factory=list)
     remix: dict[str, float | None] = field(default_factory=dict)  # see accessible_remix
     resumed_from_s: float = 0.0  # an interrupted run's deliverables were continued from here
+    notes: list[str] = field(default_factory=list)  # odd but readable input (audio.info)
 
 
 def parse_deliver(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -173,6 +174,7 @@ def post_file(
             # --dialogue-gain over finished stems: never replaced unless asked
             raise SeparationError(f"{existing[0]}: already exists (--overwrite replaces it)")
         meta = audio.info(path)
+        result.notes = list(meta.notes)
         if meta.backend == "soundfile" and path.suffix.lower() in (".wav", ".wave"):
             layout = wav.read_layout(path)
         else:  # other formats carry no mask we read: the count's default order

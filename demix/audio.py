@@ -146,7 +146,13 @@ def _ffprobe(path: Path) -> AudioInfo:
         frames = sum(b.shape[1] for b in _ffmpeg_blocks(path, rate, channels, 1 << 16))
     _check(path, rate, channels, frames)
     depth = _ffmpeg_bit_depth(line)
-    return AudioInfo(path, rate, channels, frames, depth, "ffmpeg", (), _ffmpeg_timecode(text))
+    notes = ()
+    if len(audio_lines) > 1:  # a broadcast MXF/MOV: often one mono track per channel
+        notes = (
+            f"{path}: {len(audio_lines)} audio tracks; only the first ({channels} channel(s)) "
+            "is used: extract another with ffmpeg (-map 0:a:N) to separate it",
+        )
+    return AudioInfo(path, rate, channels, frames, depth, "ffmpeg", notes, _ffmpeg_timecode(text))
 
 
 def _ffmpeg_bit_depth(line: str) -> str:

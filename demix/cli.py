@@ -351,6 +351,8 @@ def _separate_on_ray(
         return 130
     bar.close()
     for r in results:
+        for note in r.notes:
+            print(f"demix: warning: {note}", file=sys.stderr)
         if r.status == "failed":
             print(f"demix: error: {r.error}", file=sys.stderr)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -431,6 +433,8 @@ def cmd_post(args: argparse.Namespace) -> int:
         return 130
     bar.close()
     for r in results:
+        for note in r.notes:
+            print(f"demix: warning: {note}", file=sys.stderr)
         if r.status == "failed":
             print(f"demix: error: {r.error}", file=sys.stderr)
         elif r.status == "skipped":

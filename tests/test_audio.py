@@ -571,3 +571,27 @@ def test_blocks_from_a_start_frame(tmp_path: Path, ext: str) -> None:
         np.testing.assert_array_equal(part, whole[:, start:])
     with pytest.raises(audio.AudioError, match=f"{path.name}.*no audio from frame"):
         list(audio.iter_blocks(path, start_frame=whole.shape[1]))
+
+
+def test_a_container_with_several_audio_tracks_says_which_is_used(tmp_path: Path) -> None:
+    """A MOV/MXF with one mono track per channel (broadcast practice) gave a mono result
+    from its first track without a word; now a note (a warning in separate and post) says
+    how many tracks there are and which is used."""
+    tracks = []
+    for i, freq in enumerate((440, 660, 880)):
+        t = np.arange(RATE // 2) / RATE
+        tracks.append(tmp_path / f"t{i}.wav")
+        sf.write(tracks[-1], 0.1 * np.sin(2 * np.pi * freq * t), RATE, subtype="PCM_24")
+    mov = tmp_path / "tracks.mov"
+    inputs = [arg for track in tracks for arg in ("-i", str(track))]
+    maps = [arg for i in range(3) for arg in ("-map", f"{i}:a")]
+    run_ffmpeg(*inputs, *maps, "-c:a", "pcm_s24le", str(mov))
+    meta = audio.info(mov)
+    assert meta.channels == 1
+    assert meta.notes == (
+        f"{mov}: 3 audio tracks; only the first (1 channel(s)) is used: extract another with "
+        "ffmpeg (-map 0:a:N) to separate it",
+    )
+    single = tmp_path / "one.mov"
+    run_ffmpeg("-i", str(tracks[0]), "-c:a", "pcm_s24le", str(single))
+    assert audio.info(single).notes == ()
