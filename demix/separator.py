@@ -1058,6 +1058,11 @@ def stem_paths(
                 f"--filename {filename!r}: gives {rel}, which is not a file inside the "
                 "output folder"
             )
+        if rel.suffix.lower() != f".{fmt}":  # WAV data in music.mp3, or in a bare name
+            raise SeparationError(
+                f"--filename {filename!r}: gives {rel.name}, not a .{fmt} file for "
+                f"--format {fmt} (end the template with .{{ext}})"
+            )
         targets[name] = Path(out_dir) / rel
     return targets
 

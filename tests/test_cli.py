@@ -685,6 +685,8 @@ def test_demucs_style_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
     for bad, message in (
         (["--two-stems", "vocals", "--stems", "drums"], "not both"),
         (["--stems", "vocals,dialogue"], "unknown stem(s) vocals for head film"),
+        (["--filename", "{stem}.mp3"], "gives dialogue.mp3, not a .wav file"),  # WAV data
+        (["--filename", "{track}/{stem}"], "gives dialogue, not a .wav file"),
         (["--overlap", "1.5"], "--overlap"),
         (["--segment", "0.01"], "segment"),
     ):
