@@ -309,7 +309,8 @@ def find_inputs(
     Files under ``output`` (the output folder) are left out of a folder that holds it: a
     rerun of ``demix separate reels -o reels/out`` must not separate the stems it wrote.
     Hidden files and folders are left out too: macOS writes a ``._R1.wav`` (resource fork,
-    not audio) beside every ``R1.wav`` on exFAT and network drives.
+    not audio) beside every ``R1.wav`` on exFAT and network drives. A file given twice is
+    one input (its first mention).
     """
     out = Path(output).resolve() if output is not None else None
     files: list[tuple[Path, Path]] = []
@@ -331,7 +332,13 @@ def find_inputs(
             files += [(f, f.parent.relative_to(p)) for f in found]
         else:
             files.append((p, Path()))
-    return files
+    seen: set[Path] = set()  # a file given twice (a.wav a.wav, or a file and its folder)
+    unique = []
+    for path, sub in files:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, sub))
+    return unique
 
 
 def check_output_folder(

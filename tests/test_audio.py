@@ -595,3 +595,15 @@ def test_a_container_with_several_audio_tracks_says_which_is_used(tmp_path: Path
     single = tmp_path / "one.mov"
     run_ffmpeg("-i", str(tracks[0]), "-c:a", "pcm_s24le", str(single))
     assert audio.info(single).notes == ()
+
+
+def test_find_inputs_lists_a_file_once_and_skips_hidden_files(tmp_path: Path) -> None:
+    """``separate a.wav a.wav`` failed the second mention ("already written for"); a file
+    given by name and again through its folder is also one input. macOS's ``._a.wav``
+    (not audio) and hidden folders are not searched."""
+    (tmp_path / "in" / ".cache").mkdir(parents=True)
+    for name in ("a.wav", "._a.wav", ".cache/b.wav"):
+        sf.write(tmp_path / "in" / name, np.zeros((10, 1)), RATE)
+    a = tmp_path / "in" / "a.wav"
+    found = audio.find_inputs([str(a), str(a), str(tmp_path / "in")], tmp_path / "out")
+    assert found == [(a, Path())]
