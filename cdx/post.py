@@ -483,6 +483,8 @@ def _deliverables(
         return np.clip(part, lowest, highest).astype(part.dtype)
 
     mix = np.asarray(mix, dtype=np.int32 if integer else np.float32)
+    if integer:  # a decoded lossy input can pass full scale: the null is to what fits
+        mix = np.clip(mix, low, high)
     dx = quantised(out["dialogue"])
     if "me" in wanted or "fx" in wanted:
         dx = fitted(dx, mix)

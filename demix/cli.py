@@ -351,8 +351,6 @@ def _separate_on_ray(
         return 130
     bar.close()
     for r in results:
-        for note in r.notes:
-            print(f"demix: warning: {note}", file=sys.stderr)
         if r.status == "failed":
             print(f"demix: error: {r.error}", file=sys.stderr)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -454,10 +452,10 @@ def cmd_post(args: argparse.Namespace) -> int:
                 )
                 if args.normalise and r.remix["lufs"] is None:
                     note += " (silent: not normalised)"
-            dx = _level(r.levels.get("DX", {}).get("lufs"), "LUFS")
+            dx = f"DX {_level(r.levels['DX'].get('lufs'), 'LUFS')}; " if "DX" in r.levels else ""
             print(
                 f"{r.file} -> {', '.join(Path(o).name for o in r.outputs)} "
-                f"({r.layout}; DX {dx}; {r.seconds_taken:.1f} s{note})"
+                f"({r.layout}; {dx}{r.seconds_taken:.1f} s{note})"
             )
     failed = sum(r.status == "failed" for r in results)
     print(

@@ -24,7 +24,6 @@ import functools
 import math
 import os
 import queue
-import re
 import shutil
 import string
 import sys
@@ -838,10 +837,14 @@ class Separator:
             progress(0.0, meta.seconds)
         try:
             mask = wav.surround_mask_of(path, meta.channels) if meta.channels > 2 else None
+            # The stems' header states the layout only where the input's does (WAV) or its
+            # format fixes one (FLAC); ffmpeg's containers are read without their layout
+            # name's speakers, so their stems stay unlabelled as before.
+            labelled = mask if meta.backend == "soundfile" else None
             for name, target in targets.items():
                 writers[name] = audio.AtomicWriter(
                     target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps,
-                    meta.frames, channel_mask=mask,
+                    meta.frames, channel_mask=labelled,
                 )  # fmt: skip
             blocks = audio.iter_blocks(path, meta=meta)
             channel_plan = None
@@ -933,32 +936,6 @@ def output_names(heads: Mapping[str, Sequence[str]]) -> set[str]:
     return {s for stems in heads.values() for s in stems} | {"rest"} | {f"{h}_rest" for h in heads}
 
 
-def _stem_pattern(filename: str, names: Iterable[str]) -> re.Pattern[str] | None:
-    """A regular expression for the tail of a stem file's path as ``filename`` places it
-    (groups ``track`` / ``trackext``, ``stem`` and ``ext``), or None for a template
-    ``stem_paths`` refuses."""
-    try:
-        parts = list(string.Formatter().parse(filename))
-    except ValueError:
-        return None
-    fields = {
-        "track": r"[^/]+?",
-        "trackext": r"[^/]+?",
-        "stem": "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)),
-        "ext": "|".join(audio.OUTPUT_FORMATS),
-    }
-    pattern, seen = "", set()
-    for literal, field, _, _ in parts:
-        pattern += re.escape(literal)
-        if field is None:
-            continue
-        if field not in fields:
-            return None
-        pattern += f"(?P={field})" if field in seen else f"(?P<{field}>{fields[field]})"
-        seen.add(field)
-    return re.compile(f"(?:^|/){pattern}$") if "stem" in seen else None
-
-
 def without_earlier_stems(
     files: Sequence[tuple[Path, Path]],
     names: Iterable[str],
@@ -966,33 +943,39 @@ def without_earlier_stems(
     given: Iterable[str | os.PathLike] = (),
 ) -> list[tuple[Path, Path]]:
     """``files`` (``audio.find_inputs``: file, output subfolder) without those found in a
-    folder that are the stems of another of them, as ``filename`` or the default template
-    places them, in any output folder (any of ``names``, any output format): a folder that
-    holds an earlier run's output (``reels/film/r1/dialogue.wav`` beside ``reels/r1.wav``,
-    with ``-o`` the input folder, or another ``-o`` inside it) must not have those stems
-    separated again. Files named in ``given`` are always kept: the user asked for them.
-    What is left out is said in one line on stderr."""
-    kept_always = {Path(g).resolve() for g in given}
+    folder that are the stems of another of them: files whose path ends where ``filename``
+    or the default template puts a stem of that input under its mirrored subfolder (any of
+    ``names``, any output format), in any output folder. With ``-o`` the input folder, or
+    another ``-o`` inside it, an earlier run's stems (``reels/film/r1/music.wav`` beside
+    ``reels/r1.wav``) must not be separated again. Templates without ``{track}`` or
+    ``{trackext}`` say nothing about whose stem a file is, so they are not used. Files
+    named in ``given`` are always kept: the user asked for them. What is left out is said
+    in one line on stderr."""
+    kept_always = {Path(g).absolute() for g in given}
     names = list(names)
-    patterns = [
-        p for p in {_stem_pattern(t, names) for t in (filename, DEFAULT_FILENAME)} if p is not None
-    ]
-    tracks: dict[str, Path] = {}  # a track's name (with and without extension) → its input
-    for path, _ in files:
-        tracks.setdefault(path.stem, path)
-        tracks.setdefault(path.name, path)
+    templates = []
+    for template in dict.fromkeys((filename, DEFAULT_FILENAME)):
+        with contextlib.suppress(ValueError):
+            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+            if fields & {"track", "trackext"}:
+                templates.append(template)
+    owners: dict[tuple[str, ...], Path] = {}  # a stem's path under an output folder → input
+    for path, subfolder in files:
+        for template in templates:
+            for fmt in audio.OUTPUT_FORMATS:
+                with contextlib.suppress(SeparationError, ValueError):  # a name it cannot use
+                    for target in stem_paths(path, subfolder, names, fmt, template).values():
+                        owners.setdefault(target.parts, path)
+    longest = max((len(k) for k in owners), default=0)
     stems_of: dict[Path, Path] = {}  # stem file → the input it belongs to
     for path, _ in files:
-        if path.resolve() in kept_always:
+        where = path.absolute()
+        if where in kept_always:
             continue
-        tail = path.resolve().as_posix()
-        for pattern in patterns:
-            match = pattern.search(tail)
-            if match is None:
-                continue
-            track = match.groupdict().get("track") or match.groupdict().get("trackext")
-            owner = tracks.get(track) if track is not None else None
-            if owner is not None and owner.resolve() != path.resolve():
+        parts = where.parts
+        for k in range(1, min(longest, len(parts)) + 1):
+            owner = owners.get(parts[-k:])
+            if owner is not None and owner.absolute() != where:
                 stems_of[path] = owner
                 break
     kept = [(path, sub) for path, sub in files if path not in stems_of]
@@ -1035,8 +1018,6 @@ def stem_paths(
     Raises:
         SeparationError: unknown field, no ``{stem}``, or a path that leaves ``out_dir``.
     """
-    import string
-
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(filename) if f is not None}
     except ValueError as exc:

@@ -406,3 +406,31 @@ def test_ten_hours_streamed_in_flat_memory(tiny_separator):
             rss_after_hour = _rss_mb()
     assert produced == hours * 3600 * rate
     assert _rss_mb() - rss_after_hour < 100, f"RSS grew {_rss_mb() - rss_after_hour:.0f} MB"
+
+
+def test_earlier_stems_are_told_from_inputs_by_their_whole_place(tmp_path, capsys):
+    """An earlier run's stem sits where the template puts a stem of another input, under
+    that input's mirrored subfolder: an input named like a stem (songs/music.wav) has its
+    own stems left out (they were kept, and a third run nested music/music/...), a user's
+    multitrack in another album is kept, and a flat template's stems are found whatever
+    the track's name holds (x_music.wav → x_music_rest.wav)."""
+    from demix.separator import output_names, without_earlier_stems
+
+    names = output_names({"film": list(CDX_STEMS), "music": ["drums", "bass", "vocals"]})
+    songs, lib = tmp_path / "songs", tmp_path / "lib"
+    files = [
+        (songs / "music.wav", Path()),
+        (songs / "music" / "dialogue.wav", Path("music")),
+        (songs / "music" / "music.wav", Path("music")),
+        (lib / "Album1" / "Intro.wav", Path("Album1")),
+        (lib / "Album2" / "Intro" / "vocals.wav", Path("Album2/Intro")),
+        (songs / "x_music.wav", Path()),
+        (songs / "x_music_rest.wav", Path()),
+    ]
+    kept = without_earlier_stems(files, names, "{track}_{stem}.{ext}")
+    assert [p for p, _ in kept] == [songs / "music.wav", lib / "Album1" / "Intro.wav",
+                                    lib / "Album2" / "Intro" / "vocals.wav",
+                                    songs / "x_music.wav"]  # fmt: skip
+    assert "left out 3 file(s)" in capsys.readouterr().err
+    given = without_earlier_stems(files, names, given=[songs / "music" / "music.wav"])
+    assert (songs / "music" / "music.wav", Path("music")) in given
