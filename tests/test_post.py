@@ -335,7 +335,7 @@ def test_a_hot_mix_still_nulls_exactly():
     scale = 2**15
     t = np.arange(4800) / RATE
     mix = np.clip(np.rint(1.3 * scale * np.sin(2 * np.pi * 100 * t)), -scale, scale - 1)
-    mix = np.stack([mix, -mix]).astype(np.int64)
+    mix = np.clip(np.stack([mix, -mix]), -scale, scale - 1).astype(np.int64)
     out = {"dialogue": -0.4 * mix / scale, "music": 0.9 * mix / scale}  # opposite, then same
     result = PostResult("hot.wav", "done")
     parts = _deliverables(out, mix, float(scale), True, ["dx", "mx", "fx", "me"], result)
