@@ -409,11 +409,7 @@ def build_demo(
     head_stems["both"] = [s for h in separator.heads for s in separator.heads[h]]
 
     # delete_cache: Gradio's copies of uploads and served files older than an hour go, hourly.
-    analytics = os.environ.get("GRADIO_ANALYTICS_ENABLED") == "True"
-    with gr.Blocks(
-        title="demix: separate, listen, remix", delete_cache=(3600, 3600),
-        analytics_enabled=analytics,
-    ) as demo:  # fmt: skip
+    with gr.Blocks(title="demix: separate, listen, remix", delete_cache=(3600, 3600)) as demo:
         demo.demix_app = app  # for tests and cleanup
         job_state = gr.State(None)
         gr.Markdown(

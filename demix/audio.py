@@ -332,13 +332,10 @@ def find_inputs(
             files += [(f, f.parent.relative_to(p)) for f in found]
         else:
             files.append((p, Path()))
-    seen: set[Path] = set()  # a file given twice (a.wav a.wav, or a file and its folder)
-    unique = []
+    first: dict[Path, tuple[Path, Path]] = {}  # a file given twice: its first mention
     for path, sub in files:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            unique.append((path, sub))
-    return unique
+        first.setdefault(path.resolve(), (path, sub))
+    return list(first.values())
 
 
 def check_output_folder(
@@ -743,7 +740,9 @@ class AtomicWriter:
         """Close and move the file to its final name (atomic on one filesystem)."""
         self._file.close()
         if self.channel_mask is not None:
-            _set_channel_mask(self.tmp, self.channel_mask)
+            from demix.wav import set_channel_mask  # (demix.wav builds on this module)
+
+            set_channel_mask(self.tmp, self.channel_mask)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -752,23 +751,6 @@ class AtomicWriter:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
-
-
-def _set_channel_mask(path: Path, mask: int) -> None:
-    """Write ``mask`` into the ``dwChannelMask`` of a WAVE_FORMAT_EXTENSIBLE file's ``fmt``
-    chunk, in place (python-soundfile cannot choose it: libsndfile's channel-map command is
-    not exposed)."""
-    from demix.wav import riff_chunks  # (demix.wav builds on this module)
-
-    fmt = next((c for c in riff_chunks(path) if c[0] == b"fmt "), None)
-    with path.open("r+b") as f:
-        if fmt is None or fmt[2] < 24:
-            raise AudioError(f"{path}: no WAVE_FORMAT_EXTENSIBLE header to hold the layout")
-        f.seek(fmt[1])
-        if int.from_bytes(f.read(2), "little") != 0xFFFE:
-            raise AudioError(f"{path}: no WAVE_FORMAT_EXTENSIBLE header to hold the layout")
-        f.seek(fmt[1] + 20)
-        f.write(int(mask).to_bytes(4, "little"))
 
 
 def write(

@@ -122,6 +122,22 @@ def read_layout(path: str | os.PathLike) -> WavLayout:
     return WavLayout(channels, mask or default, mask is not None, metadata)
 
 
+def set_channel_mask(path: str | os.PathLike, mask: int) -> None:
+    """Write ``mask`` into the ``dwChannelMask`` of a WAVE_FORMAT_EXTENSIBLE file's ``fmt``
+    chunk, in place (where ``read_layout`` reads it): libsndfile writes such a header with
+    a default mask of its own and python-soundfile cannot choose another."""
+    path = Path(path)
+    fmt = next((c for c in riff_chunks(path) if c[0] == b"fmt "), None)
+    with path.open("r+b") as f:
+        if fmt is not None and fmt[2] >= 24:
+            f.seek(fmt[1])
+            if struct.unpack("<H", f.read(2))[0] == _EXTENSIBLE:
+                f.seek(fmt[1] + 20)
+                f.write(struct.pack("<I", mask))
+                return
+    raise AudioError(f"{path}: no WAVE_FORMAT_EXTENSIBLE header to hold the layout")
+
+
 class WavWriter:
     """Stream a WAV file: header first, samples appended, sizes patched on ``commit``.
 

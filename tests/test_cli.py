@@ -223,7 +223,7 @@ def test_any_rate_and_layout_in_same_out(tiny_checkpoint: Path, tmp_path: Path, 
 def test_surround_stems_keep_the_speaker_layout(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """WAV stems of a 5.1(side) or 7.1 WAV carry its channel mask (they were plain PCM WAVs,
     which players read as unlabelled channels); a 6-channel FLAC's WAV stems get 5.1's."""
-    from demix import audio, wav
+    from demix import wav
 
     rng = np.random.default_rng(1)
     sources = {}
@@ -232,7 +232,7 @@ def test_surround_stems_keep_the_speaker_layout(tiny_checkpoint: Path, tmp_path:
         path.parent.mkdir(parents=True, exist_ok=True)
         noise = (0.1 * rng.standard_normal((RATE // 2, channels))).astype(np.float32)
         sf.write(path, noise, RATE, format="WAVEX", subtype="PCM_24")
-        audio._set_channel_mask(path, mask)
+        wav.set_channel_mask(path, mask)
         sources[path] = mask
     sources[write_input(tmp_path / "in" / "six.flac", 0.5, channels=6, subtype="PCM_24")] = 0x3F
     result = run_cli(tiny_checkpoint, *sources, "-o", tmp_path / "out")
