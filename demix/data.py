@@ -44,6 +44,11 @@ def license_is_trainable(license_name: str) -> bool:
     return any(license_name.startswith(ok) for ok in TRAINABLE_LICENSES)
 
 
+class MissingSourceError(RuntimeError):
+    """Training material that a data source's config requires is missing (a Debian package,
+    a SoundFont): ``demix train`` stops with this one-line reason instead of training on less."""
+
+
 @dataclass(frozen=True)
 class ManifestRow:
     """One file of a manifest (``path`` absolute)."""

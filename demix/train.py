@@ -38,6 +38,7 @@ from demix import models  # noqa: F401 - registers the models
 from demix.audio import one_line_error
 from demix.checkpoint import load_checkpoint, save_checkpoint
 from demix.config import from_dict, load_yaml, to_dict
+from demix.data import MissingSourceError
 from demix.losses import project_to_mix, separation_loss
 from demix.models.spectral import mix_rms
 from demix.registry import build_model, dataset_entry, model_config_cls
@@ -273,11 +274,11 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    sources = build_sources(cfg, rank)  # first: missing data leaves no run folder behind
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     if main:
         (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    sources = build_sources(cfg, rank)
     model = build_run_model(cfg, sources).to(device)
     ema = build_run_model(cfg, sources).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -535,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(cfg)
-    except (KeyError, FileNotFoundError) as exc:  # an unknown model or source, missing data
+    except (KeyError, FileNotFoundError, MissingSourceError) as exc:  # an unknown model or
+        # source, missing data or a package the recipe requires
         if isinstance(exc, KeyError) and not str(exc.args[0] if exc.args else "").startswith(
             "unknown "
         ):

@@ -59,14 +59,30 @@ class MusicMixConfig:
     speech_bandwidth_hz: float = 8000.0  # speech (and singing made from it) is band-limited
     p_fold_bandwidth: float = 0.5
     epoch_size: int = 1_000_000
+    # True: material the config asks for (sung phrases, strums, drum kits, SoundFonts) must be
+    # there, else the dataset refuses to start. A recipe that ships a model sets it, so that a
+    # machine without a Debian package cannot train a different model with only a warning.
+    require_sources: bool = False
 
 
-def _optional_pool(what: str, make: Callable[[], data.ClipPool]) -> data.ClipPool | None:
-    """``make()``, or None with a warning where its material is missing (RuntimeError)."""
+def _missing(config: MusicMixConfig, what: str, exc: Exception, stacklevel: int = 3) -> None:
+    """Raise MissingSourceError where ``config.require_sources``, else warn and go on."""
+    if config.require_sources:
+        raise data.MissingSourceError(
+            f"no {what} for music mixes ({exc}); the config asks for it "
+            "(require_sources: true, set it false to train without)"
+        ) from exc
+    warnings.warn(f"no {what} in music mixes: {exc}", stacklevel=stacklevel)
+
+
+def _optional_pool(
+    config: MusicMixConfig, what: str, make: Callable[[], data.ClipPool]
+) -> data.ClipPool | None:
+    """``make()``, or None where its material is missing (RuntimeError): see ``_missing``."""
     try:
         return make()
     except RuntimeError as exc:
-        warnings.warn(f"no {what} in music mixes: {exc}", stacklevel=3)
+        _missing(config, what, exc, stacklevel=4)
         return None
 
 
@@ -141,14 +157,17 @@ class MusicMixDataset(torch.utils.data.Dataset):
                     speech_paths, rate, cache, config.sung_phrases, seed=0, key_root=root
                 )
             except ImportError as exc:
-                warnings.warn(f"no sung vocals in music mixes: {exc}", stacklevel=2)
+                _missing(config, "sung vocals", exc)
         self.strums = self.drumkits = None
         if config.p_strums > 0:
             self.strums = _optional_pool(
-                "strummed guitar", lambda: strums.strum_pool(rate, cache, config.strum_parts)
+                config,
+                "strummed guitar",
+                lambda: strums.strum_pool(rate, cache, config.strum_parts),
             )
         if config.p_drumkits > 0:
             self.drumkits = _optional_pool(
+                config,
                 "drum kit grooves",
                 lambda: drumkits.drumkit_pool(rate, cache, config.drumkit_parts),
             )
@@ -158,7 +177,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
             try:
                 self.soundfont = soundfont.stem_pools(rate, cache, config.soundfont_songs)
             except RuntimeError as exc:
-                warnings.warn(f"no SoundFont renders in music mixes: {exc}", stacklevel=2)
+                _missing(config, "SoundFont renders", exc)
             for k, name in enumerate(config.extra_soundfonts, 1):
                 path = soundfont.resolve_soundfont(name)
                 try:  # other songs (another seed), not the same ones in other sounds
@@ -166,7 +185,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
                         rate, cache, config.soundfont_songs, seed=k, soundfont=path
                     )
                 except RuntimeError as exc:
-                    warnings.warn(f"no {name} renders in music mixes: {exc}", stacklevel=2)
+                    _missing(config, f"{name} renders", exc)
                     continue
                 self.extra_soundfont.append(pools)
 

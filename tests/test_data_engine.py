@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from pathlib import Path
 
@@ -474,6 +475,38 @@ def test_music_mixes_take_strummed_guitar(mini_root, tmp_path, monkeypatch):
     guitar = stems[3].numpy()
     assert np.abs(guitar).max() > 0
     np.testing.assert_allclose(stems.sum(0).numpy(), mix.numpy(), atol=1e-6)
+
+
+@needs_data
+def test_a_recipe_that_requires_its_sources_refuses_to_start_without_them(
+    mini_root, tmp_path, monkeypatch, capsys
+):
+    """A shipped recipe's mixes never quietly lose the strums or kits it asks for."""
+    from mdx.mix import MusicMixConfig, MusicMixDataset
+
+    monkeypatch.setenv("DEMIX_STRUMS", str(tmp_path / "no-strums"))
+    config = MusicMixConfig(data_root=str(mini_root), cache_dir=str(tmp_path / "cache"),
+                            segment_seconds=2.0, sung_phrases=0, p_soundfont=0.0,
+                            p_strums=0.5, strum_parts=2)  # fmt: skip
+    with pytest.warns(UserWarning, match="no strummed guitar"):
+        assert MusicMixDataset(config, seed=1).strums is None  # a dev run goes on without
+    strict = dataclasses.replace(config, require_sources=True)
+    with pytest.raises(data.MissingSourceError, match="strummed guitar.*require_sources"):
+        MusicMixDataset(strict, seed=1)
+    from demix.train import main  # demix train: one line naming the config, exit 2
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model: tiny\nrun_dir: {tmp_path / 'run'}\nsources:\n  - name: mdx.music_mix\n"
+        f"    head: music\n    config: {{data_root: '{mini_root}', cache_dir: "
+        f"'{tmp_path / 'cache'}', sung_phrases: 0, p_soundfont: 0.0, p_strums: 0.5, "
+        "require_sources: true}\n"
+    )
+    assert main([str(recipe)]) == 2
+    err = capsys.readouterr().err  # the pools' progress, then the reason
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"demix train: {recipe}: no strummed guitar")
+    assert not (tmp_path / "run").exists()
 
 
 @needs_data
