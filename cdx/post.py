@@ -792,8 +792,10 @@ def post_batch(
     ``progress(done_seconds, total_seconds, file)`` follows the whole batch (while a
     reel's REMIX passes run, ``file`` says which: "R1.wav (REMIX: writing)"). The report is
     rewritten after every input; an input skipped because its deliverables are complete
-    keeps its row from the last run's report. Existing files are never replaced without
-    ``overwrite``, nor an input of the batch even with it.
+    keeps its row from the last run's report, and the rows of earlier runs' inputs that
+    are not in this batch stay first (reels delivered one by one into one folder).
+    Existing files are never replaced without ``overwrite``, nor an input of the batch
+    even with it.
 
     Raises:
         audio.AudioError: ``out_dir`` is one of the input folders.
@@ -809,8 +811,16 @@ def post_batch(
         durations.append(0.0)
     total, done = sum(durations), 0.0
     results: list[PostResult] = []
-    previous = _previous_rows(out_dir)
     batch_inputs = {f.resolve(): f for f, _ in files}
+    earlier = _report_rows(out_dir)
+    previous = {
+        r.file: r for r in earlier if r.status in ("done", "skipped") and r.levels
+    }  # a rerun that skips these inputs keeps their measurements
+    kept = [r for r in earlier if Path(r.file).resolve() not in batch_inputs]
+
+    def report() -> None:
+        write_report([*kept, *results], out_dir, deliver)
+
     claims = OutputClaims()  # deliverable → the input of this batch that writes it
     for (f, sub), seconds in zip(files, durations):
         if progress is not None:
@@ -830,7 +840,7 @@ def post_batch(
                 "the deliverables to another folder (-o)"
             )
             results.append(PostResult(str(f), "failed", error=error))
-            write_report(results, out_dir, deliver)
+            report()
             done += seconds
             continue
 
@@ -855,24 +865,23 @@ def post_batch(
         if result.status == "skipped" and str(f) in previous:  # keep the run that made them
             result = replace(previous[str(f)], status="skipped")
         results.append(result)
-        write_report(results, out_dir, deliver)  # after every input: an interrupted batch
+        report()  # after every input: an interrupted batch
         # still reports what it finished
         done = before + seconds  # skipped and failed inputs count as done
     if progress is not None:
         progress(total, total, "")
-    write_report(results, out_dir, deliver)
+    report()
     return results
 
 
-def _previous_rows(out_dir: Path) -> dict[str, PostResult]:
-    """The finished rows of an earlier run's ``report.json`` in ``out_dir`` (file → row), so
-    that a rerun which skips those inputs keeps their measurements; {} if there is none."""
+def _report_rows(out_dir: Path) -> list[PostResult]:
+    """The rows of an earlier run's ``report.json`` in ``out_dir``, in its order; [] if there
+    is none or it cannot be read (then this run's report starts afresh)."""
     try:
         rows = json.loads((out_dir / "report.json").read_text())["inputs"]
-        found = {row["file"]: PostResult(**row) for row in rows}
+        return [PostResult(**row) for row in rows]
     except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return {f: r for f, r in found.items() if r.status in ("done", "skipped") and r.levels}
+        return []
 
 
 def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence[str]) -> None:

@@ -590,6 +590,24 @@ def test_a_rerun_keeps_the_report_rows_of_skipped_reels(tiny, tmp_path):
     assert rows[0]["DX_lufs"] == str(first[0].levels["DX"]["lufs"])
 
 
+def test_reels_delivered_one_by_one_share_one_report(tiny, tmp_path):
+    """``demix post R1.wav -o del`` then ``demix post R2.wav -o del``: the report kept only
+    R2's row (R1's measurements were lost); a reel posted again replaces its own row."""
+    write_reel(tmp_path / "R1.wav", "stereo", seconds=0.5)
+    write_reel(tmp_path / "R2.wav", "stereo", seconds=0.5)
+    out = tmp_path / "del"
+    (r1,) = post_batch(tiny, [tmp_path / "R1.wav"], out)
+    post_batch(tiny, [tmp_path / "R2.wav"], out)
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [(Path(r["file"]).name, r["status"]) for r in rows] == [
+        ("R1.wav", "done"), ("R2.wav", "done")
+    ]  # fmt: skip
+    assert rows[0]["DX_lufs"] == str(r1.levels["DX"]["lufs"])
+    post_batch(tiny, [tmp_path / "R1.wav"], out, overwrite=True)
+    report = json.loads((out / "report.json").read_text())["inputs"]
+    assert [Path(r["file"]).name for r in report] == ["R2.wav", "R1.wav"]
+
+
 def test_a_locked_output_folder_and_another_reels_partial_files(tiny, tmp_path):
     """A second run into a folder that another is writing fails that input in one line (it
     adopted and cut back the first run's partial files); starting R1 over leaves R1_alt's
