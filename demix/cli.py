@@ -36,7 +36,8 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}
 def _parse_stems(text: str | None) -> list[str] | None:
     if not text:
         return None
-    return [s.strip().lower() for s in text.replace("+", ",").split(",") if s.strip()]
+    return [s.strip() for s in text.replace("+", ",").split(",") if s.strip()]  # any case:
+    # Separator.plan matches them to the model's names
 
 
 def _terminate(signum: int, _frame) -> None:
@@ -664,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["film", "music", "both"],
         help="film: dialogue, music, effects; music: drums, bass, vocals, guitar, piano, "
         "other; both: every stem of both (default: the head that has the --stems asked "
-        "for, else film)",
+        "for, both where they span the heads, else film)",
     )
     p.add_argument(
         "--stems",

@@ -344,12 +344,17 @@ class Separator:
     # ----------------------------------------------------------------- planning
     def head_for(self, stems: Sequence[str] | None) -> str:
         """The head to separate ``stems`` with when none is named: the one head that has
-        them all (``vocals`` → music), else the film head (the first; ``plan`` then says
-        which stems it lacks)."""
+        them all (``vocals`` → music), else "both" where the heads together have them
+        (``dialogue,vocals``), else the film head (the first; ``plan`` then says which
+        stems it lacks). Stem names match in any case."""
         if stems:
-            owners = [h for h in self.heads if set(stems) <= set(self.heads[h])]
+            wanted = {s.lower() for s in stems}
+            owners = [h for h in self.heads if wanted <= {s.lower() for s in self.heads[h]}]
             if len(owners) == 1:
                 return owners[0]
+            every = {s.lower() for names in self.heads.values() for s in names}
+            if not owners and len(self.heads) > 1 and wanted <= every:
+                return BOTH
         return next(iter(self.heads))
 
     def plan(self, head: str = "film", stems: Sequence[str] | None = None) -> Plan:
@@ -366,9 +371,11 @@ class Separator:
             raise SeparationError(
                 f"unknown head {head!r} (choose {', '.join(self.heads)} or {BOTH})"
             )
-        wanted = list(dict.fromkeys(stems)) if stems else None
-        if wanted is not None:
-            known = {s for h in heads for s in self.heads[h]}
+        wanted = None
+        if stems:  # in any case: --stems Dialogue, a checkpoint's "Vocals"
+            by_lower = {s.lower(): s for h in heads for s in self.heads[h]}
+            wanted = list(dict.fromkeys(by_lower.get(s.lower(), s) for s in stems))
+            known = set(by_lower.values())
             unknown = [s for s in wanted if s not in known]
             if unknown:
                 raise SeparationError(

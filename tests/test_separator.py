@@ -42,6 +42,10 @@ def test_selected_plus_rest_and_both_heads(sep):
     assert list(both) == list(CDX_STEMS) + list(MDX_STEMS)
     picked = sep.separate(mix, 44100, head="both", stems=["dialogue", "bass"])
     assert list(picked) == ["dialogue", "film_rest", "bass", "music_rest"]
+    assert sep.head_for(["vocals", "Drums"]) == "music"
+    assert sep.head_for(["Dialogue", "bass"]) == "both"  # it was film, then "unknown bass"
+    assert sep.head_for(["dialogue", "kazoo"]) == "film"  # plan names what is unknown
+    assert sep.plan("music", ["VOCALS", "drums", "vocals"]).outputs == ("drums", "vocals", "rest")
 
 
 def test_mono_vector_in_mono_vector_out(sep):
