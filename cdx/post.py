@@ -177,7 +177,7 @@ def post_file(
         result.notes = list(meta.notes)
         if meta.backend == "soundfile" and path.suffix.lower() in (".wav", ".wave"):
             layout = wav.read_layout(path)
-        else:  # other formats carry no mask we read: the count's default order
+        else:  # other formats carry no mask we read: 5.1 / 7.1 by count, else tracks
             chunks = {}
             if meta.timecode_seconds is not None:  # a video's timecode → the BWF time reference
                 chunks[b"bext"] = wav.bext_chunk(
@@ -185,9 +185,7 @@ def post_file(
                     "demix",
                     round(meta.timecode_seconds * meta.sample_rate),
                 )
-            layout = wav.WavLayout(
-                meta.channels, wav.DEFAULT_MASKS.get(meta.channels, 0), False, chunks
-            )
+            layout = wav.WavLayout(meta.channels, wav.assumed_mask(meta.channels), False, chunks)
         names = wav.speakers(layout.channel_mask, meta.channels)
         result.duration_s, result.sample_rate = meta.seconds, meta.sample_rate
         result.bit_depth, result.layout = (

@@ -345,17 +345,19 @@ class Separator:
     def head_for(self, stems: Sequence[str] | None) -> str:
         """The head to separate ``stems`` with when none is named: the one head that has
         them all (``vocals`` → music), else "both" where the heads together have them
-        (``dialogue,vocals``), else the film head (the first; ``plan`` then says which
-        stems it lacks). Stem names match in any case."""
-        if stems:
-            wanted = {s.lower() for s in stems}
-            owners = [h for h in self.heads if wanted <= {s.lower() for s in self.heads[h]}]
-            if len(owners) == 1:
-                return owners[0]
-            every = {s.lower() for names in self.heads.values() for s in names}
-            if not owners and len(self.heads) > 1 and wanted <= every:
-                return BOTH
-        return next(iter(self.heads))
+        (``dialogue,vocals``), else the head that has most of them (the first head on a
+        tie; ``plan`` then names the stems it lacks). Stem names match in any case."""
+        first = next(iter(self.heads))
+        if not stems:
+            return first
+        wanted = {s.lower() for s in stems}
+        has = {h: len(wanted & {s.lower() for s in names}) for h, names in self.heads.items()}
+        if sum(n == len(wanted) for n in has.values()) == 1:
+            return max(has, key=has.__getitem__)
+        every = {s.lower() for names in self.heads.values() for s in names}
+        if len(wanted) not in has.values() and len(self.heads) > 1 and wanted <= every:
+            return BOTH
+        return max(has, key=has.__getitem__) if any(has.values()) else first
 
     def plan(self, head: str = "film", stems: Sequence[str] | None = None) -> Plan:
         """Resolve ``head`` ("film", "music" or "both") and a stem selection to outputs.

@@ -29,6 +29,10 @@ SPEAKERS = (
 )  # fmt: skip
 # Masks a reader assumes when a file has none (plain PCM): SMPTE / ITU orders.
 DEFAULT_MASKS = {1: 0x4, 2: 0x3, 3: 0x7, 4: 0x33, 5: 0x37, 6: 0x3F, 7: 0x13F, 8: 0x63F}
+# Channel counts whose files without a mask are taken in the standard order: mono, stereo,
+# and 5.1 / 7.1 (as WAV and FLAC readers assume). Other counts without a mask are tracks, not
+# speakers (a location recorder's poly WAV, a multitrack): no speaker names, so no LFE.
+ASSUMED_LAYOUTS = (1, 2, 6, 8)
 METADATA_CHUNKS = (b"bext", b"iXML")  # copied from the input to every deliverable
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 _GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_* tail
@@ -85,6 +89,12 @@ def riff_chunks(path: str | os.PathLike) -> list[tuple[bytes, int, int]]:
     return found
 
 
+def assumed_mask(channels: int) -> int:
+    """The speaker mask taken for ``channels`` channels that carry none: the standard one
+    for the ``ASSUMED_LAYOUTS`` counts, else 0 (tracks without speaker positions)."""
+    return DEFAULT_MASKS[channels] if channels in ASSUMED_LAYOUTS else 0
+
+
 def surround_mask_of(path: str | os.PathLike, channels: int) -> int | None:
     """The speaker mask of a file's channels where it is known: a WAV file's own mask, else
     5.1 or 7.1 in their standard orders for 6 or 8 channels (what WAV and FLAC readers
@@ -94,7 +104,7 @@ def surround_mask_of(path: str | os.PathLike, channels: int) -> int | None:
             layout = read_layout(path)
             if layout.mask_given:
                 return layout.channel_mask
-    return DEFAULT_MASKS[channels] if channels in (6, 8) else None
+    return assumed_mask(channels) if channels > 2 and assumed_mask(channels) else None
 
 
 def read_layout(path: str | os.PathLike) -> WavLayout:
@@ -118,8 +128,7 @@ def read_layout(path: str | os.PathLike) -> WavLayout:
             if chunk in METADATA_CHUNKS:
                 f.seek(offset)
                 metadata[chunk] = f.read(size)
-    default = DEFAULT_MASKS.get(channels, (1 << min(channels, len(SPEAKERS))) - 1)
-    return WavLayout(channels, mask or default, mask is not None, metadata)
+    return WavLayout(channels, mask or assumed_mask(channels), mask is not None, metadata)
 
 
 def set_channel_mask(path: str | os.PathLike, mask: int) -> None:
@@ -175,7 +184,7 @@ class WavWriter:
         self.channels, self.bit_depth = channels, bit_depth
         self.sample_bytes = SAMPLE_BYTES[bit_depth]
         self.frames = 0
-        mask = channel_mask or DEFAULT_MASKS.get(channels, 0)
+        mask = DEFAULT_MASKS.get(channels, 0) if channel_mask is None else channel_mask
         extensible = channels > 2 or mask != DEFAULT_MASKS.get(channels, 0)
         tag = _FLOAT if bit_depth == "32f" else _PCM
         block = channels * self.sample_bytes

@@ -684,7 +684,7 @@ def test_demucs_style_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert_sums_to(stem_paths(track, ["vocals", "rest"]), source)
     for bad, message in (
         (["--two-stems", "vocals", "--stems", "drums"], "not both"),
-        (["--stems", "vocals,dialogue"], "unknown stem(s) vocals for head film"),
+        (["--stems", "vocals,kazoo"], "unknown stem(s) kazoo for head music"),
         (["--filename", "{stem}.mp3"], "gives dialogue.mp3, not a .wav file"),  # WAV data
         (["--filename", "{track}/{stem}"], "gives dialogue, not a .wav file"),
         (["--overlap", "1.5"], "--overlap"),

@@ -517,6 +517,26 @@ def test_surround_layout_only_where_it_is_known(tmp_path):
         assert wav.surround_mask_of(path, channels) == expected, channels
 
 
+def test_a_poly_wav_without_a_mask_is_tracks_not_speakers(tiny, tmp_path):
+    """A location recorder's 16-track WAV carries no speaker mask: its fourth track was
+    taken as the LFE of a default layout and went wholly to M&E, never to dialogue. Now
+    every track is separated on its own and the deliverables say "16 ch (CH1 ...)"."""
+    rng = np.random.default_rng(16)
+    tracks = (0.1 * rng.standard_normal((int(0.5 * RATE), 16))).astype(np.float32)
+    poly = tmp_path / "poly.wav"
+    sf.write(poly, tracks, RATE, subtype="PCM_24")
+    assert not wav.read_layout(poly).mask_given
+    result = post_file(tiny, poly, tmp_path / "out")
+    assert result.status == "done", result.error
+    assert result.layout.startswith("16 ch (CH1 CH2 CH3 CH4 ")
+    dx = sf.read(tmp_path / "out" / "poly_DX.wav", always_2d=True)[0].T
+    assert np.abs(dx[3]).max() > 1e-3  # separated like the other tracks, not bypassed
+    assert wav.read_layout(tmp_path / "out" / "poly_DX.wav").channel_mask == 0
+    plain = tmp_path / "tracks7.flac"  # no mask in other formats either: 7 tracks
+    sf.write(plain, tracks[:, :7], RATE)
+    assert post_file(tiny, plain, tmp_path / "out7").layout.startswith("7 ch (CH1 ")
+
+
 def test_rf64_with_an_odd_sized_chunk_opens_in_libsndfile(tmp_path, monkeypatch):
     """A copied bext whose coding history has an odd length (about half of them) made an
     RF64 deliverable that libsndfile refused ("No 'data' chunk marker"): the pad byte after

@@ -44,7 +44,8 @@ def test_selected_plus_rest_and_both_heads(sep):
     assert list(picked) == ["dialogue", "film_rest", "bass", "music_rest"]
     assert sep.head_for(["vocals", "Drums"]) == "music"
     assert sep.head_for(["Dialogue", "bass"]) == "both"  # it was film, then "unknown bass"
-    assert sep.head_for(["dialogue", "kazoo"]) == "film"  # plan names what is unknown
+    assert sep.head_for(["vocals", "kazoo"]) == "music"  # plan names kazoo as unknown
+    assert sep.head_for(["kazoo"]) == "film" and sep.head_for(None) == "film"
     assert sep.plan("music", ["VOCALS", "drums", "vocals"]).outputs == ("drums", "vocals", "rest")
 
 
