@@ -664,8 +664,9 @@ class AtomicWriter:
 
     A crash, an exception or Ctrl-C before ``commit`` leaves no file under the final name.
     Integer formats are quantised here, rounding to nearest (libsndfile's own float to
-    integer conversion truncates, which biases the stems and breaks the null test by up to
-    one step per stem); samples beyond full scale are clipped and counted in ``clipped``.
+    integer conversion truncates, which biases the stems), or written as given integers
+    (``write_ints``: a head's last stem, so that its stems null exactly); samples beyond
+    full scale are clipped and counted in ``clipped``.
     MP3 (``bitrate_kbps``, constant bitrate) is lossy: its stems no longer sum exactly to
     the input, and samples beyond full scale are clipped and counted the same way.
     A WAV whose expected ``frames`` pass 4 GiB is written as RF64 (EBU Tech 3306).
@@ -734,6 +735,17 @@ class AtomicWriter:
             data = ints.astype(np.int16)
         else:  # soundfile maps int32 to 24-bit by keeping the top 24 bits
             data = ints.astype(np.int32) << 8
+        self._file.write(np.ascontiguousarray(data.T))
+
+    def write_ints(self, ints: np.ndarray) -> None:
+        """Append integer samples [c, t] of an integer format (``bits`` set) as they are;
+        those beyond the format's range are clipped and counted in ``clipped``."""
+        top = (1 << (self.bits - 1)) - 1
+        outside = (ints > top) | (ints < -top - 1)
+        if outside.any():
+            self.clipped += int(np.count_nonzero(outside))
+            ints = np.clip(ints, -top - 1, top)
+        data = ints.astype(np.int16) if self.bits == 16 else ints.astype(np.int32) << 8
         self._file.write(np.ascontiguousarray(data.T))
 
     def commit(self) -> None:

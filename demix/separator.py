@@ -859,12 +859,26 @@ class Separator:
             channel_plan = None
             if mask is not None:  # surround: by the file's speakers (demix post does too)
                 channel_plan = ChannelPlan.centre_aware(wav.speakers(mask, meta.channels))
+            bits = next(iter(writers.values())).bits  # 0: float or mp3 stems
+            held: deque[np.ndarray] = deque()  # the input, for integer stems that null
+
+            def teed(blocks=blocks):
+                for block in blocks:
+                    if bits:
+                        held.append(block)
+                    yield block
+
+            groups = _null_groups(self.plan(head, stems))
             for out in self.stream(
-                blocks, meta.sample_rate, meta.channels, head, stems, channel_plan
+                teed(), meta.sample_rate, meta.channels, head, stems, channel_plan
             ):
-                for name, block in out.items():
-                    writers[name].write(block)
-                done += next(iter(out.values())).shape[1]
+                n = next(iter(out.values())).shape[1]
+                if bits:
+                    _write_nulling(writers, out, take_samples(held, n, meta.channels), bits, groups)
+                else:
+                    for name, block in out.items():
+                        writers[name].write(block)
+                done += n
                 if progress is not None:
                     progress(done / meta.sample_rate, meta.seconds)
             for name, writer in writers.items():
@@ -885,6 +899,34 @@ class Separator:
                     f"{path.name} (nothing was kept)"
                 ) from exc
             raise
+
+
+def _null_groups(plan: Plan) -> list[list[str]]:
+    """The outputs of each head of ``plan``, which sum to the mix: its stems and its rest."""
+    return [
+        [*plan.selected[h], *([plan.rest_names[h]] if plan.rest_names[h] else [])]
+        for h in plan.heads
+    ]
+
+
+def _write_nulling(
+    writers: Mapping[str, audio.AtomicWriter],
+    out: Mapping[str, np.ndarray],
+    mix: np.ndarray,
+    bits: int,
+    groups: Sequence[Sequence[str]],
+) -> None:
+    """Write one block of integer stems so that each head's stems sum to the input's integers
+    exactly: each stem rounds on its own, but its head's last is the input minus the others
+    (rounding every stem alone left the sum up to one step per stem off the input).
+    ``out``: {output: block [c, t]}; ``mix``: the input's block [c, t]."""
+    mix_ints = audio.quantise(mix, bits)
+    for names in groups:
+        others = np.zeros_like(mix_ints)
+        for name in names[:-1]:
+            writers[name].write(out[name])  # quantised, clipped and counted as any stem
+            others += audio.quantise(out[name], bits)
+        writers[names[-1]].write_ints(mix_ints - others)
 
 
 @dataclass
