@@ -158,6 +158,11 @@ def post_file(
     targets = deliverable_paths(path, out_dir, deliver)
     remix_path = remix_path_for(path, out_dir)
     try:
+        if dialogue_gain_db is not None and not abs(dialogue_gain_db) <= MAX_DIALOGUE_GAIN_DB:
+            raise ValueError(
+                f"--dialogue-gain {dialogue_gain_db:g}: choose a gain within "
+                f"±{MAX_DIALOGUE_GAIN_DB:g} dB (an accessible mix raises dialogue by 3 to 12)"
+            )
         if dialogue_gain_db is not None and not {"dx", "me"} <= set(deliver):
             raise ValueError("--dialogue-gain remixes DX and ME: deliver dx and me")
         if normalise is not None and (dialogue_gain_db is None or normalise not in NORMALISE_LUFS):
@@ -501,6 +506,7 @@ def _deliverables(
 
 
 NORMALISE_LUFS = {"atsc": -24.0, "ebu": -23.0}  # ATSC A/85 (LKFS = LUFS), EBU R128
+MAX_DIALOGUE_GAIN_DB = 40.0  # past this the REMIX is the limiter's, not a mix (nan: refused)
 
 
 TRUE_PEAK_MARGIN_DB = 0.02  # how far under its ceiling the limiter aims
@@ -913,6 +919,9 @@ def describe_metadata(path: str | os.PathLike) -> str:
     import wavinfo
 
     path = Path(path)
+    meta = audio.info(path)  # a missing, empty or unreadable file: its one-line error
+    if meta.backend != "soundfile" or path.suffix.lower() not in (".wav", ".wave"):
+        raise audio.AudioError(f"{path}: not a WAV file (--check reads a WAV's layout, bext, iXML)")
     layout = wav.read_layout(path)
     info = wavinfo.WavInfoReader(str(path))
     lines = [f"{path}", f"  layout      {layout_name(layout.channel_mask, layout.channels)}"]

@@ -364,19 +364,20 @@ def _separate_on_ray(
 
 def cmd_post(args: argparse.Namespace) -> int:
     """Dialogue cleanup deliverables (DX, MX, FX, ME) for post-production; see ``cdx.post``."""
-    from cdx.post import describe_metadata, parse_deliver, post_batch
+    from cdx.post import MAX_DIALOGUE_GAIN_DB, describe_metadata, parse_deliver, post_batch
     from demix.separator import SeparationError, Separator
 
     signal.signal(signal.SIGTERM, _terminate)
     if args.check:
         failed = 0
-        for path, _ in audio.find_inputs(args.inputs):
+        found = audio.find_inputs(args.inputs)
+        for path, _ in found:
             try:
                 print(describe_metadata(path))
             except (audio.AudioError, OSError, ValueError) as exc:
                 failed += 1
-                print(f"demix: error: {path}: {exc}", file=sys.stderr)
-        return 1 if failed else 0
+                print(f"demix: error: {audio.one_line_error(exc, path)}", file=sys.stderr)
+        return 1 if failed or not found else 0
     if not args.output:
         print("demix post: give -o OUT (or --check to show metadata)", file=sys.stderr)
         return 2
@@ -465,9 +466,6 @@ def cmd_post(args: argparse.Namespace) -> int:
         f"report in {Path(args.output) / 'report.csv'}"
     )
     return 1 if failed or not results else 0
-
-
-MAX_DIALOGUE_GAIN_DB = 40.0  # past this the REMIX is the limiter's, not a mix (nan: refused)
 
 
 def _level(value: float | None, unit: str) -> str:

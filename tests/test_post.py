@@ -303,6 +303,17 @@ def test_cli_post_and_check(tiny_checkpoint, tmp_path):
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
     assert "5.1 (FL FR FC LFE SL SR)" in check.stdout and "01:00:00.000" in check.stdout
+    flac, junk = tmp_path / "reel.flac", tmp_path / "junk.wav"
+    sf.write(flac, np.zeros((100, 2), np.float32), RATE)
+    junk.write_text("not audio")
+    for path, reason in ((flac, "not a WAV file"), (junk, "not a readable audio file"),
+                         (tmp_path / "gone.wav", "no such file")):  # fmt: skip
+        check = subprocess.run(
+            [*cli, str(path), "--check"], capture_output=True, text=True, env=_env(), timeout=120
+        )
+        line = check.stderr.strip()
+        assert check.returncode == 1 and "\n" not in line and reason in line, line
+        assert line.count(str(path)) == 1 and "Errno" not in line, line  # it said both twice
     bad = subprocess.run(
         [*cli, str(source), "-o", str(tmp_path / "x"), "--deliver", "dx,stems"],
         capture_output=True, text=True, env=_env(), timeout=120,
@@ -626,6 +637,16 @@ def test_reels_delivered_one_by_one_share_one_report(tiny, tmp_path):
     post_batch(tiny, [tmp_path / "R1.wav"], out, overwrite=True)
     report = json.loads((out / "report.json").read_text())["inputs"]
     assert [Path(r["file"]).name for r in report] == ["R2.wav", "R1.wav"]
+
+
+def test_the_api_refuses_a_dialogue_gain_the_cli_refuses(tiny, tmp_path):
+    """post_file with dialogue_gain_db nan or 100 (the CLI alone checked it): a failed
+    result naming the gain, nothing written."""
+    write_reel(tmp_path / "R1.wav", "stereo", seconds=0.5)
+    for gain in (float("nan"), 100.0):
+        result = post_file(tiny, tmp_path / "R1.wav", tmp_path / "out", dialogue_gain_db=gain)
+        assert result.status == "failed" and "choose a gain within" in result.error
+    assert not list((tmp_path / "out").glob("*.wav"))
 
 
 def test_a_locked_output_folder_and_another_reels_partial_files(tiny, tmp_path):
