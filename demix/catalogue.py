@@ -286,7 +286,13 @@ def _plan(files, out_dir: Path, outputs, fmt: str, filename: str, overwrite: boo
     claims = OutputClaims()
     for path, subfolder in files:
         folder = out_dir / subfolder
-        targets = stem_paths(path, folder, outputs, fmt, filename)
+        try:  # a --filename ending in {trackext}: this input's stems would not be .{fmt}
+            targets = stem_paths(path, folder, outputs, fmt, filename)
+        except SeparationError as exc:  # one failed row; the rest of the batch goes on
+            results.append(
+                CatalogueResult(str(path), "failed", error=audio.one_line_error(exc, path))
+            )
+            continue
         clash = claims.claim(path, targets.values())
         if clash is not None:
             results.append(CatalogueResult(str(path), "failed", error=(

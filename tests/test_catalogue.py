@@ -89,3 +89,21 @@ def test_files_sharing_an_output_folder_go_to_one_actor(tmp_path, template, jobs
     found = separation_inputs([tmp_path / "in"], tmp_path / "out2", STEMS)
     planned, known = _plan(found, tmp_path / "out2", STEMS, "wav", "{track}/{stem}.{ext}", False)
     assert [r.status for r in known] == ["skipped"] and len(planned) == 2
+
+
+def test_a_template_that_misfits_one_input_fails_only_that_input(tmp_path):
+    """``--filename "{track}_{stem}.{trackext}"`` with WAV stems: an mp3 input's stems would be
+    .mp3 files; that input is one failed row and the others are planned (the whole --ray
+    batch stopped with a traceback)."""
+    from demix.catalogue import _plan
+    from demix.separator import separation_inputs
+
+    template = "{track}_{stem}.{trackext}"
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", np.zeros((100, 2)), RATE)
+    sf.write(tmp_path / "in" / "b.mp3", np.zeros((2000, 2)), RATE)
+    found = separation_inputs([tmp_path / "in"], tmp_path / "out", STEMS, template)
+    planned, known = _plan(found, tmp_path / "out", STEMS, "wav", template, False)
+    assert [Path(f.file).name for job in planned for f in job.files] == ["a.wav"]
+    assert [(Path(r.file).name, r.status) for r in known] == [("b.mp3", "failed")]
+    assert "b.mp3" in known[0].error and "not a .wav file" in known[0].error
