@@ -32,13 +32,12 @@ from typing import Any
 
 from demix import audio
 from demix.separator import (
-    OutputClaims,
     SeparationError,
     Separator,
     group_by_folders,
     output_names,
+    plan_inputs,
     separation_inputs,
-    stem_paths,
 )
 
 
@@ -280,35 +279,24 @@ def _failed(job: _Job, why: str) -> list[CatalogueResult]:
 
 def _plan(files, out_dir: Path, outputs, fmt: str, filename: str, overwrite: bool):
     """The jobs to run for ``files`` (``separation_inputs``: file, output subfolder), grouped
-    by shared output folders, and the rows already known (skipped, or stems clashing with
-    another input's)."""
+    by shared output folders, and the rows already known (``plan_inputs``: skipped, or
+    failed before any work)."""
     items, results = [], []
-    claims = OutputClaims()
-    for path, subfolder in files:
-        folder = out_dir / subfolder
-        try:  # a --filename ending in {trackext}: this input's stems would not be .{fmt}
-            targets = stem_paths(path, folder, outputs, fmt, filename)
-        except SeparationError as exc:  # one failed row; the rest of the batch goes on
-            results.append(
-                CatalogueResult(str(path), "failed", error=audio.one_line_error(exc, path))
-            )
-            continue
-        clash = claims.claim(path, targets.values())
-        if clash is not None:
-            results.append(CatalogueResult(str(path), "failed", error=(
-                f"{path}: its stems would go where those of {clash} go (use a --filename "
-                "with {trackext})")))  # fmt: skip
+    for planned in plan_inputs(files, out_dir, outputs, fmt, filename, overwrite):
+        path, targets = planned.path, planned.targets
+        if planned.status == "failed":
+            results.append(CatalogueResult(str(path), "failed", error=planned.error))
             continue
         try:
             duration = audio.info(path).seconds
         except (audio.AudioError, OSError):
             duration = 0.0  # the worker reports the reason
-        if not overwrite and all(t.exists() for t in targets.values()):
+        if planned.status == "skipped":
             results.append(CatalogueResult(str(path), "skipped", duration_s=duration,
                                            outputs=[str(t) for t in targets.values()]))  # fmt: skip
             continue
         # absolute paths for the workers (other processes, maybe other machines)
-        item = _File(str(path), str(Path(path).resolve()), str(folder.resolve()), duration)
+        item = _File(str(path), str(Path(path).resolve()), str(planned.folder.resolve()), duration)
         items.append((item, {t.parent for t in targets.values()}))
     # files whose stems share a folder: one job
     groups = group_by_folders(items, lambda pair: pair[1])

@@ -133,10 +133,10 @@ class _BatchProgress:
 def cmd_separate(args: argparse.Namespace) -> int:
     """Separate every input; one line per failure, a summary at the end."""
     from demix.separator import (
-        OutputClaims,
         SeparationError,
         Separator,
         output_names,
+        plan_inputs,
         separation_inputs,
         stem_paths,
     )
@@ -230,31 +230,18 @@ def cmd_separate(args: argparse.Namespace) -> int:
         return _separate_on_ray(args, inputs, out_dir, options, outputs, heads)
     files = separation_inputs(inputs, out_dir, output_names(sep.heads), args.filename)
     ok, failed, skipped = [], [], []
-    claims = OutputClaims()  # stem file → the input of this batch that writes it
     jobs, labels = [], {}
-    for i, (path, subfolder) in enumerate(files, 1):
-        try:
-            targets = stem_paths(path, out_dir / subfolder, outputs, args.format, args.filename)
-        except (SeparationError, ValueError) as exc:  # a name the template cannot use
-            failed.append(path)
-            print(f"demix: error: {audio.one_line_error(exc, path)}", file=sys.stderr)
-            continue
-        clash = claims.claim(path, targets.values())
-        if clash is not None:
-            failed.append(path)
-            print(
-                f"demix: error: {path}: its stems would go to {next(iter(targets.values()))}, "
-                f"already written for {clash} in this batch (use another -o or a --filename "
-                "with {trackext})",
-                file=sys.stderr,
-            )
-            continue
-        if not args.overwrite and all(t.exists() for t in targets.values()):
-            skipped.append(path)  # a finished input of an interrupted or repeated batch
-            print(f"{path}: stems already there, skipped (--overwrite separates it again)")
-            continue
-        jobs.append((path, out_dir / subfolder))
-        labels[path] = f"[{i}/{len(files)}] {path.name}"
+    planned = plan_inputs(files, out_dir, outputs, args.format, args.filename, args.overwrite)
+    for i, item in enumerate(planned, 1):
+        if item.status == "failed":
+            failed.append(item.path)
+            print(f"demix: error: {item.error}", file=sys.stderr)
+        elif item.status == "skipped":  # a finished input of an interrupted or repeated batch
+            skipped.append(item.path)
+            print(f"{item.path}: stems already there, skipped (--overwrite separates it again)")
+        else:
+            jobs.append((item.path, item.folder))
+            labels[item.path] = f"[{i}/{len(files)}] {item.path.name}"
     together = min(args.files_together, len(jobs)) if jobs else 1
     bars = _BatchProgress(labels, together > 1, disabled=args.quiet)
     started = time.time()

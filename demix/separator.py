@@ -957,6 +957,56 @@ class OutputClaims:
         return holder
 
 
+@dataclass(frozen=True)
+class PlannedInput:
+    """One input of a batch as ``plan_inputs`` finds it, before any separation."""
+
+    path: Path
+    folder: Path  # the output folder with the input's mirrored subfolder
+    targets: dict[str, Path]  # {output: stem file}; empty where it failed
+    status: str  # "run", "skipped" (its stems are all there) or "failed"
+    error: str | None = None  # why it failed, one line naming the input
+
+
+def plan_inputs(
+    files: Sequence[tuple[Path, Path]],
+    out_dir: Path,
+    outputs: Sequence[str],
+    fmt: str,
+    filename: str = DEFAULT_FILENAME,
+    overwrite: bool = False,
+) -> list[PlannedInput]:
+    """What a batch does with each of ``files`` (``separation_inputs``: file, output
+    subfolder), in order: the one planning step of ``demix separate`` and of ``--ray``.
+    An input fails where ``filename`` cannot name its stems as ``fmt`` files or where its
+    stems would be another input's of this batch; it is skipped where every stem is there
+    and ``overwrite`` is off (a rerun resumes an interrupted batch)."""
+    claims = OutputClaims()  # stem file → the input of this batch that writes it
+    planned = []
+    for path, subfolder in files:
+        folder = out_dir / subfolder
+        try:
+            targets = stem_paths(path, folder, outputs, fmt, filename)
+        except (SeparationError, ValueError) as exc:  # e.g. a {trackext} template, an mp3
+            planned.append(
+                PlannedInput(path, folder, {}, "failed", audio.one_line_error(exc, path))
+            )
+            continue
+        clash = claims.claim(path, targets.values())
+        if clash is not None:
+            error = (
+                f"{path}: its stems would go to {next(iter(targets.values()))}, already "
+                f"written for {clash} in this batch (use another -o or a --filename with "
+                "{trackext})"
+            )
+            planned.append(PlannedInput(path, folder, targets, "failed", error))
+        elif not overwrite and all(t.exists() for t in targets.values()):
+            planned.append(PlannedInput(path, folder, targets, "skipped"))
+        else:
+            planned.append(PlannedInput(path, folder, targets, "run"))
+    return planned
+
+
 def group_by_folders(items: Sequence, folders: Callable[[object], Iterable[Path]]) -> list[list]:
     """``items`` in groups, in order, such that items whose ``folders(item)`` share a folder
     are in one group (union-find): what must be written one after another."""
