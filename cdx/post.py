@@ -47,7 +47,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -818,8 +818,8 @@ def post_batch(
     batch_inputs = {f.resolve(): f for f, _ in files}
     earlier = _report_rows(out_dir)
     previous = {
-        r.file: r for r in earlier if r.status in ("done", "skipped") and r.levels
-    }  # a rerun that skips these inputs keeps their measurements
+        Path(r.file).resolve(): r for r in earlier if r.status in ("done", "skipped") and r.levels
+    }  # a rerun that skips these inputs keeps their measurements (however the path is given)
     kept = [r for r in earlier if Path(r.file).resolve() not in batch_inputs]
 
     def report() -> None:
@@ -866,8 +866,8 @@ def post_batch(
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one bad input never stops the batch
             result = PostResult(str(f), "failed", error=audio.one_line_error(exc, f))
-        if result.status == "skipped" and str(f) in previous:  # keep the run that made them
-            result = replace(previous[str(f)], status="skipped")
+        if result.status == "skipped" and f.resolve() in previous:  # keep the run that made
+            result = replace(previous[f.resolve()], file=str(f), status="skipped")  # them
         results.append(result)
         report()  # after every input: an interrupted batch
         # still reports what it finished
@@ -883,9 +883,14 @@ def _report_rows(out_dir: Path) -> list[PostResult]:
     is none or it cannot be read (then this run's report starts afresh)."""
     try:
         rows = json.loads((out_dir / "report.json").read_text())["inputs"]
-        return [PostResult(**row) for row in rows]
     except (OSError, ValueError, KeyError, TypeError):
         return []
+    known = {f.name for f in fields(PostResult)}
+    found = []
+    for row in rows if isinstance(rows, list) else []:
+        with contextlib.suppress(TypeError, AttributeError):  # one odd row: only it goes
+            found.append(PostResult(**{k: v for k, v in row.items() if k in known}))
+    return found
 
 
 def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence[str]) -> None:

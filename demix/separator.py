@@ -345,8 +345,9 @@ class Separator:
     def head_for(self, stems: Sequence[str] | None) -> str:
         """The head to separate ``stems`` with when none is named: the one head that has
         them all (``vocals`` → music), else "both" where the heads together have them
-        (``dialogue,vocals``), else the head that has most of them (the first head on a
-        tie; ``plan`` then names the stems it lacks). Stem names match in any case."""
+        (``dialogue,vocals``; also where some are unknown: ``plan`` then names only those),
+        else the head that has the known ones (the first head where none is known). Stem
+        names match in any case."""
         first = next(iter(self.heads))
         if not stems:
             return first
@@ -355,7 +356,12 @@ class Separator:
         if sum(n == len(wanted) for n in has.values()) == 1:
             return max(has, key=has.__getitem__)
         every = {s.lower() for names in self.heads.values() for s in names}
-        if len(wanted) not in has.values() and len(self.heads) > 1 and wanted <= every:
+        known = wanted & every  # where some are unknown, plan names only those
+        if (
+            len(self.heads) > 1
+            and known
+            and not any(known <= {s.lower() for s in names} for names in self.heads.values())
+        ):
             return BOTH
         return max(has, key=has.__getitem__) if any(has.values()) else first
 
@@ -706,9 +712,14 @@ class Separator:
         if clipped:
             counts = ", ".join(f"{name} {n}" for name, n in clipped.items())
             kind = "mp3" if fmt == "mp3" else f"{depth}-bit"
+            last = [names[-1] for names in _null_groups(self.plan(head, stems))]
+            if fmt == "mp3" or set(clipped) & set(last):
+                outcome = "they no longer sum exactly to the input"
+            else:  # _write_nulling: the head's last stem took what the others lost
+                outcome = f"{' and '.join(last)} took the difference, so they still sum to it"
             message = (
                 f"{path}: samples beyond full scale clipped in the {kind} stems ({counts}); "
-                "they no longer sum exactly to the input (use --bit-depth 32f to keep them)"
+                f"{outcome} (use --bit-depth 32f to keep them)"
             )
             (warn or (lambda text: warnings.warn(text, stacklevel=2)))(message)
         return targets
@@ -919,8 +930,12 @@ def _write_nulling(
     """Write one block of integer stems so that each head's stems sum to the input's integers
     exactly: each stem rounds on its own, but its head's last is the input minus the others
     (rounding every stem alone left the sum up to one step per stem off the input).
-    ``out``: {output: block [c, t]}; ``mix``: the input's block [c, t]."""
-    mix_ints = audio.quantise(mix, bits)
+    ``out``: {output: block [c, t]}; ``mix``: the input's block [c, t].
+
+    The input's integers are not clipped: a float or lossy input past full scale leaves its
+    overs to the last stem, which clips (and counts) only what it cannot hold itself, not
+    the inverted overs a clipped mix minus the others would put there."""
+    mix_ints = np.rint(mix.astype(np.float64) * float(1 << (bits - 1))).astype(np.int64)
     for names in groups:
         others = np.zeros_like(mix_ints)
         for name in names[:-1]:

@@ -158,6 +158,8 @@ class MusicMixDataset(torch.utils.data.Dataset):
                 )
             except ImportError as exc:
                 _missing(config, "sung vocals", exc)
+        elif config.sung_phrases:
+            _missing(config, "sung vocals", RuntimeError("no speech in the manifest to sing"))
         self.strums = self.drumkits = None
         if config.p_strums > 0:
             self.strums = _optional_pool(

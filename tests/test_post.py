@@ -621,7 +621,7 @@ def test_a_rerun_keeps_the_report_rows_of_skipped_reels(tiny, tmp_path):
     assert rows[0]["DX_lufs"] == str(first[0].levels["DX"]["lufs"])
 
 
-def test_reels_delivered_one_by_one_share_one_report(tiny, tmp_path):
+def test_reels_delivered_one_by_one_share_one_report(tiny, tmp_path, monkeypatch):
     """``demix post R1.wav -o del`` then ``demix post R2.wav -o del``: the report kept only
     R2's row (R1's measurements were lost); a reel posted again replaces its own row."""
     write_reel(tmp_path / "R1.wav", "stereo", seconds=0.5)
@@ -634,6 +634,16 @@ def test_reels_delivered_one_by_one_share_one_report(tiny, tmp_path):
         ("R1.wav", "done"), ("R2.wav", "done")
     ]  # fmt: skip
     assert rows[0]["DX_lufs"] == str(r1.levels["DX"]["lufs"])
+    report = json.loads((out / "report.json").read_text())
+    report["inputs"][0]["from_a_newer_demix"] = 1  # one odd field lost every earlier row
+    (out / "report.json").write_text(json.dumps(report))
+    monkeypatch.chdir(tmp_path)
+    (again,) = post_batch(tiny, [Path("R2.wav")], out)  # R2 again, by a relative path
+    assert again.status == "skipped" and again.levels and again.file == "R2.wav"
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [(r["file"], r["status"]) for r in rows] == [
+        (str(tmp_path / "R1.wav"), "done"), ("R2.wav", "skipped")
+    ]  # fmt: skip
     post_batch(tiny, [tmp_path / "R1.wav"], out, overwrite=True)
     report = json.loads((out / "report.json").read_text())["inputs"]
     assert [Path(r["file"]).name for r in report] == ["R2.wav", "R1.wav"]

@@ -45,6 +45,9 @@ def test_selected_plus_rest_and_both_heads(sep):
     assert sep.head_for(["vocals", "Drums"]) == "music"
     assert sep.head_for(["Dialogue", "bass"]) == "both"  # it was film, then "unknown bass"
     assert sep.head_for(["vocals", "kazoo"]) == "music"  # plan names kazoo as unknown
+    assert sep.head_for(["dialogue", "vocals", "kazoo"]) == "both"
+    with pytest.raises(SeparationError, match=r"unknown stem\(s\) kazoo for head both"):
+        sep.plan("both", ["dialogue", "vocals", "kazoo"])
     assert sep.head_for(["kazoo"]) == "film" and sep.head_for(None) == "film"
     assert sep.plan("music", ["VOCALS", "drums", "vocals"]).outputs == ("drums", "vocals", "rest")
 
@@ -115,3 +118,25 @@ def test_shifts_average_shifted_passes_reproducibly(tiny_checkpoint):
     for bad in (0, 21):
         with pytest.raises(SeparationError, match="shifts"):
             Separator.from_pretrained(str(tiny_checkpoint), shifts=bad)
+
+
+def test_a_hot_float_input_leaves_no_inverted_overs_in_the_last_stem(sep, tmp_path):
+    """A 32-bit float input peaking at +4 dBFS separated into 24-bit stems: the last stem
+    (effects) is its float version to a step wherever that fits, not the clipped mix minus
+    the others (which put inverted overs into it, unclipped and uncounted)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(3)
+    hot = 0.5 * rng.standard_normal((44100, 2))
+    hot[1000:1400] = 1.6  # a loud passage past full scale
+    source = tmp_path / "hot.wav"
+    sf.write(source, hot.astype(np.float32), 44100, subtype="FLOAT")
+    notes = []
+    ints = sep.separate_file(source, tmp_path / "i", bit_depth="24", warn=notes.append)
+    floats = sep.separate_file(source, tmp_path / "f", bit_depth="32f")
+    stems = {name: sf.read(path, always_2d=True)[0] for name, path in floats.items()}
+    effects = sf.read(ints["effects"], always_2d=True)[0]
+    fits = np.all([np.abs(x) < 1.0 - 2.0**-20 for x in stems.values()], axis=0)  # no stem clips
+    assert fits[1000:1400].mean() > 0.5  # (most of the hot passage is such samples)
+    assert np.abs(effects - stems["effects"])[fits].max() <= 8 * 2.0**-23  # float32 sums
+    assert len(notes) == 1 and "clipped in the 24-bit stems" in notes[0], notes
