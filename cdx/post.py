@@ -47,7 +47,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -816,7 +816,7 @@ def post_batch(
     total, done = sum(durations), 0.0
     results: list[PostResult] = []
     batch_inputs = {f.resolve(): f for f, _ in files}
-    earlier = _report_rows(out_dir)
+    earlier = audio.read_report_rows(out_dir / "report.json", PostResult)
     previous = {
         Path(r.file).resolve(): r for r in earlier if r.status in ("done", "skipped") and r.levels
     }  # a rerun that skips these inputs keeps their measurements (however the path is given)
@@ -876,21 +876,6 @@ def post_batch(
         progress(total, total, "")
     report()
     return results
-
-
-def _report_rows(out_dir: Path) -> list[PostResult]:
-    """The rows of an earlier run's ``report.json`` in ``out_dir``, in its order; [] if there
-    is none or it cannot be read (then this run's report starts afresh)."""
-    try:
-        rows = json.loads((out_dir / "report.json").read_text())["inputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    known = {f.name for f in fields(PostResult)}
-    found = []
-    for row in rows if isinstance(rows, list) else []:
-        with contextlib.suppress(TypeError, AttributeError):  # one odd row: only it goes
-            found.append(PostResult(**{k: v for k, v in row.items() if k in known}))
-    return found
 
 
 def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence[str]) -> None:

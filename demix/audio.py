@@ -12,13 +12,14 @@ Arrays are float32 shaped [c, t] (channels first), as everywhere in demix.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -651,6 +652,25 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_report_rows(path: str | os.PathLike, row_type: type) -> list:
+    """The rows (``"inputs"``) of an earlier run's JSON report at ``path`` as ``row_type``
+    dataclasses, in the report's order; [] when there is none or it cannot be read (a run's
+    report then starts afresh). Fields ``row_type`` does not know (another version's) are
+    dropped; a row that does not fit is left out alone, not the whole report."""
+    assert is_dataclass(row_type)
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8", errors="surrogateescape"))
+        rows = rows["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    known = {f.name for f in fields(row_type)}
+    found = []
+    for row in rows if isinstance(rows, list) else []:
+        with contextlib.suppress(TypeError, AttributeError):  # one odd row: only it goes
+            found.append(row_type(**{k: v for k, v in row.items() if k in known}))
+    return found
 
 
 def one_line_error(exc: BaseException, path: str | os.PathLike) -> str:

@@ -134,7 +134,8 @@ def separate_catalogue(
     outputs: Sequence[str] | None = None,
     heads: Mapping[str, Sequence[str]] | None = None,
 ) -> list[CatalogueResult]:
-    """Separate every input on a Ray cluster; returns (and writes) the report.
+    """Separate every input on a Ray cluster; returns this run's rows and writes the report
+    (with the rows of earlier runs' other inputs into ``out_dir``).
 
     Args:
         inputs: files or folders (searched recursively, subfolders mirrored under
@@ -244,7 +245,12 @@ def separate_catalogue(
                 ray.shutdown()
     order = {str(p): i for i, (p, _) in enumerate(found)}
     results.sort(key=lambda r: order.get(r.file, len(order)))
-    write_report(results, out_dir)
+    # inputs of earlier runs into the same folder keep their rows (batches delivered one by
+    # one): matched by resolved path, however each run named them
+    this_run = {Path(p).resolve() for p, _ in found}
+    earlier = audio.read_report_rows(out_dir / "report.json", CatalogueResult)
+    kept = [r for r in earlier if Path(r.file).resolve() not in this_run]
+    write_report([*kept, *results], out_dir)
     return results
 
 

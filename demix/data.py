@@ -44,6 +44,12 @@ def license_is_trainable(license_name: str) -> bool:
     return any(license_name.startswith(ok) for ok in TRAINABLE_LICENSES)
 
 
+class SourceUnavailable(RuntimeError):
+    """A renderer's material is not on this machine (no SoundFont, no FluidSynth, no drum kit
+    or strums) and nothing is cached: a source may be left out of the mix for this (or, where
+    the config requires it, ``MissingSourceError``). Other errors of a render are not this."""
+
+
 class MissingSourceError(RuntimeError):
     """Training material that a data source's config requires is missing (a Debian package,
     a SoundFont): ``demix train`` stops with this one-line reason instead of training on less."""

@@ -394,14 +394,15 @@ def drumkit_pool(
     kits: list[DrumKit] | None = None,
 ) -> data.ClipPool:
     """A cached pool of ``parts`` drum parts (stereo) played on ``kits`` (default
-    ``find_drumkits()``). Raises RuntimeError where there is no kit and no cached render."""
+    ``find_drumkits()``). Raises ``data.SourceUnavailable`` where there is no kit and no
+    cached render."""
     kits = find_drumkits() if kits is None else kits
 
     def render() -> Iterator[tuple[str, np.ndarray]]:
         from tqdm import tqdm
 
         if not kits:
-            raise RuntimeError(
+            raise data.SourceUnavailable(
                 "no licence-clean drum kits: install hydrogen-drumkits or set $DEMIX_DRUMKITS"
             )
         loaded = [KitSamples(kit, sample_rate) for kit in kits]

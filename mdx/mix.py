@@ -78,10 +78,10 @@ def _missing(config: MusicMixConfig, what: str, exc: Exception, stacklevel: int 
 def _optional_pool(
     config: MusicMixConfig, what: str, make: Callable[[], data.ClipPool]
 ) -> data.ClipPool | None:
-    """``make()``, or None where its material is missing (RuntimeError): see ``_missing``."""
+    """``make()``, or None where its material is missing: see ``_missing``."""
     try:
         return make()
-    except RuntimeError as exc:
+    except data.SourceUnavailable as exc:
         _missing(config, what, exc, stacklevel=4)
         return None
 
@@ -178,7 +178,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
         if config.p_soundfont > 0:
             try:
                 self.soundfont = soundfont.stem_pools(rate, cache, config.soundfont_songs)
-            except RuntimeError as exc:
+            except data.SourceUnavailable as exc:
                 _missing(config, "SoundFont renders", exc)
             for k, name in enumerate(config.extra_soundfonts, 1):
                 path = soundfont.resolve_soundfont(name)
@@ -186,7 +186,7 @@ class MusicMixDataset(torch.utils.data.Dataset):
                     pools = soundfont.stem_pools(
                         rate, cache, config.soundfont_songs, seed=k, soundfont=path
                     )
-                except RuntimeError as exc:
+                except data.SourceUnavailable as exc:
                     _missing(config, f"{name} renders", exc)
                     continue
                 self.extra_soundfont.append(pools)

@@ -225,20 +225,22 @@ class Renderer:
     """Renders parts through one FluidSynth instance (reverb and chorus off).
 
     Raises:
-        RuntimeError: no SoundFont found, or FluidSynth (``pyfluidsynth`` and the system
-            library ``libfluidsynth``) unavailable.
+        demix.data.SourceUnavailable: no SoundFont found, or FluidSynth (``pyfluidsynth`` and
+            the system library ``libfluidsynth``) unavailable.
     """
 
     def __init__(self, sample_rate: int = 44100, soundfont: Path | None = None):
         soundfont = soundfont or find_soundfont()
         if soundfont is None:
-            raise RuntimeError(
+            raise data.SourceUnavailable(
                 "no General MIDI SoundFont: install fluid-soundfont-gm or set $DEMIX_SOUNDFONT"
             )
         try:
             import fluidsynth
         except (ImportError, OSError) as exc:  # OSError: the shared library is missing
-            raise RuntimeError(f"FluidSynth unavailable ({exc}); install libfluidsynth3") from exc
+            raise data.SourceUnavailable(
+                f"FluidSynth unavailable ({exc}); install libfluidsynth3"
+            ) from exc
         self.sample_rate = sample_rate
         self.synth = fluidsynth.Synth(
             gain=0.5,
@@ -248,7 +250,7 @@ class Renderer:
         self.clock = 0  # samples rendered so far
         self.soundfont_id = self.synth.sfload(str(soundfont))
         if self.soundfont_id < 0:
-            raise RuntimeError(f"{soundfont}: FluidSynth could not load this SoundFont")
+            raise data.SourceUnavailable(f"{soundfont}: FluidSynth could not load this SoundFont")
 
     def _pull(self, samples: int) -> np.ndarray:
         self.clock += samples
@@ -331,7 +333,7 @@ def stem_pools(
 
     The cache is keyed by the SoundFont's file name, not its folder, so a cached (or packed,
     ``demix.pack``) render serves on a machine without FluidSynth or the SoundFont; rendering
-    anew there raises RuntimeError.
+    anew there raises ``demix.data.SourceUnavailable``.
     """
     soundfont = soundfont or find_soundfont()
     soundfont_name = Path(soundfont).name if soundfont else Path(SOUNDFONT_PATHS[0]).name

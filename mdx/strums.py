@@ -146,19 +146,22 @@ def strum_pool(
     folder: Path | None = None,
 ) -> data.ClipPool:
     """A cached pool of ``parts`` strummed parts (stereo) from ``folder`` (default
-    ``find_strums()``). Raises RuntimeError where there are no strums and no cached render."""
+    ``find_strums()``). Raises ``data.SourceUnavailable`` where there are no strums and no
+    cached render."""
     folder = folder or find_strums()
 
     def render() -> Iterator[tuple[str, np.ndarray]]:
         from tqdm import tqdm
 
         if folder is None:
-            raise RuntimeError(
+            raise data.SourceUnavailable(
                 "no guitar strums: install hydrogen-drumkits-effects or set $DEMIX_STRUMS"
             )
         strums = load_strums(folder, sample_rate)
         if not strums:
-            raise RuntimeError(f"{folder}: no chord strums (*.flac named like Amajor_DOWN_00)")
+            raise data.SourceUnavailable(
+                f"{folder}: no chord strums (*.flac named like Amajor_DOWN_00)"
+            )
         for i in tqdm(range(parts), desc="rendering strummed guitar", leave=False):
             rng = np.random.default_rng([seed, STRUMS_VERSION, i])
             yield f"strums{i:04d}", strum_part(strums, seconds, sample_rate, rng)

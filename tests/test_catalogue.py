@@ -64,6 +64,20 @@ def test_ray_batch_with_a_bad_file_then_a_resumed_rerun(tiny_checkpoint, tmp_pat
     }
     assert statuses == {"a.wav": "skipped", "b.wav": "skipped", "bad.wav": "failed"}
 
+    # a later batch into the same folder adds its row and keeps the earlier inputs' rows
+    (tmp_path / "reel2").mkdir()
+    sf.write(tmp_path / "reel2" / "c.wav", mixes["a"].T, RATE, subtype="FLOAT")
+    later = [*cmd[:4], str(tmp_path / "reel2"), *cmd[5:]]
+    third = subprocess.run(later, capture_output=True, text=True, env=env, timeout=600,
+                           cwd=tmp_path)  # fmt: skip
+    assert third.returncode == 0 and "1 separated, 0 skipped" in third.stdout, third.stderr
+    statuses = {
+        Path(r["file"]).name: r["status"] for r in csv.DictReader((out / "report.csv").open())
+    }
+    assert statuses == {"a.wav": "skipped", "b.wav": "skipped", "bad.wav": "failed",
+                        "c.wav": "done"}  # fmt: skip
+    assert len(json.loads((out / "report.json").read_text())["inputs"]) == 4
+
 
 @pytest.mark.parametrize(
     ("template", "jobs"),

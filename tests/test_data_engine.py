@@ -457,7 +457,7 @@ def test_strummed_parts_follow_a_grid_and_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("DEMIX_STRUMS", str(tmp_path / "missing"))
     cached = strums.strum_pool(44100, tmp_path / "cache", parts=3, seconds=3.0)
     np.testing.assert_array_equal(cached.clip(1)[0], pool.clip(1)[0])  # served from the cache
-    with pytest.raises(RuntimeError, match="no guitar strums"):
+    with pytest.raises(data.SourceUnavailable, match="no guitar strums"):
         strums.strum_pool(44100, tmp_path / "cache", parts=4, seconds=3.0)
 
 
@@ -507,6 +507,16 @@ def test_a_recipe_that_requires_its_sources_refuses_to_start_without_them(
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"demix train: {recipe}: no strummed guitar")
     assert not (tmp_path / "run").exists()
+
+    # a render that fails for another reason is an error, not a source quietly left out
+    import mdx.strums
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the renderer")
+
+    monkeypatch.setattr(mdx.strums, "strum_pool", broken)
+    with pytest.raises(RuntimeError, match="a bug in the renderer"):
+        MusicMixDataset(config, seed=1)
 
 
 @needs_data
@@ -666,7 +676,7 @@ def test_drum_kit_grooves_play_velocity_layers_and_are_cached(tmp_path, monkeypa
     monkeypatch.setenv("DEMIX_DRUMKITS", str(tmp_path / "missing"))
     cached = drumkits.drumkit_pool(44100, tmp_path / "cache", parts=3, seconds=3.0, kits=found)
     np.testing.assert_array_equal(cached.clip(1)[0], pool.clip(1)[0])  # served from the cache
-    with pytest.raises(RuntimeError, match="no licence-clean drum kits"):
+    with pytest.raises(data.SourceUnavailable, match="no licence-clean drum kits"):
         drumkits.drumkit_pool(44100, tmp_path / "cache", parts=4, seconds=3.0)
 
 
