@@ -284,7 +284,7 @@ class DemoApp:
             mix, _ = audio.read(source)
             audio.write(original, mix, meta.sample_rate, "wav", meta.bit_depth)
         job.tracks["original"] = original
-        mask = wav.surround_mask_of(original, meta.channels) if meta.channels > 2 else None
+        mask = wav.surround_mask_of(source, meta.channels, meta.speakers)
         speakers = wav.speakers(mask, meta.channels) if mask is not None else None
         runs = [("", self.separator)]
         if compare_model and compare_model in self.others:

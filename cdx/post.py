@@ -182,7 +182,7 @@ def post_file(
         result.notes = list(meta.notes)
         if meta.backend == "soundfile" and path.suffix.lower() in (".wav", ".wave"):
             layout = wav.read_layout(path)
-        else:  # other formats carry no mask we read: 5.1 / 7.1 by count, else tracks
+        else:  # the layout a container names, else 5.1 / 7.1 by count, else tracks
             chunks = {}
             if meta.timecode_seconds is not None:  # a video's timecode → the BWF time reference
                 chunks[b"bext"] = wav.bext_chunk(
@@ -190,7 +190,10 @@ def post_file(
                     "demix",
                     round(meta.timecode_seconds * meta.sample_rate),
                 )
-            layout = wav.WavLayout(meta.channels, wav.assumed_mask(meta.channels), False, chunks)
+            mask = wav.surround_mask_of(path, meta.channels, meta.speakers)
+            if meta.channels <= 2:
+                mask = wav.assumed_mask(meta.channels)
+            layout = wav.WavLayout(meta.channels, mask or 0, False, chunks)
         names = wav.speakers(layout.channel_mask, meta.channels)
         result.duration_s, result.sample_rate = meta.seconds, meta.sample_rate
         result.bit_depth, result.layout = (
@@ -882,7 +885,10 @@ def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence
     """``report.json`` (every field) and ``report.csv`` (one row per input, one column per
     level), written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = [DELIVERABLES[d] for d in deliver] + ["mix"]
+    keys = [DELIVERABLES[d] for d in deliver]
+    # rows kept from earlier runs with other deliverables keep their columns too
+    measured = {k for r in results for k in r.levels}
+    keys += [k for k in DELIVERABLES.values() if k in measured and k not in keys] + ["mix"]
     payload = {
         "deliver": [DELIVERABLES[d] for d in deliver],
         "inputs": [asdict(r) for r in results],

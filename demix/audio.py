@@ -12,6 +12,7 @@ Arrays are float32 shaped [c, t] (channels first), as everywhere in demix.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -83,6 +84,10 @@ class AudioInfo:
     backend: str  # "soundfile" or "ffmpeg"
     notes: tuple[str, ...] = ()  # what is odd but readable (shown as warnings)
     timecode_seconds: float | None = None  # a video container's start timecode, in seconds
+    # The channels' speakers in order where a container names its layout (ffmpeg's names:
+    # FL, FR, FC, LFE, BL, BR, SL, SR, TFL, ...); None where it does not (WAV and FLAC keep
+    # theirs in the header: ``demix.wav``).
+    speakers: tuple[str, ...] | None = None
 
     @property
     def seconds(self) -> float:
@@ -142,9 +147,12 @@ def _ffprobe(path: Path) -> AudioInfo:
         if part.endswith(" Hz"):
             rate = int(part[:-3])
     channels = _ffmpeg_channels(line, path)
+    speakers = _ffmpeg_speakers(line, exe)
+    speakers = speakers if speakers and len(speakers) == channels else None
     frames = _ffmpeg_duration_frames(text, rate)
     if frames <= 0:  # no usable duration in the header: count by decoding (streamed)
-        frames = sum(b.shape[1] for b in _ffmpeg_blocks(path, rate, channels, 1 << 16))
+        blocks = _ffmpeg_blocks(path, rate, channels, 1 << 16, speakers=speakers)
+        frames = sum(b.shape[1] for b in blocks)
     _check(path, rate, channels, frames)
     depth = _ffmpeg_bit_depth(line)
     notes = ()
@@ -153,7 +161,9 @@ def _ffprobe(path: Path) -> AudioInfo:
             f"{path}: {len(audio_lines)} audio tracks; only the first ({channels} channel(s)) "
             "is used: extract another with ffmpeg (-map 0:a:N) to separate it",
         )
-    return AudioInfo(path, rate, channels, frames, depth, "ffmpeg", notes, _ffmpeg_timecode(text))
+    return AudioInfo(
+        path, rate, channels, frames, depth, "ffmpeg", notes, _ffmpeg_timecode(text), speakers
+    )
 
 
 def _ffmpeg_bit_depth(line: str) -> str:
@@ -235,9 +245,54 @@ def _ffmpeg_channels(line: str, path: Path) -> int:
     raise AudioError(f"{path}: no channel layout in ffmpeg's stream line ({line.strip()})")
 
 
+def _ffmpeg_speakers(line: str, exe: str) -> tuple[str, ...] | None:
+    """The speakers of ffmpeg's stream line in order: a named layout's, as this ffmpeg
+    defines it (``ffmpeg -layouts``: the names of 5.1.4 and others changed between
+    versions), or those listed in "3 channels (FL+FR+LFE)"; None for "6 channels"."""
+    parts = [part.strip() for part in line.split(",")]
+    for i, part in enumerate(parts[:-1]):
+        if part.endswith(" Hz"):
+            layout = parts[i + 1]
+            words = layout.split()
+            if len(words) == 3 and words[1] == "channels" and words[2].startswith("("):
+                return tuple(words[2].strip("()").split("+"))
+            return _ffmpeg_layouts(exe).get(layout)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _ffmpeg_layouts(exe: str) -> dict[str, tuple[str, ...]]:
+    """``exe``'s standard channel layouts: name → speakers in channel order; {} if it cannot
+    say (then containers' layouts are unlabelled, as "6 channels" is)."""
+    try:
+        text = subprocess.run(
+            [exe, "-hide_banner", "-layouts"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    layouts, standard = {}, False
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("Standard channel layouts"):
+            standard = True
+        elif standard and len(words) == 2 and words[0] != "NAME":
+            layouts[words[0]] = tuple(words[1].split("+"))
+    return layouts
+
+
 def _ffmpeg_blocks(
-    path: Path, sample_rate: int, channels: int, block_frames: int, stream: int = 0
+    path: Path,
+    sample_rate: int,
+    channels: int,
+    block_frames: int,
+    stream: int = 0,
+    speakers: Sequence[str] | None = None,
 ) -> Iterator[np.ndarray]:
+    """float32 [c, t] blocks of audio stream ``stream`` decoded by ffmpeg at ``sample_rate``:
+    in the stream's own layout where ``speakers`` names it (``-ac N`` would remix a 6.0
+    stream into 5.1: its back centre spread over the surrounds and a silent LFE), else
+    ``channels`` channels (ffmpeg's downmix or default layout for that count)."""
+    layout = ["-af", f"aformat=channel_layouts={'+'.join(speakers)}"] if speakers else []
     cmd = [
         _ffmpeg_for(path),
         "-nostdin",
@@ -252,8 +307,7 @@ def _ffmpeg_blocks(
         "f32le",
         "-acodec",
         "pcm_f32le",
-        "-ac",
-        str(channels),
+        *(layout or ["-ac", str(channels)]),
         "-ar",
         str(sample_rate),
         "-",
@@ -497,7 +551,9 @@ def iter_blocks(
     meta = meta or info(path)
     path = Path(path)
     if meta.backend == "ffmpeg":
-        blocks = _ffmpeg_blocks(path, meta.sample_rate, meta.channels, block_frames)
+        blocks = _ffmpeg_blocks(
+            path, meta.sample_rate, meta.channels, block_frames, speakers=meta.speakers
+        )
         blocks = _drop_frames(blocks, start_frame)
     else:
         blocks = _soundfile_blocks(path, block_frames, start_frame)

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from demix import audio
-from demix.separator import BACKENDS
+from demix.separator import BACKENDS, SeparationError
 
 DEMO_SECONDS = 12.0
 SEPARATE_EXAMPLES = """examples:
@@ -34,10 +34,14 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}
 
 
 def _parse_stems(text: str | None) -> list[str] | None:
-    if not text:
+    """``--stems`` as names (any case: ``Separator.plan`` matches them to the model's); None
+    where not given. Raises SeparationError where it names none (``--stems ,``)."""
+    if text is None:
         return None
-    return [s.strip() for s in text.replace("+", ",").split(",") if s.strip()]  # any case:
-    # Separator.plan matches them to the model's names
+    stems = [s.strip() for s in text.replace("+", ",").split(",") if s.strip()]
+    if not stems:
+        raise SeparationError(f"--stems {text!r} names no stem (e.g. --stems vocals,drums)")
+    return stems
 
 
 def _terminate(signum: int, _frame) -> None:
@@ -329,7 +333,11 @@ def _separate_on_ray(
             threads_per_worker=args.jobs or 1, device=args.device, backend=args.backend,
             separator_options=options, progress=progress, outputs=outputs, heads=heads,
         )  # fmt: skip
-    except (SeparationError, audio.AudioError, ValueError, OSError) as exc:
+    except SeparationError as exc:  # names what it is about (the Ray address, a file)
+        bar.close()
+        print(f"demix: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except (audio.AudioError, ValueError, OSError) as exc:
         bar.close()
         print(f"demix: {audio.one_line_error(exc, out_dir)}", file=sys.stderr)
         return 2

@@ -709,6 +709,8 @@ class Separator:
                     with contextlib.suppress(OSError):  # leave no empty folder behind
                         folder.rmdir()
                 raise
+            if overwrite:  # the earlier run's other stems go (their sum is not the input)
+                self._remove_other_stems(path, out_dir, plan.outputs, fmt, filename, warn)
         if clipped:
             counts = ", ".join(f"{name} {n}" for name, n in clipped.items())
             kind = "mp3" if fmt == "mp3" else f"{depth}-bit"
@@ -723,6 +725,24 @@ class Separator:
             )
             (warn or (lambda text: warnings.warn(text, stacklevel=2)))(message)
         return targets
+
+    def _remove_other_stems(self, path, out_dir, outputs, fmt, filename, warn) -> None:
+        """After ``--overwrite``: delete this track's stem files (in ``fmt``, where
+        ``filename`` puts them) that the run did not write, e.g. the ``rest`` of an earlier
+        ``--stems dialogue`` run beside new ``music`` and ``effects``, so that the stems
+        there sum to the input. Only names this model gives its stems are touched."""
+        others = sorted(output_names(self.heads) - set(outputs))
+        removed = []
+        for stale in stem_paths(path, out_dir, others, fmt, filename).values():
+            if stale.is_file() and stale.resolve() != Path(path).resolve():
+                stale.unlink()
+                removed.append(str(stale))
+        if removed:
+            message = (
+                f"{path}: --overwrite removed an earlier run's stems that this run does not "
+                f"write ({', '.join(removed)}), so that the stems there sum to the input"
+            )
+            (warn or (lambda text: warnings.warn(text, stacklevel=3)))(message)
 
     def separate_files(
         self,
@@ -856,11 +876,12 @@ class Separator:
         if progress is not None:
             progress(0.0, meta.seconds)
         try:
-            mask = wav.surround_mask_of(path, meta.channels) if meta.channels > 2 else None
-            # The stems' header states the layout only where the input's does (WAV) or its
-            # format fixes one (FLAC); ffmpeg's containers are read without their layout
-            # name's speakers, so their stems stay unlabelled as before.
-            labelled = mask if meta.backend == "soundfile" else None
+            mask = wav.surround_mask_of(path, meta.channels, meta.speakers)
+            # The stems' header states the layout where the input's does (WAV, a container's
+            # named layout: "5.1(side)") or its format fixes one (FLAC); a container's
+            # "6 channels" is separated as 5.1 but its stems stay unlabelled.
+            known = meta.backend == "soundfile" or meta.speakers is not None
+            labelled = mask if known else None
             for name, target in targets.items():
                 writers[name] = audio.AtomicWriter(
                     target, meta.sample_rate, meta.channels, fmt, depth, bitrate_kbps,
@@ -1135,9 +1156,16 @@ def stem_paths(
         SeparationError: unknown field, no ``{stem}``, or a path that leaves ``out_dir``.
     """
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(filename) if f is not None}
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(filename)]
     except ValueError as exc:
         raise SeparationError(f"--filename {filename!r}: {exc}") from exc
+    fields = {f for f, _, _ in parsed if f is not None}
+    dressed = [f for f, spec, conv in parsed if f is not None and (spec or conv)]
+    if dressed:  # {track!r} puts quotes in file names, {stem:>10} spaces
+        raise SeparationError(
+            f"--filename {filename!r}: write {{{dressed[0]}}} plain, without a conversion "
+            "(!r) or a format (:...)"
+        )
     unknown = fields - {"track", "trackext", "stem", "ext"}
     if unknown:
         raise SeparationError(

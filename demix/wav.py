@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,16 +96,31 @@ def assumed_mask(channels: int) -> int:
     return DEFAULT_MASKS[channels] if channels in ASSUMED_LAYOUTS else 0
 
 
-def surround_mask_of(path: str | os.PathLike, channels: int) -> int | None:
-    """The speaker mask of a file's channels where it is known: a WAV file's own mask, else
-    5.1 or 7.1 in their standard orders for 6 or 8 channels (what WAV and FLAC readers
-    assume); None for other unlabelled counts (a multitrack, not a speaker layout)."""
+def mask_of_speakers(speakers: Sequence[str]) -> int:
+    """The WAV speaker mask of channels named (in file order) as ffmpeg names them; 0 where
+    one has no WAV speaker (ffmpeg's wide, top-side or second LFE channels) or they are not
+    in WAV's order: tracks, without speaker positions."""
+    bits = [SPEAKERS.index(name) if name in SPEAKERS else -1 for name in speakers]
+    if min(bits, default=-1) < 0 or bits != sorted(set(bits)):
+        return 0
+    return sum(1 << bit for bit in bits)
+
+
+def surround_mask_of(
+    path: str | os.PathLike, channels: int, speakers: Sequence[str] | None = None
+) -> int | None:
+    """The speaker mask of a file's channels where it is known: a WAV file's own mask, the
+    layout a container names (``speakers``: ``AudioInfo.speakers``), else 5.1 or 7.1 in their
+    standard orders for 6 or 8 channels (what WAV and FLAC readers assume); None for other
+    unlabelled counts and for speakers a WAV cannot name (a multitrack, not a speaker
+    layout)."""
     if Path(path).suffix.lower() in (".wav", ".wave"):
         with contextlib.suppress(AudioError, OSError, struct.error):
             layout = read_layout(path)
             if layout.mask_given:
                 return layout.channel_mask
-    return assumed_mask(channels) if channels > 2 and assumed_mask(channels) else None
+    mask = mask_of_speakers(speakers) if speakers is not None else assumed_mask(channels)
+    return mask if channels > 2 and mask else None
 
 
 def read_layout(path: str | os.PathLike) -> WavLayout:

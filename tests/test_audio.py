@@ -472,6 +472,29 @@ def test_an_unknown_ffmpeg_layout_is_refused_not_downmixed() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("line", "mask"),
+    [
+        ("Stream #0:1: Audio: aac (LC), 48000 Hz, 5.1, fltp, 384 kb/s", 0x3F),
+        ("Stream #0:1: Audio: pcm_s24le, 48000 Hz, 5.1(side), s32 (24 bit)", 0x60F),
+        ("Stream #0:1: Audio: pcm_s24le, 48000 Hz, 6.0, s32 (24 bit)", 0x707),
+        ("Stream #0:1: Audio: pcm_s24le, 48000 Hz, 7.1(wide), s32 (24 bit)", 0xFF),
+        ("Stream #0:0: Audio: pcm_s16le, 48000 Hz, 3 channels (FL+FR+LFE), s16", 0xB),
+        ("Stream #0:0: Audio: pcm_s16le, 48000 Hz, 2 channels (FR+FL), s16", 0),  # not WAV's order
+        ("Stream #0:0: Audio: pcm_s24le, 48000 Hz, 22.2, s32 (24 bit)", 0),  # LFE2, TSL...
+    ],
+)
+def test_a_containers_named_layout_gives_its_speakers(line: str, mask: int) -> None:
+    """The speakers of a named layout, as the ffmpeg in use defines it (``ffmpeg -layouts``),
+    and their WAV mask (0: tracks, where a WAV cannot name them)."""
+    from demix import wav
+
+    speakers = audio._ffmpeg_speakers(line, audio.ffmpeg_executable())
+    assert speakers is not None and wav.mask_of_speakers(speakers) == mask
+    six = "Stream #0:0(eng): Audio: opus, 48000 Hz, 6 channels, fltp"
+    assert audio._ffmpeg_speakers(six, audio.ffmpeg_executable()) is None
+
+
 def test_a_4_1_container_keeps_its_five_channels(tmp_path: Path) -> None:
     """ffmpeg names a 5-channel layout 4.1: it is decoded as five channels, not downmixed."""
     path = tmp_path / "reel.mkv"

@@ -249,6 +249,49 @@ def test_surround_stems_keep_the_speaker_layout(tiny_checkpoint: Path, tmp_path:
         assert_sums_to(stems, source)
 
 
+def test_a_containers_named_layout_labels_its_stems(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A QuickTime file in 6.0 (FL FR FC BC SL SR) was separated as 5.1, its fourth channel
+    (BC) taken for the LFE and left wholly out of dialogue, its decode remixed into 5.1 (BC
+    spread over the surrounds), and its stems were unlabelled; a 5.1 AAC's too. Now the
+    stems carry the container's layout and null against the samples it holds."""
+    from test_audio import run_ffmpeg
+
+    from demix import audio, wav
+
+    rng = np.random.default_rng(6)
+    six = tmp_path / "six.wav"
+    sf.write(six, (0.1 * rng.standard_normal((RATE // 2, 6))).astype(np.float32), RATE,
+             subtype="PCM_24")  # fmt: skip
+    sources = {}
+    for name, layout, codec, mask in (("hex.mov", "6.0", "pcm_s24le", 0x707),
+                                      ("side.mov", "5.1(side)", "pcm_s24le", 0x60F),
+                                      ("film.mp4", "5.1", "aac", 0x3F)):  # fmt: skip
+        path = tmp_path / "in" / name
+        path.parent.mkdir(exist_ok=True)
+        split = "".join(f"[{c}]" for c in "abcdef")  # the six channels, relabelled in order
+        graph = (
+            f"[0:a]channelsplit=channel_layout=5.1{split};"
+            f"{split}join=inputs=6:channel_layout={layout}[o]"
+        )
+        run_ffmpeg(
+            "-i", str(six), "-filter_complex", graph, "-map", "[o]", "-c:a", codec, str(path)
+        )
+        sources[path] = mask
+    result = run_cli(tiny_checkpoint, *sources, "-o", tmp_path / "out", "--stems", "dialogue")
+    assert result.returncode == 0, result.stderr
+    for source, mask in sources.items():
+        stems = stem_paths(tmp_path / "out" / source.stem, ("dialogue", "rest"))
+        for stem in stems:
+            layout = wav.read_layout(stem)
+            assert layout.mask_given and layout.channel_mask == mask, (stem, layout)
+        if source.suffix == ".mov":  # 24-bit PCM: the stems null exactly, against the WAV
+            total = sum(audio.read(s)[0].astype(np.float64) for s in stems)  # it was made from
+            mix, _ = audio.read(six)  # (a 6.0 stream was decoded remixed into 5.1)
+            np.testing.assert_array_equal(np.rint(total * 2**23), np.rint(mix * 2**23))
+    dialogue, _ = audio.read(tmp_path / "out" / "hex" / "dialogue.wav")
+    assert np.abs(dialogue[3]).max() > 1e-4  # BC is separated, not kept out as an LFE
+
+
 # ------------------------------------------------------------------ failures
 
 
@@ -342,6 +385,25 @@ def test_existing_output_is_replaced_with_overwrite(tiny_checkpoint: Path, tmp_p
     assert listing(existing.parent) == {f"{s}.wav" for s in CDX_STEMS}
     for stem in stem_paths(existing.parent, CDX_STEMS):
         assert_like_input(stem, source)
+
+
+def test_overwrite_with_other_stems_leaves_one_set_that_sums(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``--stems dialogue`` (dialogue + rest), then all stems with ``--overwrite``: the old
+    rest.wav stayed beside dialogue, music and effects, and summing the folder counted the
+    music and effects twice. It is removed (one line says so); other files are left alone."""
+    source = write_input(tmp_path / "scene.wav", subtype="PCM_24")
+    out = tmp_path / "out"
+    first = run_cli(tiny_checkpoint, source, "-o", out, "--stems", "dialogue")
+    assert first.returncode == 0, first.stderr
+    (out / "scene" / "notes.txt").write_text("the mixer's notes")
+    (out / "scene" / "rest.flac").write_bytes(b"another format: not this run's business")
+    again = run_cli(tiny_checkpoint, source, "-o", out, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert "removed" in again.stderr and "rest.wav" in again.stderr
+    assert listing(out / "scene") == {f"{s}.wav" for s in CDX_STEMS} | {"notes.txt", "rest.flac"}
+    assert_sums_to(stem_paths(out / "scene", CDX_STEMS), source)
 
 
 def test_output_folder_that_cannot_be_created(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -689,6 +751,9 @@ def test_demucs_style_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
     for bad, message in (
         (["--two-stems", "vocals", "--stems", "drums"], "not both"),
         (["--stems", "vocals,kazoo"], "unknown stem(s) kazoo for head music"),
+        (["--stems", ","], "names no stem"),  # (was all stems, without a word)
+        (["--filename", "{track!r}_{stem}.{ext}"], "write {track} plain"),  # quotes in names
+        (["--filename", "{track}_{stem:>10}.{ext}"], "write {stem} plain"),
         (["--filename", "{stem}.mp3"], "gives dialogue.mp3, not a .wav file"),  # WAV data
         (["--filename", "{track}/{stem}"], "gives dialogue, not a .wav file"),
         (["--overlap", "1.5"], "--overlap"),

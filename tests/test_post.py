@@ -548,6 +548,31 @@ def test_a_poly_wav_without_a_mask_is_tracks_not_speakers(tiny, tmp_path):
     assert post_file(tiny, plain, tmp_path / "out7").layout.startswith("7 ch (CH1 ")
 
 
+def test_a_6_0_movie_is_delivered_in_its_own_layout(tiny, tmp_path):
+    """A QuickTime reel in 6.0 (FL FR FC BC SL SR): its BC was taken for an LFE (all to M&E)
+    and its decode remixed into 5.1; now DX and ME are 6.0 and null against its samples."""
+    from test_audio import run_ffmpeg
+
+    rng = np.random.default_rng(60)
+    six = tmp_path / "six.wav"
+    sf.write(six, (0.1 * rng.standard_normal((RATE // 2, 6))).astype(np.float32), RATE,
+             subtype="PCM_24")  # fmt: skip
+    split = "".join(f"[{c}]" for c in "abcdef")
+    graph = (
+        f"[0:a]channelsplit=channel_layout=5.1{split};{split}join=inputs=6:channel_layout=6.0[o]"
+    )
+    run_ffmpeg("-i", str(six), "-filter_complex", graph, "-map", "[o]", "-c:a", "pcm_s24le",
+               str(tmp_path / "R6.mov"))  # fmt: skip
+    result = post_file(tiny, tmp_path / "R6.mov", tmp_path / "out")
+    assert result.status == "done", result.error
+    assert result.layout == "6 ch (FL FR FC BC SL SR)"
+    dx, me = (sf.read(tmp_path / "out" / f"R6_{d}.wav", dtype="int32")[0] for d in ("DX", "ME"))
+    source = sf.read(six, dtype="int32")[0]
+    np.testing.assert_array_equal((dx >> 8) + (me >> 8), source >> 8)
+    assert np.abs(dx[:, 3]).max() > 0  # BC separated like the other channels
+    assert wav.read_layout(tmp_path / "out" / "R6_DX.wav").channel_mask == 0x707
+
+
 def test_rf64_with_an_odd_sized_chunk_opens_in_libsndfile(tmp_path, monkeypatch):
     """A copied bext whose coding history has an odd length (about half of them) made an
     RF64 deliverable that libsndfile refused ("No 'data' chunk marker"): the pad byte after
@@ -647,6 +672,21 @@ def test_reels_delivered_one_by_one_share_one_report(tiny, tmp_path, monkeypatch
     post_batch(tiny, [tmp_path / "R1.wav"], out, overwrite=True)
     report = json.loads((out / "report.json").read_text())["inputs"]
     assert [Path(r["file"]).name for r in report] == ["R2.wav", "R1.wav"]
+
+
+def test_a_later_reel_with_other_deliverables_keeps_the_earlier_columns(tiny, tmp_path):
+    """R1 delivered as DX, MX, FX and ME, then R2 as DX and ME into the same folder: the CSV
+    lost R1's MX and FX columns (the JSON kept them)."""
+    write_reel(tmp_path / "R1.wav", "stereo", seconds=0.5)
+    write_reel(tmp_path / "R2.wav", "stereo", seconds=0.5)
+    out = tmp_path / "del"
+    (r1,) = post_batch(tiny, [tmp_path / "R1.wav"], out, deliver=("dx", "mx", "fx", "me"))
+    post_batch(tiny, [tmp_path / "R2.wav"], out)
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert rows[0]["MX_lufs"] == str(r1.levels["MX"]["lufs"]) and rows[0]["FX_dbtp"]
+    assert rows[1]["MX_lufs"] == "" and rows[1]["DX_lufs"]  # R2 has no MX
+    header = next(csv.reader((out / "report.csv").open()))
+    assert header.index("DX_lufs") < header.index("ME_lufs") < header.index("MX_lufs")
 
 
 def test_the_api_refuses_a_dialogue_gain_the_cli_refuses(tiny, tmp_path):
