@@ -281,10 +281,13 @@ class DemoApp:
         if source.suffix.lower() in (".wav", ".wave"):  # as it is: speaker mask, float levels
             shutil.copyfile(source, original)
         else:  # decoded at its own depth (float stays float: nothing above 0 dBFS clipped)
-            mix, _ = audio.read(source)
-            audio.write(original, mix, meta.sample_rate, "wav", meta.bit_depth)
+            mix, _ = audio.read(source)  # in the layout the container names, with its mask
+            layout = wav.surround_mask_of(source, meta.channels, meta.speakers)
+            if layout is None and meta.channels > 2:
+                layout = 0  # tracks: no speaker positions
+            audio.write(original, mix, meta.sample_rate, "wav", meta.bit_depth, layout)
         job.tracks["original"] = original
-        mask = wav.surround_mask_of(source, meta.channels, meta.speakers)
+        mask = wav.surround_mask_of(original, meta.channels) if meta.channels > 2 else None
         speakers = wav.speakers(mask, meta.channels) if mask is not None else None
         runs = [("", self.separator)]
         if compare_model and compare_model in self.others:

@@ -195,6 +195,8 @@ def post_file(
                 mask = wav.assumed_mask(meta.channels)
             layout = wav.WavLayout(meta.channels, mask or 0, False, chunks)
         names = wav.speakers(layout.channel_mask, meta.channels)
+        if not layout.channel_mask and meta.speakers:  # named past what a WAV labels (9.1.6)
+            names = list(meta.speakers)
         result.duration_s, result.sample_rate = meta.seconds, meta.sample_rate
         result.bit_depth, result.layout = (
             meta.bit_depth,
@@ -386,7 +388,7 @@ class _Resume:
                 "input": str(path.resolve()),
                 "bytes": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns,
-                "format": [meta.sample_rate, meta.channels, meta.bit_depth],
+                "format": [meta.sample_rate, meta.channels, meta.bit_depth, meta.speakers],
                 "deliver": list(targets),
                 "model": separator.metadata,
                 "chunking": [separator.chunk_samples, separator.hop_samples,

@@ -68,6 +68,14 @@ FFMPEG_LAYOUTS = {
 }  # fmt: skip
 
 
+# WAVE_FORMAT_EXTENSIBLE speaker positions (dwChannelMask bits) in file order; ffmpeg names
+# these speakers the same way (``demix.wav.SPEAKERS``).
+WAV_SPEAKERS = (
+    "FL", "FR", "FC", "LFE", "BL", "BR", "FLC", "FRC", "BC", "SL", "SR", "TC",
+    "TFL", "TFC", "TFR", "TBL", "TBC", "TBR",
+)  # fmt: skip
+
+
 class AudioError(Exception):
     """A file that cannot be read or written; the message names the file and the reason."""
 
@@ -84,9 +92,10 @@ class AudioInfo:
     backend: str  # "soundfile" or "ffmpeg"
     notes: tuple[str, ...] = ()  # what is odd but readable (shown as warnings)
     timecode_seconds: float | None = None  # a video container's start timecode, in seconds
-    # The channels' speakers in order where a container names its layout (ffmpeg's names:
-    # FL, FR, FC, LFE, BL, BR, SL, SR, TFL, ...); None where it does not (WAV and FLAC keep
-    # theirs in the header: ``demix.wav``).
+    # The channels' speakers, in the order they are decoded, where a container names its
+    # layout (ffmpeg's names: FL, FR, FC, LFE, BL, BR, SL, SR, TFL, ...): in WAV's order
+    # where a WAV can name them all (a film-order "L C R Ls Rs LFE" is decoded as 5.1(side)),
+    # else in the file's. None where it names none (WAV and FLAC keep theirs in the header).
     speakers: tuple[str, ...] | None = None
 
     @property
@@ -148,7 +157,7 @@ def _ffprobe(path: Path) -> AudioInfo:
             rate = int(part[:-3])
     channels = _ffmpeg_channels(line, path)
     speakers = _ffmpeg_speakers(line, exe)
-    speakers = speakers if speakers and len(speakers) == channels else None
+    speakers = _wav_order(speakers) if speakers and len(speakers) == channels else None
     frames = _ffmpeg_duration_frames(text, rate)
     if frames <= 0:  # no usable duration in the header: count by decoding (streamed)
         blocks = _ffmpeg_blocks(path, rate, channels, 1 << 16, speakers=speakers)
@@ -258,6 +267,14 @@ def _ffmpeg_speakers(line: str, exe: str) -> tuple[str, ...] | None:
                 return tuple(words[2].strip("()").split("+"))
             return _ffmpeg_layouts(exe).get(layout)
     return None
+
+
+def _wav_order(speakers: tuple[str, ...]) -> tuple[str, ...]:
+    """``speakers`` sorted into WAV's order where WAV names each once (ffmpeg's ``aformat``
+    then only reorders the channels, exactly), else as they are."""
+    if len(set(speakers)) == len(speakers) and set(speakers) <= set(WAV_SPEAKERS):
+        return tuple(sorted(speakers, key=WAV_SPEAKERS.index))
+    return speakers
 
 
 @functools.lru_cache(maxsize=4)
@@ -725,7 +742,8 @@ def read_report_rows(path: str | os.PathLike, row_type: type) -> list:
     found = []
     for row in rows if isinstance(rows, list) else []:
         with contextlib.suppress(TypeError, AttributeError):  # one odd row: only it goes
-            found.append(row_type(**{k: v for k, v in row.items() if k in known}))
+            if isinstance(row.get("file"), str):
+                found.append(row_type(**{k: v for k, v in row.items() if k in known}))
     return found
 
 
@@ -847,11 +865,14 @@ def write(
     sample_rate: int,
     fmt: str | None = None,
     bit_depth: str = "24",
+    channel_mask: int | None = None,
 ) -> None:
-    """Write float32 [c, t] to ``path`` atomically (format from ``fmt`` or the extension)."""
+    """Write float32 [c, t] to ``path`` atomically (format from ``fmt`` or the extension;
+    ``channel_mask``: a WAV's speakers, as ``AtomicWriter``)."""
     path = Path(path)
     fmt = fmt or path.suffix.lower().lstrip(".")
-    writer = AtomicWriter(path, sample_rate, audio.shape[0], fmt, bit_depth, frames=audio.shape[1])
+    writer = AtomicWriter(path, sample_rate, audio.shape[0], fmt, bit_depth,
+                          frames=audio.shape[1], channel_mask=channel_mask)  # fmt: skip
     try:
         writer.write(np.asarray(audio, dtype=np.float32))
         writer.commit()

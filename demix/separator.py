@@ -709,8 +709,8 @@ class Separator:
                     with contextlib.suppress(OSError):  # leave no empty folder behind
                         folder.rmdir()
                 raise
-            if overwrite:  # the earlier run's other stems go (their sum is not the input)
-                self._remove_other_stems(path, out_dir, plan.outputs, fmt, filename, warn)
+            if overwrite:
+                self._warn_of_other_stems(path, out_dir, plan, fmt, filename, warn)
         if clipped:
             counts = ", ".join(f"{name} {n}" for name, n in clipped.items())
             kind = "mp3" if fmt == "mp3" else f"{depth}-bit"
@@ -726,21 +726,27 @@ class Separator:
             (warn or (lambda text: warnings.warn(text, stacklevel=2)))(message)
         return targets
 
-    def _remove_other_stems(self, path, out_dir, outputs, fmt, filename, warn) -> None:
-        """After ``--overwrite``: delete this track's stem files (in ``fmt``, where
-        ``filename`` puts them) that the run did not write, e.g. the ``rest`` of an earlier
-        ``--stems dialogue`` run beside new ``music`` and ``effects``, so that the stems
-        there sum to the input. Only names this model gives its stems are touched."""
-        others = sorted(output_names(self.heads) - set(outputs))
-        removed = []
-        for stale in stem_paths(path, out_dir, others, fmt, filename).values():
-            if stale.is_file() and stale.resolve() != Path(path).resolve():
-                stale.unlink()
-                removed.append(str(stale))
-        if removed:
+    def _warn_of_other_stems(self, path, out_dir, plan, fmt, filename, warn) -> None:
+        """After ``--overwrite``: name this track's stem files of the heads just written that
+        the run did not write (the ``rest`` of an earlier ``--stems dialogue`` beside new
+        ``music`` and ``effects``): the stems there no longer sum to the input. Nothing is
+        deleted (a name alone does not say that demix wrote a file); templates without
+        ``{track}`` say nothing about whose a file is, so they are not looked at."""
+        if "{track" not in filename:
+            return
+        heads = plan.heads
+        names = {s for h in heads for s in self.heads[h]} | {"rest"} | {f"{h}_rest" for h in heads}
+        stale = [
+            str(p)
+            for p in stem_paths(
+                path, out_dir, sorted(names - set(plan.outputs)), fmt, filename
+            ).values()
+            if p.is_file() and p.resolve() != Path(path).resolve()
+        ]
+        if stale:
             message = (
-                f"{path}: --overwrite removed an earlier run's stems that this run does not "
-                f"write ({', '.join(removed)}), so that the stems there sum to the input"
+                f"{path}: {', '.join(stale)} of an earlier run with other stems is still there; "
+                "with it the stems there do not sum to the input (remove it if it is not yours)"
             )
             (warn or (lambda text: warnings.warn(text, stacklevel=3)))(message)
 
@@ -876,7 +882,9 @@ class Separator:
         if progress is not None:
             progress(0.0, meta.seconds)
         try:
-            mask = wav.surround_mask_of(path, meta.channels, meta.speakers)
+            mask = None
+            if meta.channels > 2:
+                mask = wav.surround_mask_of(path, meta.channels, meta.speakers)
             # The stems' header states the layout where the input's does (WAV, a container's
             # named layout: "5.1(side)") or its format fixes one (FLAC); a container's
             # "6 channels" is separated as 5.1 but its stems stay unlabelled.
@@ -891,6 +899,8 @@ class Separator:
             channel_plan = None
             if mask is not None:  # surround: by the file's speakers (demix post does too)
                 channel_plan = ChannelPlan.centre_aware(wav.speakers(mask, meta.channels))
+            elif meta.channels > 2 and meta.speakers:  # named, past what a WAV can label
+                channel_plan = ChannelPlan.centre_aware(meta.speakers)
             bits = next(iter(writers.values())).bits  # 0: float or mp3 stems
             held: deque[np.ndarray] = deque()  # the input, for integer stems that null
 

@@ -21,13 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from demix.audio import SAMPLE_BYTES, AudioError, temporary_path
+from demix.audio import SAMPLE_BYTES, WAV_SPEAKERS, AudioError, temporary_path
 
-# WAVE_FORMAT_EXTENSIBLE speaker positions (dwChannelMask bits), in file order.
-SPEAKERS = (
-    "FL", "FR", "FC", "LFE", "BL", "BR", "FLC", "FRC", "BC", "SL", "SR", "TC",
-    "TFL", "TFC", "TFR", "TBL", "TBC", "TBR",
-)  # fmt: skip
+# WAVE_FORMAT_EXTENSIBLE speaker positions (dwChannelMask bits), in file order
+SPEAKERS = WAV_SPEAKERS
 # Masks a reader assumes when a file has none (plain PCM): SMPTE / ITU orders.
 DEFAULT_MASKS = {1: 0x4, 2: 0x3, 3: 0x7, 4: 0x33, 5: 0x37, 6: 0x3F, 7: 0x13F, 8: 0x63F}
 # Channel counts whose files without a mask are taken in the standard order: mono, stereo,

@@ -495,6 +495,34 @@ def test_a_containers_named_layout_gives_its_speakers(line: str, mask: int) -> N
     assert audio._ffmpeg_speakers(six, audio.ffmpeg_executable()) is None
 
 
+def test_a_film_order_container_is_decoded_in_wav_order(tmp_path, monkeypatch) -> None:
+    """A QuickTime reel in film order (L C R Ls Rs LFE: ffmpeg 9 says "6 channels
+    (FL+FC+FR+SL+SR+LFE)") became six unlabelled tracks, its LFE separated; it is decoded
+    reordered into WAV's order (5.1(side)), sample for sample, and labelled so."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    exe = imageio_ffmpeg.get_ffmpeg_exe()  # (Debian 12's ffmpeg 5.1 reorders it itself)
+    monkeypatch.setattr(audio, "ffmpeg_executable", lambda: exe)
+    rng = np.random.default_rng(7)
+    six = tmp_path / "six.wav"
+    sf.write(six, (0.1 * rng.standard_normal((4800, 6))).astype(np.float32), 48000,
+             subtype="PCM_24")  # fmt: skip
+    split = "".join(f"[{c}]" for c in "abcdef")
+    graph = (f"[0:a]channelsplit=channel_layout=5.1{split};"
+             f"{split}join=inputs=6:channel_layout=FL+FC+FR+SL+SR+LFE[o]")  # fmt: skip
+    film = tmp_path / "film.mov"
+    run_ffmpeg("-i", str(six), "-filter_complex", graph, "-map", "[o]", "-c:a", "pcm_s24le",
+               str(film))  # fmt: skip
+    probe = subprocess.run([exe, "-hide_banner", "-i", str(film)], capture_output=True, text=True)
+    if "(FL+FC+FR+SL+SR+LFE)" not in probe.stderr:
+        pytest.skip("this ffmpeg does not keep a custom channel order in QuickTime")
+    plain = subprocess.run([exe, "-v", "error", "-i", str(film), "-f", "f32le", "-"],
+                           capture_output=True, check=True).stdout  # fmt: skip
+    listed = np.frombuffer(plain, "<f4").reshape(-1, 6).T  # FL FC FR SL SR LFE
+    assert audio.info(film).speakers == ("FL", "FR", "FC", "LFE", "SL", "SR")
+    decoded, _ = audio.read(film)
+    np.testing.assert_array_equal(decoded, listed[[0, 2, 1, 5, 3, 4]])
+
+
 def test_a_4_1_container_keeps_its_five_channels(tmp_path: Path) -> None:
     """ffmpeg names a 5-channel layout 4.1: it is decoded as five channels, not downmixed."""
     path = tmp_path / "reel.mkv"

@@ -387,22 +387,24 @@ def test_existing_output_is_replaced_with_overwrite(tiny_checkpoint: Path, tmp_p
         assert_like_input(stem, source)
 
 
-def test_overwrite_with_other_stems_leaves_one_set_that_sums(
+def test_overwrite_with_other_stems_names_what_is_left(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     """``--stems dialogue`` (dialogue + rest), then all stems with ``--overwrite``: the old
-    rest.wav stayed beside dialogue, music and effects, and summing the folder counted the
-    music and effects twice. It is removed (one line says so); other files are left alone."""
+    rest.wav stays beside dialogue, music and effects, and summing the folder counts the
+    music and effects twice. One line names it; nothing is deleted (a name alone does not
+    say that demix wrote a file: it may be an input or the user's), and the other head's
+    stems are not named."""
     source = write_input(tmp_path / "scene.wav", subtype="PCM_24")
     out = tmp_path / "out"
     first = run_cli(tiny_checkpoint, source, "-o", out, "--stems", "dialogue")
     assert first.returncode == 0, first.stderr
-    (out / "scene" / "notes.txt").write_text("the mixer's notes")
-    (out / "scene" / "rest.flac").write_bytes(b"another format: not this run's business")
+    (out / "scene" / "drums.wav").write_bytes(b"the music head's, or the user's")
     again = run_cli(tiny_checkpoint, source, "-o", out, "--overwrite")
     assert again.returncode == 0, again.stderr
-    assert "removed" in again.stderr and "rest.wav" in again.stderr
-    assert listing(out / "scene") == {f"{s}.wav" for s in CDX_STEMS} | {"notes.txt", "rest.flac"}
+    assert "rest.wav of an earlier run with other stems is still there" in again.stderr
+    assert "drums" not in again.stderr
+    assert listing(out / "scene") == {f"{s}.wav" for s in CDX_STEMS} | {"rest.wav", "drums.wav"}
     assert_sums_to(stem_paths(out / "scene", CDX_STEMS), source)
 
 
