@@ -85,7 +85,7 @@ class PostResult:
     dialogue_to_me_db: float | None = None
     clipped_samples: int = 0  # where DX or MX moved so that ME or FX fit in the format
     outputs: list[str] = field(default_factory=list)
-    remix: dict[str, float | None] = field(default_factory=dict)  # see accessible_remix
+    remix: dict[str, float | str | None] = field(default_factory=dict)  # see accessible_remix
     resumed_from_s: float = 0.0  # an interrupted run's deliverables were continued from here
     notes: list[str] = field(default_factory=list)  # odd but readable input (audio.info)
 
@@ -471,7 +471,9 @@ def _deliverables(
     In an integer format a difference can pass full scale (a hot mix, DX of the opposite
     sign at its peaks): DX is then moved towards the mix at those samples, just enough for
     ME to fit (and MX for FX), so the null stays exact; those samples are counted in
-    ``result.clipped_samples`` (clipping ME instead broke the null by up to −31 dBFS)."""
+    ``result.clipped_samples`` (clipping ME instead broke the null by up to −31 dBFS). DX
+    and MX are fitted whether or not ME and FX are wanted, so that deliverables of separate
+    runs (``--deliver dx`` now, ``--deliver me`` later) null too."""
     bits = int(np.log2(scale)) + 1 if integer else 0
     low, high = -int(scale), int(scale) - 1
 
@@ -493,17 +495,13 @@ def _deliverables(
     mix = np.asarray(mix, dtype=np.int32 if integer else np.float32)
     if integer:  # a decoded lossy input can pass full scale: the null is to what fits
         mix = np.clip(mix, low, high)
-    dx = quantised(out["dialogue"])
-    if "me" in wanted or "fx" in wanted:
-        dx = fitted(dx, mix)
+    dx = fitted(quantised(out["dialogue"]), mix)
     parts = {"dx": dx}
     me = mix - dx
     if "me" in wanted:
         parts["me"] = me
     if {"mx", "fx"} & set(wanted):
-        mx = quantised(out["music"])
-        if "fx" in wanted:
-            mx = fitted(mx, me)
+        mx = fitted(quantised(out["music"]), me)
         parts["mx"] = mx
         if "fx" in wanted:
             parts["fx"] = me - mx
@@ -718,6 +716,8 @@ def accessible_remix(
         writer.abort()
         raise
     return {
+        "dialogue_gain_db": dialogue_gain_db,
+        "normalise": normalise,
         "lufs": _finite(final.integrated_lufs()),
         "dbtp": _finite(final.true_peak_dbtp()),
         "normalise_gain_db": round(norm_db, 2),
@@ -873,6 +873,19 @@ def post_batch(
             result = PostResult(str(f), "failed", error=audio.one_line_error(exc, f))
         if result.status == "skipped" and f.resolve() in previous:  # keep the run that made
             result = replace(previous[f.resolve()], file=str(f), status="skipped")  # them
+            made = result.remix
+            asked = {"dialogue_gain_db": dialogue_gain_db, "normalise": normalise}
+            if (
+                dialogue_gain_db is not None
+                and "dialogue_gain_db" in made
+                and any(made.get(k) != v for k, v in asked.items())
+            ):  # a finished REMIX of other settings is not this run's: never quietly kept
+                result = PostResult(str(f), "failed", error=(
+                    f"{remix_path_for(f, out_dir / sub)}: made with --dialogue-gain "
+                    f"{made['dialogue_gain_db']:g} --normalise {made.get('normalise') or 'none'}"
+                    f", not {dialogue_gain_db:g} / {normalise or 'none'} (--overwrite remakes "
+                    "the deliverables)"
+                ))  # fmt: skip
         results.append(result)
         report()  # after every input: an interrupted batch
         # still reports what it finished
@@ -898,7 +911,8 @@ def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence
     audio.write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
     columns = ["file", "status", "error", "duration_s", "sample_rate", "bit_depth", "layout",
                "seconds_taken", "dialogue_to_me_db", "clipped_samples"]  # fmt: skip
-    remix_keys = ["lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db"]
+    remix_keys = ["dialogue_gain_db", "normalise", "lufs", "dbtp", "normalise_gain_db",
+                  "limited_samples", "max_reduction_db"]  # fmt: skip
     levels = [f"{k}_{m}" for k in keys for m in ("lufs", "dbtp", "lra")]
     text = io.StringIO()
     writer = csv.writer(text)

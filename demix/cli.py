@@ -607,6 +607,37 @@ def model_summary(name: str, metadata: dict, heads: dict[str, tuple[str, ...]]) 
     return "\n".join(lines)
 
 
+def _demo_settings_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``demix demo``'s settings, in one line; None when they are usable.
+    The address is tried here (Gradio's own words for a taken port point to its
+    environment variables, and for a bad host speak of an empty port range)."""
+    import errno
+    import socket
+
+    limits = {"--max-upload-mb": args.max_upload_mb, "--max-seconds": args.max_seconds,
+              "--max-queue": args.max_queue}  # fmt: skip
+    for flag, value in limits.items():
+        if not value > 0 or math.isinf(value):
+            return f"{flag} {value:g}: give a positive limit"
+    if not 1 <= args.port <= 65535:
+        return f"--port {args.port}: choose 1 to 65535"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            args.host, args.port, type=socket.SOCK_STREAM
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"--host {args.host}: not an address or host name ({exc})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"--port {args.port}: in use on {args.host} (choose another --port)"
+            return f"--host {args.host}: cannot listen there ({exc.strerror or exc})"
+    return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the Gradio demo (the app lives in ``apps``; imported only for this command)."""
     try:
@@ -620,6 +651,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     from demix.separator import SeparationError
 
+    problem = _demo_settings_problem(args)
+    if problem:
+        print(f"demix demo: {problem}", file=sys.stderr)
+        return 2
     # SIGTERM (kill, docker stop) takes the Ctrl-C path: the server closes and the app's
     # temporary folder is removed at exit.
     signal.signal(signal.SIGTERM, _terminate)
@@ -875,6 +910,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (while importing torch)
+        print("demix: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `demix info | head`: the reader left; no traceback
         with contextlib.suppress(OSError):  # (and none when Python flushes stdout at exit)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

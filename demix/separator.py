@@ -115,6 +115,39 @@ class ChannelPlan:
         return cls(tuple(pairs), bypass)
 
 
+def as_float_samples(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Samples as a new float32 array: float as it is; signed integer PCM scaled by its full
+    scale (int16 / 32768); 8-bit unsigned PCM centred on 128 (WAV's 8-bit); torch tensors
+    of any float dtype (bfloat16 too) on any device.
+
+    Raises:
+        SeparationError: other unsigned integers, booleans, complex or non-numeric samples.
+    """
+    if torch.is_tensor(x):
+        x = x.detach().to("cpu")
+        x = (x.float() if x.is_floating_point() else x).numpy()
+    x = np.asarray(x)
+    kind = x.dtype.kind
+    if kind == "i":
+        return (x / np.float32(2.0 ** (8 * x.dtype.itemsize - 1))).astype(np.float32)
+    if kind == "u" and x.dtype.itemsize == 1:
+        return ((x.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if kind != "f":
+        raise SeparationError(
+            f"samples of type {x.dtype} (give float, signed integer PCM or 8-bit unsigned)"
+        )
+    return np.array(x, dtype=np.float32, copy=True)
+
+
+def _checked_rate(sample_rate) -> int:
+    """``sample_rate`` as a positive int (a whole float such as 44100.0 too)."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.number)):
+        raise SeparationError(f"sample_rate {sample_rate!r}: give a number of samples a second")
+    if not (sample_rate > 0 and float(sample_rate).is_integer()):
+        raise SeparationError(f"sample_rate {sample_rate!r}: give a positive whole number")
+    return int(sample_rate)
+
+
 def available_models() -> list[str]:
     """Names of the checkpoints embedded in the package."""
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
@@ -371,6 +404,8 @@ class Separator:
         Raises:
             SeparationError: unknown head, or a stem that none of the heads has.
         """
+        if isinstance(stems, str):  # stems="vocals": one stem, not the letters v, o, c...
+            stems = [stems]
         if head == BOTH:
             heads = tuple(self.heads)
         elif head in self.heads:
@@ -441,13 +476,15 @@ class Separator:
         stems: Sequence[str] | None = None,
         channel_plan: ChannelPlan | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Separate a stream of input blocks [c, t]; yields {output: block [c, t]} in order.
+        """Separate a stream of input blocks [c, t] (samples of any type ``separate`` takes);
+        yields {output: float32 block [c, t]} in order.
 
         The yielded blocks of each output concatenate to exactly the input's length.
         ``channel_plan``: how channels meet the stereo model (default: stereo as is, mono
         duplicated, more channels each as dual mono).
         """
         plan = self.plan(head, stems)
+        sample_rate = _checked_rate(sample_rate)
         if not 1 <= channels <= audio.MAX_CHANNELS:
             raise SeparationError(f"{channels} channels (demix handles 1 to {audio.MAX_CHANNELS})")
         model_channels = self.model.channels
@@ -478,7 +515,7 @@ class Separator:
 
         def model_blocks() -> Iterator[torch.Tensor]:
             for block in blocks:
-                block = np.asarray(block, dtype=np.float32)
+                block = as_float_samples(block)
                 if block.ndim != 2 or block.shape[0] != channels:
                     raise SeparationError(f"block shape {block.shape}, expected ({channels}, t)")
                 if not np.isfinite(block).all():
@@ -599,7 +636,8 @@ class Separator:
         Args:
             mix: [c, t] or [t] (mono); any sample rate. The caller's tensor is not modified.
                 Integer PCM (e.g. int16 from ``soundfile.read(..., dtype="int16")``) is scaled
-                to float by its full scale; NaN or infinite samples are refused.
+                to float by its full scale, 8-bit unsigned PCM centred on 128 first
+                (``as_float_samples``); NaN or infinite samples are refused.
             sample_rate: the rate of ``mix``; stems come back at the same rate.
             head: "film", "music" or "both".
             stems: a subset of the head's stems; the output then adds ``rest``.
@@ -607,9 +645,7 @@ class Separator:
         Returns:
             {name: Tensor[c, t]} (or [t] for 1-D input); the stems of each head sum to ``mix``.
         """
-        x = mix.detach().to("cpu").numpy() if torch.is_tensor(mix) else np.asarray(mix)
-        full_scale = 2.0 ** (8 * x.dtype.itemsize - 1) if x.dtype.kind == "i" else 1.0
-        x = np.array(x, dtype=np.float32, copy=True) / np.float32(full_scale)
+        x = as_float_samples(mix)  # a copy: the caller's samples are never touched
         if not np.isfinite(x).all():
             raise SeparationError("mix holds NaN or infinite samples")
         flat = x.ndim == 1

@@ -274,8 +274,11 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    sources = build_sources(cfg, rank)  # first: missing data leaves no run folder behind
+    model_config_cls(cfg.model)  # an unknown model: said before minutes of data preparation
     run = Path(cfg.run_dir)
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"run_dir {run} is a file, not a folder")
+    sources = build_sources(cfg, rank)  # first: missing data leaves no run folder behind
     run.mkdir(parents=True, exist_ok=True)
     if main:
         (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -536,8 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(cfg)
-    except (KeyError, FileNotFoundError, MissingSourceError) as exc:  # an unknown model or
-        # source, missing data or a package the recipe requires
+    except (KeyError, FileNotFoundError, NotADirectoryError, MissingSourceError) as exc:
+        # an unknown model or source, missing data, a run_dir that is a file, or a package
+        # the recipe requires
         if isinstance(exc, KeyError) and not str(exc.args[0] if exc.args else "").startswith(
             "unknown "
         ):

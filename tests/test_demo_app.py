@@ -326,6 +326,34 @@ def test_demix_demo_with_a_bad_model_is_one_line(tiny_checkpoint, tmp_path):
     assert not list(tmp_path.glob("demix-demo-*"))
 
 
+def test_demix_demo_with_bad_settings_is_one_line(tmp_path):
+    """A user trial: ``--port 99999`` was a Gradio traceback, negative limits started the
+    server, a taken port named Gradio's environment variables and a bad host spoke of an
+    empty port range. Each is one line naming the setting, exit 2, before Gradio starts."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for args, reason in (
+            (["--port", "99999"], "--port 99999: choose 1 to 65535"),
+            (["--max-upload-mb", "-5"], "--max-upload-mb -5: give a positive limit"),
+            (["--max-queue", "0"], "--max-queue 0: give a positive limit"),
+            (["--port", str(busy)], f"--port {busy}: in use on 127.0.0.1"),
+            (["--host", "256.1.1.1"], "--host 256.1.1.1: not an address or host name"),
+        ):
+            run = subprocess.run(
+                [sys.executable, "-m", "demix.cli", "demo", *args], capture_output=True,
+                text=True, timeout=180,
+            )  # fmt: skip
+            assert run.returncode == 2, (args, run.stderr)
+            lines = run.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"demix demo: {reason}"), lines
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6

@@ -355,6 +355,12 @@ def test_a_hot_mix_still_nulls_exactly():
     for name, part in parts.items():
         assert part.min() >= -scale and part.max() <= scale - 1, name
     assert result.clipped_samples > 0  # counted (and reported by the CLI)
+    # --deliver dx in one run, me (or mx, fx) in another: the same DX and MX, so they null
+    # (a DX-only run left DX unfitted: 60 % of full scale off at the peaks)
+    alone = {d: _deliverables(out, mix, float(scale), True, [d], PostResult("hot.wav", "done"))
+             for d in ("dx", "me", "mx", "fx")}  # fmt: skip
+    assert np.array_equal(alone["dx"]["dx"] + alone["me"]["me"], mix)
+    assert np.array_equal(alone["dx"]["dx"] + alone["mx"]["mx"] + alone["fx"]["fx"], mix)
     quiet = _deliverables(
         {k: 0.1 * v for k, v in out.items()}, mix // 8, float(scale), True, ["dx", "me"],
         PostResult("quiet.wav", "done"),
@@ -490,6 +496,27 @@ def test_dialogue_gain_remix_is_limited_and_normalised(tiny, tmp_path):
     assert abs(normalised.remix["lufs"] - (-23.0)) < 0.5, normalised.remix
     refused = post_file(tiny, source, tmp_path / "x", ("dx",), dialogue_gain_db=6.0)
     assert refused.status == "failed" and "deliver dx and me" in refused.error
+
+
+def test_a_rerun_with_other_remix_settings_is_refused_not_skipped(tiny, tmp_path):
+    """A REMIX made at +6 dB / EBU, then the batch again at +3 dB / ATSC into the same folder:
+    it said "deliverables complete, skipped" and kept the +6 dB remix. Now that reel fails
+    with one line naming the settings it was made with; the same settings still skip."""
+    write_reel(tmp_path / "R1.wav", "stereo", seconds=0.5)
+    out = tmp_path / "out"
+    (made,) = post_batch(tiny, [tmp_path / "R1.wav"], out, dialogue_gain_db=6.0, normalise="ebu")
+    assert made.status == "done" and made.remix["dialogue_gain_db"] == 6.0
+    (same,) = post_batch(tiny, [tmp_path / "R1.wav"], out, dialogue_gain_db=6.0, normalise="ebu")
+    assert same.status == "skipped"
+    (other,) = post_batch(tiny, [tmp_path / "R1.wav"], out, dialogue_gain_db=3.0,
+                          normalise="atsc")  # fmt: skip
+    assert other.status == "failed"
+    assert "R1_REMIX.wav: made with --dialogue-gain 6 --normalise ebu, not 3 / atsc" in other.error
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert rows[0]["status"] == "failed"
+    (redone,) = post_batch(tiny, [tmp_path / "R1.wav"], out, dialogue_gain_db=3.0,
+                           normalise="atsc", overwrite=True)  # fmt: skip
+    assert redone.status == "done" and redone.remix["normalise"] == "atsc"
 
 
 def test_video_timecode_becomes_the_time_reference(tiny, tmp_path):

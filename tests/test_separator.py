@@ -77,6 +77,30 @@ def test_errors(sep):
         Separator.from_pretrained("no-such-model")
 
 
+def test_samples_of_every_type_meet_the_model_at_full_scale(sep):
+    """A user trial: ``stream`` took int16 blocks as floats (stems summing to 28,876, not
+    0.88), uint8 went in with its 128 offset, a bfloat16 tensor, a sample rate of "44100",
+    0 or 44100.5 and ``stems="dialogue"`` failed inside numpy, torch or soxr."""
+    rng = np.random.default_rng(3)
+    ints = (rng.standard_normal((2, 4000)) * 3000).astype(np.int16)
+    expected = ints / 32768.0
+    streamed = list(sep.stream([ints], 16000, 2, stems=["dialogue"]))
+    total = sum(np.concatenate([b[k] for b in streamed], axis=1) for k in ("dialogue", "rest"))
+    np.testing.assert_allclose(total, expected, atol=1e-5)
+    pcm8 = (128 + rng.integers(-60, 60, (2, 4000))).astype(np.uint8)
+    out = sep.separate(pcm8, 16000)
+    np.testing.assert_allclose(sum(out.values()).numpy(), (pcm8 - 128.0) / 128, atol=1e-5)
+    half = torch.from_numpy(expected.astype(np.float32)).to(torch.bfloat16)
+    out = sep.separate(half, 16000, stems="dialogue")  # one stem given as a string
+    assert set(out) == {"dialogue", "rest"}
+    np.testing.assert_allclose(sum(out.values()).numpy(), half.float().numpy(), atol=1e-5)
+    for rate in ("44100", 0, -44100, 44100.5):
+        with pytest.raises(SeparationError, match="sample_rate"):
+            sep.separate(expected, rate)
+    with pytest.raises(SeparationError, match="uint16"):
+        sep.separate(ints.astype(np.uint16), 16000)
+
+
 def test_silence_in_silence_out(sep):
     out = sep.separate(np.zeros((2, 44100), np.float32), 44100, head="both")
     assert all(float(v.abs().max()) == 0.0 for v in out.values())

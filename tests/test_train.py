@@ -327,7 +327,7 @@ def test_remix_steps_train_on_fewer_fetched_mixes(tmp_path):
     assert CountedToneMixes.made == 12
 
 
-def test_demix_train_config_errors_are_one_line(tmp_path: Path, capsys) -> None:
+def test_demix_train_config_errors_are_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     """``demix train`` with a missing config, an unknown key, a bad override or an unknown
     model: one line naming the config, exit status 2, no traceback."""
     from demix.train import main
@@ -353,6 +353,25 @@ def test_demix_train_config_errors_are_one_line(tmp_path: Path, capsys) -> None:
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("demix train: "), lines
         assert reason in lines[0], lines
+
+    # An unknown model or a run_dir that is a file: said before the data sources are built
+    # (minutes of decoding and rendering), not after; a file as run_dir was a traceback.
+    import demix.train
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data sources were built first")
+
+    monkeypatch.setattr(demix.train, "build_sources", never)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    on_file = tmp_path / "on_file.yaml"
+    on_file.write_text(f"model: dualpath\nsources: []\nrun_dir: {a_file}\n")
+    for argv, reason in (([str(no_model)], "unknown model 'no-such-model'"),
+                         ([str(on_file)], "is a file, not a folder")):  # fmt: skip
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0], lines
+    assert a_file.read_text() == "" and not (tmp_path / "run").exists()
 
 
 def test_accumulated_micro_batches_are_the_large_batch(tmp_path):
