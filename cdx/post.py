@@ -823,8 +823,9 @@ def post_batch(
     batch_inputs = {f.resolve(): f for f, _ in files}
     earlier = audio.read_report_rows(out_dir / "report.json", PostResult)
     previous = {
-        Path(r.file).resolve(): r for r in earlier if r.status in ("done", "skipped") and r.levels
-    }  # a rerun that skips these inputs keeps their measurements (however the path is given)
+        Path(r.file).resolve(): r for r in earlier if r.levels
+    }  # a rerun that skips these inputs keeps their measurements (however the path is given;
+    # a reel failed for its REMIX settings keeps them too, so that the check holds next time)
     kept = [r for r in earlier if Path(r.file).resolve() not in batch_inputs]
 
     def report() -> None:
@@ -880,7 +881,7 @@ def post_batch(
                 and "dialogue_gain_db" in made
                 and any(made.get(k) != v for k, v in asked.items())
             ):  # a finished REMIX of other settings is not this run's: never quietly kept
-                result = PostResult(str(f), "failed", error=(
+                result = replace(result, status="failed", error=(
                     f"{remix_path_for(f, out_dir / sub)}: made with --dialogue-gain "
                     f"{made['dialogue_gain_db']:g} --normalise {made.get('normalise') or 'none'}"
                     f", not {dialogue_gain_db:g} / {normalise or 'none'} (--overwrite remakes "
@@ -911,8 +912,8 @@ def write_report(results: Sequence[PostResult], out_dir: Path, deliver: Sequence
     audio.write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
     columns = ["file", "status", "error", "duration_s", "sample_rate", "bit_depth", "layout",
                "seconds_taken", "dialogue_to_me_db", "clipped_samples"]  # fmt: skip
-    remix_keys = ["dialogue_gain_db", "normalise", "lufs", "dbtp", "normalise_gain_db",
-                  "limited_samples", "max_reduction_db"]  # fmt: skip
+    remix_keys = ["lufs", "dbtp", "normalise_gain_db", "limited_samples", "max_reduction_db",
+                  "dialogue_gain_db", "normalise"]  # fmt: skip
     levels = [f"{k}_{m}" for k in keys for m in ("lufs", "dbtp", "lra")]
     text = io.StringIO()
     writer = csv.writer(text)

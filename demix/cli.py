@@ -612,6 +612,7 @@ def _demo_settings_problem(args: argparse.Namespace) -> str | None:
     The address is tried here (Gradio's own words for a taken port point to its
     environment variables, and for a bad host speak of an empty port range)."""
     import errno
+    import ipaddress
     import socket
 
     limits = {"--max-upload-mb": args.max_upload_mb, "--max-seconds": args.max_seconds,
@@ -621,11 +622,15 @@ def _demo_settings_problem(args: argparse.Namespace) -> str | None:
             return f"{flag} {value:g}: give a positive limit"
     if not 1 <= args.port <= 65535:
         return f"--port {args.port}: choose 1 to 65535"
+    host = args.host.strip("[]")  # [::1], as Gradio takes it
+    dotted = host.replace(".", "").isdigit()
     try:
+        if dotted:  # 256.1.1.1: not an address, and not a name to look up either
+            ipaddress.IPv4Address(host)
         family, kind, proto, _, address = socket.getaddrinfo(
-            args.host, args.port, type=socket.SOCK_STREAM
+            host, args.port, type=socket.SOCK_STREAM
         )[0]
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         return f"--host {args.host}: not an address or host name ({exc})"
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -634,12 +639,18 @@ def _demo_settings_problem(args: argparse.Namespace) -> str | None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return f"--port {args.port}: in use on {args.host} (choose another --port)"
+            if exc.errno == errno.EACCES:
+                return f"--port {args.port}: not allowed here (ports below 1024 need root)"
             return f"--host {args.host}: cannot listen there ({exc.strerror or exc})"
     return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the Gradio demo (the app lives in ``apps``; imported only for this command)."""
+    problem = _demo_settings_problem(args)  # before Gradio loads: a quick one-line refusal
+    if problem:
+        print(f"demix demo: {problem}", file=sys.stderr)
+        return 2
     try:
         from apps.demo import Limits, launch
     except ImportError as exc:
@@ -651,10 +662,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     from demix.separator import SeparationError
 
-    problem = _demo_settings_problem(args)
-    if problem:
-        print(f"demix demo: {problem}", file=sys.stderr)
-        return 2
     # SIGTERM (kill, docker stop) takes the Ctrl-C path: the server closes and the app's
     # temporary folder is removed at exit.
     signal.signal(signal.SIGTERM, _terminate)
@@ -910,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (while importing torch)
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (a lazy import)
         print("demix: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `demix info | head`: the reader left; no traceback

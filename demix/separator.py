@@ -140,10 +140,17 @@ def as_float_samples(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _checked_rate(sample_rate) -> int:
-    """``sample_rate`` as a positive int (a whole float such as 44100.0 too)."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.number)):
-        raise SeparationError(f"sample_rate {sample_rate!r}: give a number of samples a second")
-    if not (sample_rate > 0 and float(sample_rate).is_integer()):
+    """``sample_rate`` as a positive int (a whole float such as 44100.0, a numpy scalar or a
+    0-d array or tensor too)."""
+    try:
+        if isinstance(sample_rate, (str, bytes, bool)) or np.ndim(sample_rate) != 0:
+            raise TypeError
+        rate = float(sample_rate)
+    except (TypeError, ValueError):
+        raise SeparationError(
+            f"sample_rate {sample_rate!r}: give a number of samples a second"
+        ) from None
+    if not (rate > 0 and rate.is_integer()):
         raise SeparationError(f"sample_rate {sample_rate!r}: give a positive whole number")
     return int(sample_rate)
 

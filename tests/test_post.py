@@ -513,7 +513,12 @@ def test_a_rerun_with_other_remix_settings_is_refused_not_skipped(tiny, tmp_path
     assert other.status == "failed"
     assert "R1_REMIX.wav: made with --dialogue-gain 6 --normalise ebu, not 3 / atsc" in other.error
     rows = list(csv.DictReader((out / "report.csv").open()))
-    assert rows[0]["status"] == "failed"
+    assert rows[0]["status"] == "failed" and rows[0]["DX_lufs"]  # its figures kept
+    (again,) = post_batch(tiny, [tmp_path / "R1.wav"], out, dialogue_gain_db=3.0,
+                          normalise="atsc")  # fmt: skip
+    assert again.status == "failed"  # (the second time it was "skipped")
+    (back,) = post_batch(tiny, [tmp_path / "R1.wav"], out, dialogue_gain_db=6.0, normalise="ebu")
+    assert back.status == "skipped" and back.levels == made.levels and back.remix == made.remix
     (redone,) = post_batch(tiny, [tmp_path / "R1.wav"], out, dialogue_gain_db=3.0,
                            normalise="atsc", overwrite=True)  # fmt: skip
     assert redone.status == "done" and redone.remix["normalise"] == "atsc"
