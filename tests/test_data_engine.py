@@ -497,7 +497,7 @@ def test_a_recipe_that_requires_its_sources_refuses_to_start_without_them(
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        f"model: tiny\nrun_dir: {tmp_path / 'run'}\nsources:\n  - name: mdx.music_mix\n"
+        f"model: dualpath\nrun_dir: {tmp_path / 'run'}\nsources:\n  - name: mdx.music_mix\n"
         f"    head: music\n    config: {{data_root: '{mini_root}', cache_dir: "
         f"'{tmp_path / 'cache'}', sung_phrases: 0, p_soundfont: 0.0, p_strums: 0.5, "
         "require_sources: true}\n"
