@@ -115,8 +115,9 @@ class ChannelPlan:
         return cls(tuple(pairs), bypass)
 
 
-def as_float_samples(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Samples as a new float32 array: float as it is; signed integer PCM scaled by its full
+def as_float_samples(x: torch.Tensor | np.ndarray, copy: bool = True) -> np.ndarray:
+    """Samples as float32 (a new array, or with ``copy`` False float32 input as it is, as
+    ``stream`` takes file blocks): float as it is; signed integer PCM scaled by its full
     scale (int16 / 32768); 8-bit unsigned PCM centred on 128 (WAV's 8-bit); torch tensors
     of any float dtype (bfloat16 too) on any device.
 
@@ -136,7 +137,7 @@ def as_float_samples(x: torch.Tensor | np.ndarray) -> np.ndarray:
         raise SeparationError(
             f"samples of type {x.dtype} (give float, signed integer PCM or 8-bit unsigned)"
         )
-    return np.array(x, dtype=np.float32, copy=True)
+    return np.array(x, dtype=np.float32, copy=True) if copy else np.asarray(x, np.float32)
 
 
 def _checked_rate(sample_rate) -> int:
@@ -522,7 +523,7 @@ class Separator:
 
         def model_blocks() -> Iterator[torch.Tensor]:
             for block in blocks:
-                block = as_float_samples(block)
+                block = as_float_samples(block, copy=False)  # (no copy per file block)
                 if block.ndim != 2 or block.shape[0] != channels:
                     raise SeparationError(f"block shape {block.shape}, expected ({channels}, t)")
                 if not np.isfinite(block).all():
