@@ -100,8 +100,9 @@ def _label(name: str) -> str:
 
 # Which side each speaker of a layout folds down to for the browser's stereo players
 # (centres and the unnamed channels of a multitrack to both at -3 dB; LFE left out).
-_LEFT = {"FL", "BL", "FLC", "SL", "TFL", "TBL"}
-_RIGHT = {"FR", "BR", "FRC", "SR", "TFR", "TBR"}
+# ffmpeg's speaker names as well as WAV's (a container's layout past WAV's 18: 22.2, 9.1.6)
+_LEFT = {"FL", "BL", "FLC", "SL", "TFL", "TBL", "TSL", "BFL", "WL", "SDL"}
+_RIGHT = {"FR", "BR", "FRC", "SR", "TFR", "TBR", "TSR", "BFR", "WR", "SDR"}
 
 
 def _preview(x: np.ndarray, speakers: list[str] | None = None) -> np.ndarray:
@@ -114,7 +115,7 @@ def _preview(x: np.ndarray, speakers: list[str] | None = None) -> np.ndarray:
         speakers = wav.speakers(wav.DEFAULT_MASKS.get(x.shape[0], 0), x.shape[0])
     gains = np.array(
         [[1.0, 0.0] if s in _LEFT else [0.0, 1.0] if s in _RIGHT
-         else [0.0, 0.0] if s == "LFE" else [0.707, 0.707] for s in speakers],
+         else [0.0, 0.0] if s.startswith("LFE") else [0.707, 0.707] for s in speakers],
         dtype=np.float32,
     )  # fmt: skip
     folded = gains.T @ x  # [2, t]
@@ -278,6 +279,7 @@ class DemoApp:
     def _separate(self, source, meta, folder, head, stems, compare_model, progress, cancel):
         job = Job(folder, _label(source.name), meta.sample_rate, meta.channels, meta.seconds)
         original = folder / "original.wav"
+        separated, speakers = original, None  # (the file separated, its speakers' names)
         if source.suffix.lower() in (".wav", ".wave"):  # as it is: speaker mask, float levels
             shutil.copyfile(source, original)
         else:  # decoded at its own depth (float stays float: nothing above 0 dBFS clipped)
@@ -286,9 +288,13 @@ class DemoApp:
             if layout is None and meta.channels > 2:
                 layout = 0  # tracks: no speaker positions
             audio.write(original, mix, meta.sample_rate, "wav", meta.bit_depth, layout)
+            if layout == 0 and meta.speakers:  # speakers a WAV cannot name (22.2, 9.1.6):
+                # the upload itself, whose layout plans the separation as in demix separate
+                separated, speakers = source, list(meta.speakers)
         job.tracks["original"] = original
-        mask = wav.surround_mask_of(original, meta.channels) if meta.channels > 2 else None
-        speakers = wav.speakers(mask, meta.channels) if mask is not None else None
+        if speakers is None and meta.channels > 2:
+            mask = wav.surround_mask_of(original, meta.channels)
+            speakers = wav.speakers(mask, meta.channels) if mask is not None else None
         runs = [("", self.separator)]
         if compare_model and compare_model in self.others:
             runs.append((f"{compare_model}:", self.others[compare_model]))
@@ -309,7 +315,7 @@ class DemoApp:
             for i, (prefix, sep) in enumerate(runs):
                 out = folder / (prefix.rstrip(":") or "main")
                 written = sep.separate_file(
-                    original, out, head=head, stems=stems or None, fmt="wav", progress=report(i)
+                    separated, out, head=head, stems=stems or None, fmt="wav", progress=report(i)
                 )
                 for name, path in written.items():
                     job.tracks[f"{prefix}{name}"] = path

@@ -190,9 +190,10 @@ def post_file(
                     "demix",
                     round(meta.timecode_seconds * meta.sample_rate),
                 )
-            mask = wav.surround_mask_of(path, meta.channels, meta.speakers)
-            if meta.channels <= 2:
+            if meta.channels <= 2:  # mono and stereo stems are labelled as such in post
                 mask = wav.assumed_mask(meta.channels)
+            else:
+                mask = wav.surround_mask_of(path, meta.channels, meta.speakers)
             layout = wav.WavLayout(meta.channels, mask or 0, False, chunks)
         names = wav.speakers(layout.channel_mask, meta.channels)
         if not layout.channel_mask and meta.speakers:  # named past what a WAV labels (9.1.6)

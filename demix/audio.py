@@ -155,9 +155,8 @@ def _ffprobe(path: Path) -> AudioInfo:
         part = part.strip()
         if part.endswith(" Hz"):
             rate = int(part[:-3])
-    channels = _ffmpeg_channels(line, path)
-    speakers = _ffmpeg_speakers(line, exe)
-    speakers = _wav_order(speakers) if speakers and len(speakers) == channels else None
+    channels, speakers = _ffmpeg_layout(line, path, exe)
+    speakers = _wav_order(speakers) if speakers else None
     frames = _ffmpeg_duration_frames(text, rate)
     if frames <= 0:  # no usable duration in the header: count by decoding (streamed)
         blocks = _ffmpeg_blocks(path, rate, channels, 1 << 16, speakers=speakers)
@@ -238,35 +237,27 @@ def _ffmpeg_duration_frames(text: str, sample_rate: int) -> int:
     return 0
 
 
-def _ffmpeg_channels(line: str, path: Path) -> int:
-    """Channel count of ffmpeg's "Stream #0:1: Audio: aac, 48000 Hz, 5.1, fltp" line: the
-    field after the rate is the layout's name, or "N channels" for an unnamed one."""
-    parts = [part.strip() for part in line.split(",")]
-    for i, part in enumerate(parts):
-        if part.endswith(" Hz") and i + 1 < len(parts):
-            layout = parts[i + 1]
-            words = layout.split()
-            if len(words) > 1 and words[0].isdigit() and words[1] == "channels":
-                return int(words[0])  # "6 channels", "3 channels (FL+FR+LFE)"
-            if layout in FFMPEG_LAYOUTS:
-                return FFMPEG_LAYOUTS[layout]
-            raise AudioError(f"{path}: unknown channel layout {layout!r} (ffmpeg: {line.strip()})")
-    raise AudioError(f"{path}: no channel layout in ffmpeg's stream line ({line.strip()})")
-
-
-def _ffmpeg_speakers(line: str, exe: str) -> tuple[str, ...] | None:
-    """The speakers of ffmpeg's stream line in order: a named layout's, as this ffmpeg
-    defines it (``ffmpeg -layouts``: the names of 5.1.4 and others changed between
-    versions), or those listed in "3 channels (FL+FR+LFE)"; None for "6 channels"."""
+def _ffmpeg_layout(line: str, path: Path, exe: str) -> tuple[int, tuple[str, ...] | None]:
+    """Channel count and speakers (in channel order; None where unnamed) of ffmpeg's stream
+    line "Stream #0:1: Audio: aac, 48000 Hz, 5.1, fltp": the field after the rate is a
+    layout's name, as this ffmpeg defines it (``ffmpeg -layouts``: the names of 5.1.4 and
+    others changed between versions), "3 channels (FL+FR+LFE)" or "6 channels"."""
     parts = [part.strip() for part in line.split(",")]
     for i, part in enumerate(parts[:-1]):
-        if part.endswith(" Hz"):
-            layout = parts[i + 1]
-            words = layout.split()
-            if len(words) == 3 and words[1] == "channels" and words[2].startswith("("):
-                return tuple(words[2].strip("()").split("+"))
-            return _ffmpeg_layouts(exe).get(layout)
-    return None
+        if not part.endswith(" Hz"):
+            continue
+        layout = parts[i + 1]
+        words = layout.split()
+        if len(words) > 1 and words[0].isdigit() and words[1] == "channels":
+            listed = len(words) == 3 and words[2].startswith("(")
+            return int(words[0]), tuple(words[2].strip("()").split("+")) if listed else None
+        speakers = _ffmpeg_layouts(exe).get(layout)
+        if speakers:
+            return len(speakers), speakers
+        if layout in FFMPEG_LAYOUTS:  # an ffmpeg that cannot list its layouts
+            return FFMPEG_LAYOUTS[layout], None
+        raise AudioError(f"{path}: unknown channel layout {layout!r} (ffmpeg: {line.strip()})")
+    raise AudioError(f"{path}: no channel layout in ffmpeg's stream line ({line.strip()})")
 
 
 def _wav_order(speakers: tuple[str, ...]) -> tuple[str, ...]:
@@ -815,14 +806,15 @@ class AtomicWriter:
                 f"{channels} channels ({_short(exc)})"
             ) from exc
 
-    def write(self, block: np.ndarray) -> None:
-        """Append float32 [c, t]."""
+    def write(self, block: np.ndarray) -> np.ndarray | None:
+        """Append float32 [c, t]; returns the integer samples written (int32 [c, t], as
+        ``quantise`` gives them) for an integer format, else None."""
         if self.lossy:  # the encoder clips at full scale: count it as for integer formats
             self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
             block = np.clip(block, -1.0, 1.0)
         if not self.bits:
             self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
-            return
+            return None
         self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
         ints = quantise(block, self.bits)
         if self.bits == 16:
@@ -830,6 +822,7 @@ class AtomicWriter:
         else:  # soundfile maps int32 to 24-bit by keeping the top 24 bits
             data = ints.astype(np.int32) << 8
         self._file.write(np.ascontiguousarray(data.T))
+        return ints
 
     def write_ints(self, ints: np.ndarray) -> None:
         """Append integer samples [c, t] of an integer format (``bits`` set) as they are;

@@ -709,9 +709,11 @@ class Separator:
         """
         path = Path(path)
         meta = audio.info(path)
+        say = warn or _warn_caller
         for note in meta.notes:
-            (warn or (lambda text: warnings.warn(text, stacklevel=2)))(note)
+            say(note)
         plan = self.plan(head, stems)
+        groups = _null_groups(plan)
         depth = bit_depth or meta.bit_depth
         if bit_depth is None and fmt == "flac" and depth == "32f":
             depth = "24"  # FLAC has no float samples: a float input's default is 24-bit
@@ -746,7 +748,7 @@ class Separator:
                     )
             try:
                 clipped = self._write_stems(
-                    path, meta, targets, fmt, depth, bitrate_kbps, head, stems, progress
+                    path, meta, targets, fmt, depth, bitrate_kbps, head, stems, groups, progress
                 )
             except BaseException:
                 for folder in sorted(set(created), key=lambda f: len(f.parts), reverse=True):
@@ -754,11 +756,11 @@ class Separator:
                         folder.rmdir()
                 raise
             if overwrite:
-                self._warn_of_other_stems(path, out_dir, plan, fmt, filename, warn)
+                self._warn_of_other_stems(path, out_dir, plan, fmt, filename, say)
         if clipped:
             counts = ", ".join(f"{name} {n}" for name, n in clipped.items())
             kind = "mp3" if fmt == "mp3" else f"{depth}-bit"
-            last = [names[-1] for names in _null_groups(self.plan(head, stems))]
+            last = [names[-1] for names in groups]
             if fmt == "mp3" or set(clipped) & set(last):
                 outcome = "they no longer sum exactly to the input"
             else:  # _write_nulling: the head's last stem took what the others lost
@@ -767,10 +769,10 @@ class Separator:
                 f"{path}: samples beyond full scale clipped in the {kind} stems ({counts}); "
                 f"{outcome} (use --bit-depth 32f to keep them)"
             )
-            (warn or (lambda text: warnings.warn(text, stacklevel=2)))(message)
+            say(message)
         return targets
 
-    def _warn_of_other_stems(self, path, out_dir, plan, fmt, filename, warn) -> None:
+    def _warn_of_other_stems(self, path, out_dir, plan, fmt, filename, say) -> None:
         """After ``--overwrite``: name this track's stem files of the heads just written that
         the run did not write (the ``rest`` of an earlier ``--stems dialogue`` beside new
         ``music`` and ``effects``): the stems there no longer sum to the input. Nothing is
@@ -792,7 +794,7 @@ class Separator:
                 f"{path}: {', '.join(stale)} of an earlier run with other stems is still there; "
                 "with it the stems there do not sum to the input (remove it if it is not yours)"
             )
-            (warn or (lambda text: warnings.warn(text, stacklevel=3)))(message)
+            say(message)
 
     def separate_files(
         self,
@@ -902,9 +904,12 @@ class Separator:
                 worker.join()
             self._shared = None
 
-    def _write_stems(self, path, meta, targets, fmt, depth, bitrate_kbps, head, stems, progress):
+    def _write_stems(
+        self, path, meta, targets, fmt, depth, bitrate_kbps, head, stems, groups, progress
+    ):
         """The body of ``separate_file``, run while the output folders are locked; returns
-        the number of clipped samples per stem (stems with none left out)."""
+        the number of clipped samples per stem (stems with none left out). ``groups``: the
+        plan's outputs that sum to the mix, per head (``_null_groups``)."""
         for target in targets.values():
             # Temporaries of an earlier run that was killed (SIGKILL, power loss): the folder
             # lock says no other demix is writing them now.
@@ -954,7 +959,6 @@ class Separator:
                         held.append(block)
                     yield block
 
-            groups = _null_groups(self.plan(head, stems))
             for out in self.stream(
                 teed(), meta.sample_rate, meta.channels, head, stems, channel_plan
             ):
@@ -987,6 +991,11 @@ class Separator:
             raise
 
 
+def _warn_caller(text: str) -> None:
+    """``separate_file``'s default ``warn``: a ``UserWarning`` at its caller's line."""
+    warnings.warn(text, stacklevel=3)
+
+
 def _null_groups(plan: Plan) -> list[list[str]]:
     """The outputs of each head of ``plan``, which sum to the mix: its stems and its rest."""
     return [
@@ -1014,8 +1023,7 @@ def _write_nulling(
     for names in groups:
         others = np.zeros_like(mix_ints)
         for name in names[:-1]:
-            writers[name].write(out[name])  # quantised, clipped and counted as any stem
-            others += audio.quantise(out[name], bits)
+            others += writers[name].write(out[name])  # quantised, clipped and counted
         writers[names[-1]].write_ints(mix_ints - others)
 
 

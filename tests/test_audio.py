@@ -429,7 +429,8 @@ def test_atomic_writer_writes_rf64_past_the_riff_limit(
     ],
 )
 def test_ffmpeg_layout_names_give_their_channel_count(line: str, channels: int) -> None:
-    assert audio._ffmpeg_channels(line, Path("reel.mkv")) == channels
+    count, _ = audio._ffmpeg_layout(line, Path("reel.mkv"), audio.ffmpeg_executable())
+    assert count == channels
 
 
 @pytest.mark.parametrize(
@@ -467,8 +468,10 @@ def test_a_16_bit_movie_gives_16_bit_stems_that_null(tmp_path) -> None:
 
 def test_an_unknown_ffmpeg_layout_is_refused_not_downmixed() -> None:
     with pytest.raises(audio.AudioError, match=r"reel\.mkv: unknown channel layout 'ambisonic 3'"):
-        audio._ffmpeg_channels(
-            "Stream #0:0: Audio: opus, 48000 Hz, ambisonic 3, fltp", Path("reel.mkv")
+        audio._ffmpeg_layout(
+            "Stream #0:0: Audio: opus, 48000 Hz, ambisonic 3, fltp",
+            Path("reel.mkv"),
+            audio.ffmpeg_executable(),
         )
 
 
@@ -489,10 +492,11 @@ def test_a_containers_named_layout_gives_its_speakers(line: str, mask: int) -> N
     and their WAV mask (0: tracks, where a WAV cannot name them)."""
     from demix import wav
 
-    speakers = audio._ffmpeg_speakers(line, audio.ffmpeg_executable())
-    assert speakers is not None and wav.mask_of_speakers(speakers) == mask
+    count, speakers = audio._ffmpeg_layout(line, Path("reel.mkv"), audio.ffmpeg_executable())
+    assert speakers is not None and len(speakers) == count
+    assert wav.mask_of_speakers(speakers) == mask
     six = "Stream #0:0(eng): Audio: opus, 48000 Hz, 6 channels, fltp"
-    assert audio._ffmpeg_speakers(six, audio.ffmpeg_executable()) is None
+    assert audio._ffmpeg_layout(six, Path("reel.mkv"), audio.ffmpeg_executable()) == (6, None)
 
 
 def test_a_film_order_container_is_decoded_in_wav_order(tmp_path, monkeypatch) -> None:

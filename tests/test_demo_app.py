@@ -462,3 +462,38 @@ def test_uploads_kept_as_they_are_and_a_very_short_clip_compares(tiny_checkpoint
     audio.write(short, x[:, :400], 44100, "wav", "24")
     *_, text = app.compare(app.separate(short, "film", None), "original", "dialogue")
     assert "LUFS" in text
+
+
+def test_a_layout_past_wavs_speakers_is_separated_by_its_speakers(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """A 9.1.6 reel (TSL and TSR: speakers a WAV cannot name) was separated in the demo from
+    its decoded copy, as 16 unlabelled tracks: its LFE went into dialogue too. It is planned
+    by its speakers now, as ``demix separate`` plans it: the LFE wholly to effects."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    exe = imageio_ffmpeg.get_ffmpeg_exe()  # (Debian 12's ffmpeg 5.1 has no 9.1.6)
+    monkeypatch.setattr(audio, "ffmpeg_executable", lambda: exe)
+    from test_audio import run_ffmpeg
+
+    rng = np.random.default_rng(3)
+    tracks = tmp_path / "tracks.wav"
+    audio.write(tracks, (0.1 * rng.standard_normal((16, 24000))).astype(np.float32), 48000,
+                "wav", "24", 0)  # fmt: skip
+    reel = tmp_path / "reel.mkv"
+    run_ffmpeg("-i", str(tracks), "-af", f"channelmap=map={'|'.join(map(str, range(16)))}"
+               ":channel_layout=9.1.6", "-c:a", "pcm_s24le", str(reel))  # fmt: skip
+    speakers = audio.info(reel).speakers
+    if not speakers or "TSL" not in speakers:
+        pytest.skip("this ffmpeg does not name the 9.1.6 layout")
+    app = DemoApp(Separator.from_pretrained(str(tiny_checkpoint)), Limits(), tmp_path / "root")
+    job = app.separate(reel, "film", None)
+    dialogue = audio.read(job.tracks["dialogue"])[0]
+    effects = audio.read(job.tracks["effects"])[0]
+    original = audio.read(job.tracks["original"])[0]
+    lfe = speakers.index("LFE")
+    assert not dialogue[lfe].any()  # the LFE is not separated: all of it is effects
+    np.testing.assert_allclose(effects[lfe], original[lfe], atol=1e-6)
+    assert dialogue[speakers.index("TSL")].any()
+    total = sum(audio.read(job.tracks[s])[0] for s in ("dialogue", "music", "effects"))
+    np.testing.assert_allclose(total, original, atol=1e-4)
+    assert _preview(original, speakers).shape[0] == 2
