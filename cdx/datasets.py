@@ -11,35 +11,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdx import CDX_STEMS
-from demix.layouts import MultitrackDataset, Track, audio_files, track_from_files
+from demix.layouts import MultitrackDataset, Track, audio_files, usable_tracks
 from demix.registry import register_dataset
 
 DNR_FILES = {"dialogue": "speech", "music": "music", "effects": "sfx"}
 
 
 def dnr_tracks(root: Path, split: str = "tr") -> list[Track]:
-    """The tracks of a DnR folder (``split`` folder if it exists, else ``root`` itself).
+    """The tracks of a DnR folder (``split`` folder if it exists, else ``root`` itself); an
+    item without one of its stems, or with an unreadable one, is skipped with a warning.
 
     Raises:
         FileNotFoundError: no DnR items found there.
     """
     root = Path(root)
     base = root / split if split and (root / split).is_dir() else root
-    tracks = []
-    for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
-        files = {}
-        for stem, name in DNR_FILES.items():
-            found = audio_files(folder, name)
-            if not found:
-                break
-            files[stem] = found[:1]
-        else:
-            tracks.append(track_from_files(folder.name, files))
-    if not tracks:
-        raise FileNotFoundError(
-            f"{base}: no Divide-and-Remaster items (folders with speech, music and sfx .wav)"
-        )
-    return tracks
+
+    def items():
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+            if folder.name.startswith("."):  # .ipynb_checkpoints, .DS_Store folders...
+                continue
+            files = {stem: audio_files(folder, name) for stem, name in DNR_FILES.items()}
+            lacking = [f"{DNR_FILES[stem]}.wav" for stem, found in files.items() if not found]
+            yield folder.name, f"no {' or '.join(lacking)}" if lacking else files
+
+    return usable_tracks(
+        items(), base, "Divide-and-Remaster items (folders with speech, music and sfx .wav)"
+    )
 
 
 @dataclass(frozen=True)

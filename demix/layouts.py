@@ -18,7 +18,8 @@ scores the sum of those head outputs against it (partial supervision), see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,12 @@ def audio_files(folder: Path, name: str) -> list[Path]:
 
 @dataclass(frozen=True)
 class Track:
-    """One song or scene: for each stem, the files that sum to it (all the same length)."""
+    """One song or scene: for each stem, the files that sum to it (a shorter file is silent
+    after its end)."""
 
     name: str
     files: dict[str, tuple[Path, ...]]
-    frames: int  # length at ``sample_rate``
+    frames: int  # length of its longest file, at ``sample_rate``
     sample_rate: int
 
 
@@ -51,11 +53,17 @@ def track_from_files(name: str, files: dict[str, Sequence[Path]]) -> Track:
     A stem with no files is silent in this track.
 
     Raises:
-        FileNotFoundError, ValueError: a missing file, no file at all, or files of
-            different rates.
+        FileNotFoundError, ValueError, audio.AudioError: a missing or unreadable file, no
+            file at all, files of different rates, or one stem given as both ``x.wav`` and
+            ``x.flac`` (summing both would double it).
     """
     lengths, rates = [], set()
     for stem, paths in files.items():
+        names = [Path(p).with_suffix("") for p in paths]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            copies = sorted(Path(p).name for p in paths if Path(p).with_suffix("") == twice)
+            raise ValueError(f"{name}: {stem} is there twice ({', '.join(copies)}): keep one")
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"{p}: no such file (track {name}, stem {stem})")
@@ -67,8 +75,43 @@ def track_from_files(name: str, files: dict[str, Sequence[Path]]) -> Track:
     if len(rates) != 1:
         raise ValueError(f"{name}: stem files at different sample rates {sorted(rates)}")
     return Track(
-        name, {k: tuple(Path(p) for p in v) for k, v in files.items()}, min(lengths), rates.pop()
+        name, {k: tuple(Path(p) for p in v) for k, v in files.items()}, max(lengths), rates.pop()
     )
+
+
+def usable_tracks(
+    items: Iterable[tuple[str, dict[str, Sequence[Path]] | str]], where: Path, expected: str
+) -> list[Track]:
+    """The tracks of a layout reader's items, given as (name, {stem: files}) or, for an item
+    that lacks what the layout needs, (name, reason). Items that lack something or whose
+    files cannot be used (``track_from_files``) are skipped; one warning says how many and
+    why (the first three reasons).
+
+    Raises:
+        FileNotFoundError: no usable item in ``where`` (``expected`` says what was looked
+            for; the first reason is given).
+    """
+    tracks, skipped, count = [], [], 0
+    for name, files in items:
+        count += 1
+        if isinstance(files, str):
+            skipped.append(f"{name}: {files}")
+            continue
+        try:
+            tracks.append(track_from_files(name, files))
+        except (FileNotFoundError, ValueError, audio.AudioError) as exc:
+            skipped.append(str(exc))
+    if not tracks:
+        more = ", ..." if len(skipped) > 1 else ""
+        reason = f"; {len(skipped)} skipped ({skipped[0]}{more})" if skipped else ""
+        raise FileNotFoundError(f"{where}: no {expected}{reason}")
+    if skipped:
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(
+            f"{where}: {len(skipped)} of {count} items skipped ({'; '.join(skipped[:3])}{more})",
+            stacklevel=3,
+        )
+    return tracks
 
 
 def read_segment(path: Path, start: int, frames: int, file_rate: int, rate: int) -> np.ndarray:

@@ -18,6 +18,7 @@ checkpoints. ``autocast_bf16`` turns on bfloat16 mixed precision (worth it on GP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -35,7 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from demix import models  # noqa: F401 - registers the models
-from demix.audio import one_line_error
+from demix.audio import AudioError, one_line_error
 from demix.checkpoint import load_checkpoint, save_checkpoint
 from demix.config import from_dict, load_yaml, to_dict
 from demix.data import MissingSourceError
@@ -114,6 +115,11 @@ def _relative(src: SourceConfig, cfg: TrainConfig) -> bool:
     return cfg.relative_loss if src.relative_loss is None else src.relative_loss
 
 
+class TrainSetupError(Exception):
+    """A run that cannot start as configured: a data source that cannot be read, examples
+    at another rate than the model's, weights that do not fit, a run folder in use."""
+
+
 class _Stop:
     """Set by SIGINT/SIGTERM so the loop checkpoints and exits cleanly."""
 
@@ -133,13 +139,88 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def build_sources(
     cfg: TrainConfig, rank: int = 0
 ) -> list[tuple[SourceConfig, torch.utils.data.Dataset]]:
-    """Instantiate every registered data source of the run (``rank`` picks its examples)."""
+    """Instantiate every registered data source of the run (``rank`` picks its examples).
+
+    Raises:
+        TrainSetupError: a source's config or data cannot be used (the message names it).
+    """
     out = []
     for i, src in enumerate(cfg.sources):
         entry = dataset_entry(src.name)
-        ds_config = from_dict(entry.config_cls, src.config, f"sources[{i}].config")
-        out.append((src, entry.factory(ds_config, cfg.seed + 1000 * i + 1_000_003 * rank)))
+        try:
+            ds_config = from_dict(entry.config_cls, src.config, f"sources[{i}].config")
+            ds = entry.factory(ds_config, cfg.seed + 1000 * i + 1_000_003 * rank)
+        except (ValueError, AudioError) as exc:  # ConfigError is a ValueError
+            raise TrainSetupError(f"sources[{i}] ({src.name}): {exc}") from exc
+        out.append((src, ds))
     return out
+
+
+def check_sample_rates(model: torch.nn.Module, sources) -> None:
+    """Every source must make its examples at the model's rate (a 16-kHz model trained on
+    44.1-kHz examples learns the wrong frequencies and says nothing).
+
+    Raises:
+        TrainSetupError: naming the source, both rates and the settings to change.
+    """
+    for i, (src, ds) in enumerate(sources):
+        rate = getattr(ds, "sample_rate", None) or getattr(
+            getattr(ds, "config", None), "sample_rate", None
+        )
+        if rate is not None and int(rate) != model.sample_rate:
+            raise TrainSetupError(
+                f"sources[{i}] ({src.name}) makes examples at {rate} Hz but the model runs "
+                f"at {model.sample_rate} Hz: set sources[{i}].config.sample_rate and "
+                "model_config.sample_rate to the same rate"
+            )
+
+
+def load_initial_weights(model: torch.nn.Module, path: Path, device: str) -> list[str]:
+    """Load ``path``'s weights into ``model`` to fine-tune it: a head of the checkpoint that
+    this run has no source for is left out, and a head this run adds starts fresh. Returns
+    notes on what was left out or added.
+
+    Raises:
+        TrainSetupError: the checkpoint cannot be read, or its backbone or a shared head does
+            not fit ``model_config`` (size or stems).
+    """
+    from demix.checkpoint import CheckpointError
+
+    try:
+        loaded, _ = load_checkpoint(path, device)
+    except (CheckpointError, OSError, ValueError) as exc:
+        raise TrainSetupError(f"init_from {path}: {exc}") from exc
+    ours, theirs = set(model.heads), set(loaded.heads)
+    weights = {
+        key: value
+        for key, value in loaded.state_dict().items()
+        if not key.startswith("mask_heads.") or key.split(".")[1] in ours
+    }
+    for head in ours & theirs:
+        if tuple(model.heads[head]) != tuple(loaded.heads[head]):
+            raise TrainSetupError(
+                f"init_from {path}: its {head} head has stems {list(loaded.heads[head])}, "
+                f"this run's sources {list(model.heads[head])}"
+            )
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a size mismatch
+        raise TrainSetupError(
+            f"init_from {path}: its weights do not fit model_config "
+            f"({' '.join(str(exc).split())[:300]})"
+        ) from exc
+    fresh = {f"mask_heads.{h}." for h in ours - theirs}
+    missing = [k for k in missing if not k.startswith(tuple(fresh))]
+    if missing or unexpected:
+        raise TrainSetupError(
+            f"init_from {path}: its weights do not fit model_config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    notes = [f"init_from: its {h} head is left out (no source trains it)" for h in theirs - ours]
+    notes += [
+        f"init_from: the {h} head starts fresh (the checkpoint has none)" for h in ours - theirs
+    ]
+    return sorted(notes)
 
 
 def build_run_model(cfg: TrainConfig, sources) -> torch.nn.Module:
@@ -279,19 +360,39 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     if run.exists() and not run.is_dir():
         raise NotADirectoryError(f"run_dir {run} is a file, not a folder")
     sources = build_sources(cfg, rank)  # first: missing data leaves no run folder behind
-    run.mkdir(parents=True, exist_ok=True)
-    if main:
-        (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     model = build_run_model(cfg, sources).to(device)
+    check_sample_rates(model, sources)
+    run.mkdir(parents=True, exist_ok=True)
+    from demix.separator import folder_lock
+
+    with folder_lock(run) if main else contextlib.nullcontext(True) as locked:
+        if not locked:
+            raise TrainSetupError(
+                f"run_dir {run}: another demix train is using it; wait for it to stop or "
+                "choose another run_dir"
+            )
+        return _train_in(run, cfg, sources, model, device, rank, world, on_checkpoint)
+
+
+def _train_in(run, cfg, sources, model, device, rank, world, on_checkpoint) -> Path:
+    """The body of ``train``, with the run folder locked."""
+    main = rank == 0
     ema = build_run_model(cfg, sources).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     elapsed_s = 0.0  # training time before this process (log "seconds" spans resumes)
     if (run / "state.pt").exists():
-        loaded, _ = load_checkpoint(run / "last.safetensors", device)
-        model.load_state_dict(loaded.state_dict())
-        loaded, _ = load_checkpoint(run / "ema.safetensors", device)
-        ema.load_state_dict(loaded.state_dict())
+        try:
+            loaded, _ = load_checkpoint(run / "last.safetensors", device)
+            model.load_state_dict(loaded.state_dict())
+            loaded, _ = load_checkpoint(run / "ema.safetensors", device)
+            ema.load_state_dict(loaded.state_dict())
+        except (ValueError, RuntimeError) as exc:  # CheckpointError is a ValueError
+            raise TrainSetupError(
+                f"run_dir {run}: its checkpoints do not fit this config's model or sources "
+                f"({' '.join(str(exc).split())[:300]}); resume with the run's own "
+                f"{run / 'config.yaml'} or choose another run_dir"
+            ) from exc
         state = torch.load(run / "state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
@@ -300,10 +401,12 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
         print(f"resumed {run} at step {step}", file=sys.stderr)
     else:
         if cfg.init_from:
-            loaded, _ = load_checkpoint(Path(cfg.init_from), device)
-            model.load_state_dict(loaded.state_dict())
+            for note in load_initial_weights(model, Path(cfg.init_from), device):
+                print(note, file=sys.stderr)
             print(f"initialised from {cfg.init_from}", file=sys.stderr)
         ema.load_state_dict(model.state_dict())
+    if main:  # (after the weights loaded: a resume that failed keeps the run's own record)
+        (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     ema.requires_grad_(False)
     net: torch.nn.Module = MultiTask(model)
     if world > 1:
@@ -338,7 +441,8 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
         board = SummaryWriter(str(run / "tensorboard"))
 
     def info() -> dict[str, Any]:
-        return dict(cfg.info, steps=step, run_dir=str(run))
+        started_from = {"init_from": cfg.init_from} if cfg.init_from else {}
+        return {**started_from, **cfg.info, "steps": step, "run_dir": str(run)}
 
     def checkpoint() -> None:
         if not main:
@@ -539,9 +643,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(cfg)
-    except (KeyError, FileNotFoundError, NotADirectoryError, MissingSourceError) as exc:
-        # an unknown model or source, missing data, a run_dir that is a file, or a package
-        # the recipe requires
+    except (
+        KeyError, FileNotFoundError, NotADirectoryError, MissingSourceError, TrainSetupError
+    ) as exc:  # fmt: skip
+        # an unknown model or source, missing data, a run_dir that is a file or in use, a
+        # package the recipe requires, data or weights that do not fit
         if isinstance(exc, KeyError) and not str(exc.args[0] if exc.args else "").startswith(
             "unknown "
         ):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demix import audio
-from demix.layouts import AUDIO_SUFFIXES, MultitrackDataset, Track, audio_files, track_from_files
+from demix.layouts import AUDIO_SUFFIXES, MultitrackDataset, Track, audio_files, usable_tracks
 from demix.registry import register_dataset
 from mdx import MDX_STEMS
 
@@ -59,21 +59,24 @@ def musdb_tracks(root: Path, split: str = "train", cache_dir: Path | None = None
         FileNotFoundError: no songs found.
     """
     base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
-    tracks = []
-    for entry in sorted(base.iterdir()) if base.is_dir() else []:
-        if entry.name.endswith(".stem.mp4"):
-            entry = decode_stem_mp4(entry, cache_dir or Path("runs/cache/musdb"))
-        if not entry.is_dir():
-            continue
-        files = {stem: audio_files(entry, stem) for stem in MUSDB_STEMS}
-        if all(files.values()):
-            tracks.append(track_from_files(entry.name, files))
-    if not tracks:
-        raise FileNotFoundError(
-            f"{base}: no MUSDB18 songs (folders with drums, bass, other, vocals .wav, "
-            "or .stem.mp4 files)"
-        )
-    return tracks
+
+    def items():
+        for entry in sorted(base.iterdir()) if base.is_dir() else []:
+            if entry.name.startswith("."):
+                continue
+            if entry.name.endswith(".stem.mp4"):
+                entry = decode_stem_mp4(entry, cache_dir or Path("runs/cache/musdb"))
+            if not entry.is_dir():
+                continue
+            files = {stem: audio_files(entry, stem) for stem in MUSDB_STEMS}
+            lacking = [f"{stem}.wav" for stem, found in files.items() if not found]
+            yield entry.name, f"no {' or '.join(lacking)}" if lacking else files
+
+    return usable_tracks(
+        items(),
+        base,
+        "MUSDB18 songs (folders with drums, bass, other, vocals .wav, or .stem.mp4 files)",
+    )
 
 
 def moisesdb_tracks(root: Path) -> list[Track]:
@@ -82,18 +85,20 @@ def moisesdb_tracks(root: Path) -> list[Track]:
     Raises:
         FileNotFoundError: no songs found.
     """
-    tracks = []
     base = Path(root)
-    for song in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
-        files: dict[str, list[Path]] = {stem: [] for stem in MDX_STEMS}
-        for folder in sorted(p for p in song.iterdir() if p.is_dir()):
-            stem = MOISESDB_STEMS.get(folder.name, "other")
-            files[stem] += sorted(p for p in folder.iterdir() if p.suffix in AUDIO_SUFFIXES)
-        if any(files.values()):
-            tracks.append(track_from_files(song.name, files))
-    if not tracks:
-        raise FileNotFoundError(f"{base}: no MoisesDB songs (<song>/<stem>/<track>.wav)")
-    return tracks
+
+    def visible(folder: Path) -> list[Path]:  # not macOS's "._x.wav" or other hidden files
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+    def items():
+        for song in [p for p in visible(base) if p.is_dir()] if base.is_dir() else []:
+            files: dict[str, list[Path]] = {stem: [] for stem in MDX_STEMS}
+            for folder in (p for p in visible(song) if p.is_dir()):
+                stem = MOISESDB_STEMS.get(folder.name, "other")
+                files[stem] += [p for p in visible(folder) if p.suffix in AUDIO_SUFFIXES]
+            yield song.name, files if any(files.values()) else "no stem folders with audio"
+
+    return usable_tracks(items(), base, "MoisesDB songs (<song>/<stem>/<track>.wav)")
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,8 @@ def test_moisesdb_folders_map_to_six_stems(tmp_path):
     for src, folder in folders.items():
         _write(root / "song-a" / folder / f"{src}-track.wav", audio.read(song / f"{src}.flac")[0])
     # Extra MoisesDB stems: percussion joins drums, bowed strings join other.
-    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(RATE * 2) / RATE)[None].repeat(2, 0)
+    n = audio.read(song / "drums.flac")[0].shape[1]  # (MoisesDB's tracks span the song)
+    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(n) / RATE)[None].repeat(2, 0)
     _write(root / "song-a" / "percussion" / "shaker.wav", tone)
     _write(root / "song-a" / "bowed_strings" / "cello.wav", tone)
     (root / "song-a" / "data.json").write_text("{}")
@@ -245,3 +246,110 @@ def test_distributed_training_on_two_cpu_processes(tmp_path):
     model, meta = load_checkpoint(tmp_path / "run" / "ema.safetensors")
     assert set(model.heads) == {"film", "music"}
     assert len(model.heads["music"]) == 6  # MUSDB trains the six-stem head through groups
+
+
+# ------------------------------------------------------------------ a researcher's own folders
+def _tone(seconds: float = 1.0, rate: int = RATE, hz: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return np.stack([0.1 * np.sin(2 * np.pi * hz * t)] * 2)
+
+
+def test_items_that_cannot_be_used_are_skipped_with_one_warning(tmp_path):
+    """An item without a stem was skipped silently; a corrupt or other-rate stem stopped the
+    run with a traceback; a stem as both drums.wav and drums.flac was summed twice; a
+    macOS "._x.wav" in a MoisesDB folder stopped the run; a short stem cut the whole item to
+    its length. Now: skipped with one warning naming why, and a short stem is silent after
+    its end."""
+    from cdx.datasets import dnr_tracks
+    from mdx.datasets import moisesdb_tracks, musdb_tracks
+
+    dnr = tmp_path / "dnr" / "tr"
+    for item in ("good", "no_sfx", "corrupt", "other_rate", "short_music"):
+        for name in ("speech", "music", "sfx"):
+            _write(dnr / item / f"{name}.wav", _tone(2.0))
+    (dnr / "no_sfx" / "sfx.wav").unlink()
+    (dnr / "corrupt" / "sfx.wav").write_text("not audio")
+    _write(dnr / "other_rate" / "music.wav", _tone(2.0, 22050), 22050)
+    _write(dnr / "short_music" / "music.wav", _tone(0.5))
+    (dnr / ".ipynb_checkpoints").mkdir()
+    with pytest.warns(UserWarning, match=r"3 of 5 items skipped") as caught:
+        tracks = dnr_tracks(dnr.parent)
+    text = str(caught[0].message)
+    assert "no_sfx: no sfx.wav" in text and "corrupt" in text and "different sample rates" in text
+    assert [t.name for t in tracks] == ["good", "short_music"]
+    assert tracks[1].frames == 2 * RATE  # the longest file: the short one is silent after it
+
+    musdb = tmp_path / "musdb" / "train"
+    for song in ("twice", "no_vocals", "good"):
+        for stem in ("drums", "bass", "other", "vocals"):
+            _write(musdb / song / f"{stem}.wav", _tone())
+    _write(musdb / "twice" / "drums.flac", _tone())
+    (musdb / "no_vocals" / "vocals.wav").unlink()
+    with pytest.warns(UserWarning, match=r"2 of 3 items skipped") as caught:
+        assert [t.name for t in musdb_tracks(musdb.parent)] == ["good"]
+    text = str(caught[0].message)
+    assert "drums is there twice (drums.flac, drums.wav): keep one" in text
+    assert "no_vocals: no vocals.wav" in text
+
+    moises = tmp_path / "moisesdb"
+    _write(moises / "song" / "vocals" / "lead.wav", _tone())
+    (moises / "song" / "vocals" / "._lead.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (track,) = moisesdb_tracks(moises)
+    assert [p.name for p in track.files["vocals"]] == ["lead.wav"]
+    only_bad = tmp_path / "only_bad" / "tr" / "1"
+    _write(only_bad / "speech.wav", _tone())
+    with pytest.raises(FileNotFoundError, match=r"sfx \.wav\); 1 skipped \(1: no music"):
+        dnr_tracks(only_bad.parent.parent)
+
+
+def test_a_run_that_cannot_start_as_configured_is_one_line(tmp_path, capsys):
+    """Examples at another rate than the model's trained silently; fine-tuning a two-head
+    checkpoint on one head's data, a source config typo, a resume with another model size
+    were tracebacks (the failed resume also rewrote the run's config.yaml); two runs could
+    write one run_dir at once. Fine-tuning on one head now keeps that head and says so."""
+    from demix.separator import folder_lock
+    from demix.train import main
+
+    dnr_root, musdb_root = _generated_layouts(tmp_path)
+    film = {"name": "cdx.dnr", "head": "film",
+            "config": {"root": str(dnr_root), "segment_seconds": 0.5}}  # fmt: skip
+    music = {"name": "mdx.musdb", "head": "music",
+             "config": {"root": str(musdb_root), "segment_seconds": 0.5}}  # fmt: skip
+
+    def config(name: str, sources: list, **extra) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "model_config": {"dim": 16, "layers": 2, "segment_seconds": 0.5},
+            "sources": sources, "run_dir": str(tmp_path / name), "batch_size": 1,
+            "steps": 1, "warmup_steps": 1, "num_workers": 0, "threads": 1, **extra,
+        }))  # fmt: skip
+        return str(path)
+
+    def one_line(argv: list[str], reason: str) -> None:
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("demix train: "), lines
+        assert reason in lines[0], lines
+
+    both = config("both", [film, music])
+    assert main([both]) == 0
+    capsys.readouterr()
+    slow = dict(film, config=dict(film["config"], sample_rate=16000))
+    one_line([config("rates", [slow])], "makes examples at 16000 Hz but the model runs at 44100")
+    typo = dict(film, config=dict(film["config"], rooot="x"))
+    one_line([config("typo", [typo])], "sources[0] (cdx.dnr)")
+    recorded = (tmp_path / "both" / "config.yaml").read_text()
+    one_line([both, "--set", "model_config.dim=24"], "its checkpoints do not fit")
+    assert (tmp_path / "both" / "config.yaml").read_text() == recorded
+    with folder_lock(tmp_path / "both") as locked:
+        assert locked
+        one_line([both, "--set", "steps=2"], "another demix train is using it")
+
+    tuned = config("tuned", [film], init_from=str(tmp_path / "both" / "ema.safetensors"))
+    assert main([tuned]) == 0
+    assert "its music head is left out" in capsys.readouterr().err
+    from demix.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(tmp_path / "tuned" / "ema.safetensors")
+    assert set(model.heads) == {"film"}
+    assert meta["info"]["init_from"].endswith("ema.safetensors")
