@@ -113,18 +113,33 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict in place."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict in place;
+    a number indexes a list (``sources.0.config.root=/data/dnr``)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        node = data
+        node: Any = data
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(
+                        f"override {item!r}: {'.'.join(parts[:i])} is a list of {len(node)}; "
+                        f"{part!r} is not one of its indices (0 to {len(node) - 1})"
+                    )
+                if last:
+                    node[int(part)] = yaml.safe_load(raw)
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = yaml.safe_load(raw)
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is not a section")
     return data
 
 

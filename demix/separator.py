@@ -406,14 +406,17 @@ class Separator:
             return BOTH
         return max(has, key=has.__getitem__) if any(has.values()) else first
 
-    def plan(self, head: str = "film", stems: Sequence[str] | None = None) -> Plan:
-        """Resolve ``head`` ("film", "music" or "both") and a stem selection to outputs.
+    def plan(self, head: str | None = None, stems: Sequence[str] | None = None) -> Plan:
+        """Resolve ``head`` ("film", "music" or "both"; None: the head that has ``stems``,
+        ``head_for``, as the CLI chooses it) and a stem selection to outputs.
 
         Raises:
             SeparationError: unknown head, or a stem that none of the heads has.
         """
         if isinstance(stems, str):  # stems="vocals": one stem, not the letters v, o, c...
             stems = [stems]
+        if head is None:
+            head = self.head_for(stems)
         if head == BOTH:
             heads = tuple(self.heads)
         elif head in self.heads:
@@ -480,7 +483,7 @@ class Separator:
         blocks: Iterable[np.ndarray],
         sample_rate: int,
         channels: int,
-        head: str = "film",
+        head: str | None = None,
         stems: Sequence[str] | None = None,
         channel_plan: ChannelPlan | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
@@ -636,7 +639,7 @@ class Separator:
         self,
         mix: torch.Tensor | np.ndarray,
         sample_rate: int,
-        head: str = "film",
+        head: str | None = None,
         stems: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Separate an in-memory signal.
@@ -647,7 +650,8 @@ class Separator:
                 to float by its full scale, 8-bit unsigned PCM centred on 128 first
                 (``as_float_samples``); NaN or infinite samples are refused.
             sample_rate: the rate of ``mix``; stems come back at the same rate.
-            head: "film", "music" or "both".
+            head: "film", "music" or "both"; default: the head that has ``stems``
+                (``stems=["vocals"]`` → music), the first head (film) without them.
             stems: a subset of the head's stems; the output then adds ``rest``.
 
         Returns:
@@ -674,7 +678,7 @@ class Separator:
         self,
         path: str | os.PathLike,
         out_dir: str | os.PathLike,
-        head: str = "film",
+        head: str | None = None,
         stems: Sequence[str] | None = None,
         fmt: str = "wav",
         bit_depth: str | None = None,
@@ -799,7 +803,7 @@ class Separator:
     def separate_files(
         self,
         jobs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
-        head: str = "film",
+        head: str | None = None,
         stems: Sequence[str] | None = None,
         files_together: int = 1,
         progress: Callable[[Path, float, float], None] | None = None,

@@ -223,6 +223,16 @@ def load_initial_weights(model: torch.nn.Module, path: Path, device: str) -> lis
     return sorted(notes)
 
 
+def loss_columns(sources: list[SourceConfig]) -> list[str]:
+    """``log.csv``'s loss column per source: ``loss_<head>``, or ``loss_<head>_<i>`` (the
+    source's index) where several sources train one head."""
+    heads = [src.head for src in sources]
+    return [
+        f"loss_{head}" if heads.count(head) == 1 else f"loss_{head}_{i}"
+        for i, head in enumerate(heads)
+    ]
+
+
 def build_run_model(cfg: TrainConfig, sources) -> torch.nn.Module:
     """The model with one head per source head, stems taken from the data sources (a source
     may train a head with finer stems than its own, see ``demix.layouts``)."""
@@ -431,7 +441,7 @@ def _train_in(run, cfg, sources, model, device, rank, world, on_checkpoint) -> P
     if new_log and main:
         log.writerow(
             ["step", "seconds", "examples_per_second", "lr"]
-            + [f"loss_{s.head}" for s, _ in sources]
+            + loss_columns([src for src, _ in sources])
         )
 
     board = None

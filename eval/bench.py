@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from demix import Separator
+from demix import Separator, audio
 from demix.separator import SeparationError, checkpoint_path
 from eval import metrics
-from eval.sets import SetItem, load_set
+from eval.sets import SetError, SetItem, load_set
 
 Estimates = dict[str, np.ndarray]
 System = Callable[[SetItem], Estimates]
@@ -354,15 +354,19 @@ def main(argv: list[str] | None = None) -> int:
     except (SeparationError, ValueError) as exc:
         p.error(" ".join(str(exc).split()))
     name = Path(args.model).stem
-    scores = run_benchmark(
-        args.task,
-        sep,
-        name,
-        Path(args.set_dir),
-        Path(args.out),
-        anchors=not args.no_anchors,
-        model_id=model_fingerprint(args.model),
-    )
+    try:
+        scores = run_benchmark(
+            args.task,
+            sep,
+            name,
+            Path(args.set_dir),
+            Path(args.out),
+            anchors=not args.no_anchors,
+            model_id=model_fingerprint(args.model),
+        )
+    except (SetError, audio.AudioError) as exc:  # an item that cannot be read or scored
+        print(f"python -m eval: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     print((Path(args.out) / "summary.md").read_text())
     return 0 if len(scores) else 1
 

@@ -12,11 +12,22 @@ import torch
 _EPS = 1e-8
 
 
+MAX_CHANNELS = 64  # more "channels" than this: samples × channels passed the other way round
+
+
 def _as_numpy(x) -> np.ndarray:
+    """float64 [..., channels, samples]; refuses samples × channels (soundfile's and
+    museval's order), which would be scored as thousands of one-sample channels."""
     if torch.is_tensor(x):
         x = x.detach().to("cpu", torch.float64).numpy()
     x = np.asarray(x, dtype=np.float64)
-    return x[None] if x.ndim == 1 else x
+    x = x[None] if x.ndim == 1 else x
+    if x.shape[-2] > MAX_CHANNELS and x.shape[-2] > x.shape[-1]:
+        raise ValueError(
+            f"audio of shape {x.shape}: {x.shape[-2]} channels of {x.shape[-1]} samples? "
+            "Pass (channels, samples), e.g. x.T for soundfile's or museval's (samples, channels)"
+        )
+    return x
 
 
 def _pair(ref, est) -> tuple[np.ndarray, np.ndarray]:
@@ -103,9 +114,9 @@ def bss_eval_frames(
 
     Returns:
         {"sdr", "sir", "sar", "isr"}: arrays [stems, frames]; NaN for every stem in a frame
-        where any stem's reference or estimate is silent (museval's rule), and for every
-        frame of a stem whose whole reference or estimate is silent (museval refuses those;
-        the other stems are scored without them).
+        where any stem's reference or estimate is silent (museval's rule), for every frame
+        of a stem whose whole reference or estimate is silent (museval refuses those; the
+        other stems are scored without them), and where an estimate is exact (infinite).
     """
     refs = np.stack([_as_numpy(r) for r in refs])  # [s, c, t]
     ests = np.stack([_as_numpy(e) for e in ests])
@@ -130,6 +141,8 @@ def bss_eval_frames(
     for name, v in (("sdr", sdr), ("sir", sir), ("sar", sar), ("isr", isr)):
         if v.shape[1] != frames:  # museval's framing of the tail, if it ever differs
             out[name] = np.full((len(refs), v.shape[1]), np.nan)
+        # An exact estimate's +inf becomes NaN too: one infinite frame would make every
+        # mean over items infinite (an identity whose mix is that one stem, say).
         out[name][audible] = np.where(np.isfinite(v), v, np.nan)
     return out
 

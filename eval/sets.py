@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -409,17 +410,67 @@ def build_music_synth_set(
     return folders
 
 
+class SetError(ValueError):
+    """An item of an evaluation set that cannot be scored; the message names it and why."""
+
+
+SCORED_MUSIC_STEMS = ("drums", "bass", "vocals", "guitar", "piano", "other")  # mdx.MDX_STEMS
+
+
+def _checked(item: SetItem, files: dict[str, Path]) -> SetItem:
+    """``item`` after checking that its references can be scored against its mix: each the
+    mix's channels and length (a shorter stem failed the whole benchmark with a shape error
+    naming no file), named as a stem of its layout; a warning where they do not sum to the
+    mix (a missing stem: every score of the item would assume they do)."""
+    folder = Path(next(iter(files.values()))).parent
+    for name, x in item.stems.items():
+        if x.shape != item.mix.shape:
+            raise SetError(
+                f"{files.get(name, folder / name)}: {x.shape[0]} channel(s) × {x.shape[1]} "
+                f"samples, its mix {item.mix.shape[0]} × {item.mix.shape[1]} (at "
+                f"{item.sample_rate} Hz): a reference must have the mix's channels and length"
+            )
+    rest = item.mix.astype(np.float64) - sum(x.astype(np.float64) for x in item.stems.values())
+    mix_energy = float(np.sum(np.square(item.mix, dtype=np.float64)))
+    if mix_energy > 0:
+        left_db = 10 * np.log10(max(float(np.sum(rest**2)), 1e-30) / mix_energy)
+        if left_db > -20:
+            warnings.warn(
+                f"{folder}: its references ({', '.join(item.stems)}) do not sum to its mix "
+                f"(what is left is {left_db:.0f} dB below it): is a stem missing? Its scores "
+                "assume they do",
+                stacklevel=3,
+            )
+    return item
+
+
 def load_set(path: Path) -> Iterator[SetItem]:
-    """Read every item of a set folder in any of the three layouts (sorted by name)."""
+    """Read every item of a set folder in any of the three layouts (sorted by name).
+
+    Raises:
+        SetError: an item whose references cannot be scored (another length or channel
+            count than its mix, a file in the MUSDB layout that names no stem); an item
+            whose references do not sum to its mix is read with a warning.
+    """
     for folder in sorted(p for p in Path(path).iterdir() if p.is_dir()):
         meta = (
             json.loads((folder / "meta.json").read_text())
             if (folder / "meta.json").exists()
             else {}
         )
-        files = {f.stem: f for f in folder.iterdir() if f.suffix.lower() in (".wav", ".flac")}
+        files = {
+            f.stem: f
+            for f in folder.iterdir()
+            if f.suffix.lower() in (".wav", ".flac") and not f.name.startswith(".")
+        }
         if "mixture" in files:  # MUSDB
             mix, rate = audio.read(files.pop("mixture"))
+            unknown = sorted(set(files) - set(SCORED_MUSIC_STEMS))
+            if unknown:
+                raise SetError(
+                    f"{files[unknown[0]]}: not a stem name of the MUSDB layout "
+                    f"({', '.join(SCORED_MUSIC_STEMS)}): rename it or move it out of the set"
+                )
             stems = {k: audio.read(f, rate)[0] for k, f in sorted(files.items())}
         elif "mix" in files and "sfx" in files:  # DnR
             mix, rate = audio.read(files["mix"])
@@ -432,7 +483,7 @@ def load_set(path: Path) -> Iterator[SetItem]:
             }
         else:
             continue
-        yield SetItem(folder.name, mix, stems, rate, meta)
+        yield _checked(SetItem(folder.name, mix, stems, rate, meta), files)
 
 
 def main(argv: list[str] | None = None) -> int:

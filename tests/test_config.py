@@ -17,6 +17,19 @@ def test_load_with_overrides(tmp_path):
     assert to_dict(cfg)["sources"][0]["name"] == "cdx.film_mix"
 
 
+def test_an_override_reaches_into_a_list_by_index(tmp_path):
+    """``--set sources.0.config.root=...`` said "sources is not a section": a whole new
+    sources list was the only way to point a recipe at another dataset folder."""
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  - {name: cdx.dnr, head: film, config: {root: /a}}\n")
+    cfg = load_yaml(TrainConfig, path, ["sources.0.config.root=/data/dnr", "sources.0.weight=2"])
+    assert cfg.sources[0].config == {"root": "/data/dnr"} and cfg.sources[0].weight == 2
+    with pytest.raises(ConfigError, match=r"sources is a list of 1; '1' is not one of its"):
+        load_yaml(TrainConfig, path, ["sources.1.config.root=/x"])
+    with pytest.raises(ConfigError, match=r"sources\.0\.head is not a section"):
+        load_yaml(TrainConfig, path, ["sources.0.head.x=2"])
+
+
 def test_unknown_keys_are_errors(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("sources: []\nbatchsize: 2\n")

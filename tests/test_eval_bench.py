@@ -364,3 +364,41 @@ def test_results_tables_compare_systems_on_the_same_items():
         )
     }
     assert rows == {"anchor": "1.00", "model": "2.00", "(items)": "1"}  # model: not 3.00
+
+
+def test_a_users_music_set_names_the_item_that_cannot_be_scored(tmp_path, tiny_checkpoint, capsys):
+    """A researcher's own MUSDB-layout folder: a stem shorter than its mixture or mono under
+    a stereo mixture stopped the whole benchmark with a shape error naming no file; a
+    misnamed stem (vocal.wav) became a stem of its own; a missing stem was scored as if the
+    rest summed to the mix. Now: one line naming the file, and a warning for the sum."""
+    from eval.bench import main
+    from eval.sets import SetError
+
+    rng = np.random.default_rng(0)
+
+    def song(folder: Path, **odd: np.ndarray) -> None:
+        stems = {s: 0.1 * rng.standard_normal((2, 44100)) for s in ("drums", "bass", "vocals")}
+        folder.mkdir(parents=True)
+        for name, x in {**stems, "mixture": sum(stems.values()), **odd}.items():
+            audio.write(folder / f"{name}.wav", x.astype(np.float32), 44100, "wav", "32f")
+
+    song(tmp_path / "good" / "a")
+    assert [item.name for item in load_set(tmp_path / "good")] == ["a"]
+    song(tmp_path / "short" / "a", bass=np.zeros((2, 22050)))
+    with pytest.raises(SetError, match=r"short/a/bass\.wav: 2 channel\(s\) × 22050 samples"):
+        list(load_set(tmp_path / "short"))
+    song(tmp_path / "mono" / "a", vocals=np.zeros((1, 44100)))
+    with pytest.raises(SetError, match=r"vocals\.wav: 1 channel"):
+        list(load_set(tmp_path / "mono"))
+    song(tmp_path / "misnamed" / "a", vocal=np.zeros((2, 44100)))
+    with pytest.raises(SetError, match=r"vocal\.wav: not a stem name"):
+        list(load_set(tmp_path / "misnamed"))
+    song(tmp_path / "gone" / "a")
+    (tmp_path / "gone" / "a" / "vocals.wav").unlink()
+    with pytest.warns(UserWarning, match=r"gone/a: its references \(bass, drums\) do not sum"):
+        assert len(list(load_set(tmp_path / "gone"))) == 1
+    argv = ["music", "--model", str(tiny_checkpoint), "--set", str(tmp_path / "short"),
+            "--out", str(tmp_path / "out"), "--no-anchors"]  # fmt: skip
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("python -m eval: ") and "bass.wav" in lines[-1], lines

@@ -308,7 +308,7 @@ def test_a_run_that_cannot_start_as_configured_is_one_line(tmp_path, capsys):
     were tracebacks (the failed resume also rewrote the run's config.yaml); two runs could
     write one run_dir at once. Fine-tuning on one head now keeps that head and says so."""
     from demix.separator import folder_lock
-    from demix.train import main
+    from demix.train import SourceConfig, main
 
     dnr_root, musdb_root = _generated_layouts(tmp_path)
     film = {"name": "cdx.dnr", "head": "film",
@@ -334,6 +334,12 @@ def test_a_run_that_cannot_start_as_configured_is_one_line(tmp_path, capsys):
     both = config("both", [film, music])
     assert main([both]) == 0
     capsys.readouterr()
+    from demix.train import loss_columns
+
+    header = (tmp_path / "both" / "log.csv").read_text().splitlines()[0]
+    assert header.endswith(",loss_film,loss_music")
+    sources = [SourceConfig(**film), SourceConfig(**music), SourceConfig(**music)]
+    assert loss_columns(sources) == ["loss_film", "loss_music_1", "loss_music_2"]  # (not twice)
     slow = dict(film, config=dict(film["config"], sample_rate=16000))
     one_line([config("rates", [slow])], "makes examples at 16000 Hz but the model runs at 44100")
     typo = dict(film, config=dict(film["config"], rooot="x"))

@@ -94,3 +94,15 @@ def test_bss_eval_scores_the_others_when_a_stem_is_silent():
     assert (frames["sdr"][[0, 2]] > 30).all()
     medians = metrics.bss_eval_v4(refs, ests, RATE)
     assert np.isnan(medians["sdr"][1]) and (medians["sdr"][[0, 2]] > 30).all()
+
+
+def test_samples_by_channels_are_refused_not_scored_as_thousands_of_channels():
+    """museval's and soundfile's (samples, channels) order was taken as (channels, samples):
+    si_sdr scored nonsense and BSSEval tried to allocate petabytes."""
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((2, RATE))
+    with pytest.raises(ValueError, match=r"Pass \(channels, samples\)"):
+        metrics.si_sdr(ref.T, ref.T)
+    with pytest.raises(ValueError, match=r"Pass \(channels, samples\)"):
+        metrics.bss_eval_v4(ref.T[None], ref.T[None], RATE)
+    assert metrics.si_sdr(ref, ref) > 100  # (channels, samples) as ever

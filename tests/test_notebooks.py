@@ -47,12 +47,17 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("DEMIX_CLIP", raising=False)
     book = nbformat.read(path, as_version=4)
-    # The kernel runs in the project root, so the decoded-pool cache (runs/cache) is shared
-    # with the other tests; everything the notebook writes goes under DEMIX_NOTEBOOK_WORK.
+    # The kernel starts in notebooks/, as Jupyter starts it; the notebook works from the
+    # project root, so the decoded-pool cache (runs/cache) is the project's (shared with the
+    # other tests) and runs/results is where python -m eval.results leaves it (it read and
+    # wrote notebooks/runs/ instead). Everything else it writes goes to DEMIX_NOTEBOOK_WORK.
+    stray = ROOT / "notebooks" / "runs"
+    was_there = stray.exists()
     client = nbclient.NotebookClient(
-        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()
+    assert was_there or not stray.exists(), f"{path.name} wrote {stray}"
     errors = [
         out
         for cell in book.cells

@@ -164,3 +164,15 @@ def test_a_hot_float_input_leaves_no_inverted_overs_in_the_last_stem(sep, tmp_pa
     assert fits[1000:1400].mean() > 0.5  # (most of the hot passage is such samples)
     assert np.abs(effects - stems["effects"])[fits].max() <= 8 * 2.0**-23  # float32 sums
     assert len(notes) == 1 and "clipped in the 24-bit stems" in notes[0], notes
+
+
+def test_without_a_head_the_stems_choose_it_as_on_the_command_line(sep):
+    """``separate(x, rate, stems=["vocals"])`` failed ("unknown stem(s) vocals for head
+    film"): the API's head was always film, where the CLI picks the head that has them."""
+    rng = np.random.default_rng(4)
+    x = (0.1 * rng.standard_normal((2, 22050))).astype(np.float32)
+    assert set(sep.separate(x, 44100, stems=["vocals"])) == {"vocals", "rest"}
+    assert set(sep.separate(x, 44100)) == {"dialogue", "music", "effects"}
+    assert sep.plan(stems=["dialogue", "vocals"]).heads == ("film", "music")
+    with pytest.raises(SeparationError, match="unknown stem"):
+        sep.separate(x, 44100, head="film", stems=["vocals"])  # a named head still holds
