@@ -590,8 +590,11 @@ def model_summary(name: str, metadata: dict, heads: dict[str, tuple[str, ...]]) 
         lines.append(f"chunks     {config['segment_seconds']:g} s")
     steps = info.get("total_steps", info.get("steps"))
     minutes = info.get("training_minutes_total", info.get("training_minutes"))
+    after = ""  # a fine-tuning run's steps came after its init_from's
+    if "total_steps" not in info and info.get("init_from"):
+        after = f" from {info['init_from']}"
     trained = [
-        f"{steps} steps" if steps is not None else "",
+        f"{steps} step{'' if steps == 1 else 's'}{after}" if steps is not None else "",
         f"{minutes} min" if minutes is not None else "",
         str(info.get("hardware", "")),
     ]

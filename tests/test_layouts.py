@@ -359,3 +359,7 @@ def test_a_run_that_cannot_start_as_configured_is_one_line(tmp_path, capsys):
     model, meta = load_checkpoint(tmp_path / "tuned" / "ema.safetensors")
     assert set(model.heads) == {"film"}
     assert meta["info"]["init_from"].endswith("ema.safetensors")
+    from demix.cli import model_summary
+
+    summary = model_summary("tuned", meta, model.heads)
+    assert f"1 step from {tmp_path / 'both' / 'ema.safetensors'}" in summary
