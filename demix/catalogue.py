@@ -117,7 +117,7 @@ def separate_catalogue(
     out_dir: str | os.PathLike,
     *,
     model: str = "demix-small",
-    head: str = "film",
+    head: str | None = None,
     stems: Sequence[str] | None = None,
     fmt: str = "wav",
     bit_depth: str | None = None,

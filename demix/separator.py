@@ -1262,7 +1262,7 @@ def stem_paths(
 def folder_lock(folder: Path) -> Iterator[bool]:
     """Hold an exclusive advisory lock on ``folder`` (flock on the folder itself, so no lock
     file is left behind); yields False when another process holds it. Where flock is missing
-    (Windows), yields True without locking."""
+    (Windows, file systems without it), yields True without locking."""
     try:
         import fcntl
     except ImportError:
@@ -1275,6 +1275,9 @@ def folder_lock(folder: Path) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        except OSError as exc:  # a file system without flock (some NFS or Lustre mounts)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
         yield True
     finally:
         os.close(fd)  # closing the descriptor releases the lock

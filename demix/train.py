@@ -190,6 +190,11 @@ def load_initial_weights(model: torch.nn.Module, path: Path, device: str) -> lis
         loaded, _ = load_checkpoint(path, device)
     except (CheckpointError, OSError, ValueError) as exc:
         raise TrainSetupError(f"init_from {path}: {exc}") from exc
+    if loaded.sample_rate != model.sample_rate:
+        raise TrainSetupError(
+            f"init_from {path}: its weights run at {loaded.sample_rate} Hz, this run's model "
+            f"at {model.sample_rate} Hz (model_config.sample_rate)"
+        )
     ours, theirs = set(model.heads), set(loaded.heads)
     weights = {
         key: value
@@ -366,6 +371,10 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_config_cls(cfg.model)  # an unknown model: said before minutes of data preparation
+    if cfg.remix_steps < 0:
+        raise ValueError(f"remix_steps must be 0 or more, not {cfg.remix_steps}")
+    if cfg.accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps must be 1 or more, not {cfg.accumulate_steps}")
     run = Path(cfg.run_dir)
     if run.exists() and not run.is_dir():
         raise NotADirectoryError(f"run_dir {run} is a file, not a folder")
@@ -376,7 +385,12 @@ def train(cfg: TrainConfig, on_checkpoint: Callable[[Path], None] | None = None)
     from demix.separator import folder_lock
 
     with folder_lock(run) if main else contextlib.nullcontext(True) as locked:
-        if not locked:
+        refused = not locked
+        if world > 1:  # every rank stops when rank 0 is refused (they would wait for it)
+            flag = torch.tensor([float(refused)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            refused = bool(flag.item())
+        if refused:
             raise TrainSetupError(
                 f"run_dir {run}: another demix train is using it; wait for it to stop or "
                 "choose another run_dir"
@@ -430,7 +444,6 @@ def _train_in(run, cfg, sources, model, device, rank, world, on_checkpoint) -> P
             file=sys.stderr,
         )
 
-    loaders = [_loader(ds, src, cfg, step) for src, ds in sources]
     groups = [ds.group_matrix().to(device) if hasattr(ds, "group_matrix") else None
               for _, ds in sources]  # fmt: skip
     stem_weights = [_stem_weights(src, ds, device) for src, ds in sources]
@@ -488,10 +501,6 @@ def _train_in(run, cfg, sources, model, device, rank, world, on_checkpoint) -> P
     )
     model.train()
     last_step = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
-    if cfg.remix_steps < 0:
-        raise ValueError(f"remix_steps must be 0 or more, not {cfg.remix_steps}")
-    if cfg.accumulate_steps < 1:
-        raise ValueError(f"accumulate_steps must be 1 or more, not {cfg.accumulate_steps}")
     use_bf16 = cfg.autocast_bf16 and bf16_autocast_works(device)
     if cfg.autocast_bf16 and not use_bf16 and main:
         print(
@@ -500,6 +509,9 @@ def _train_in(run, cfg, sources, model, device, rank, world, on_checkpoint) -> P
         )
     remix_generator = torch.Generator()
     remixes_left, fetched = 0, []
+    # The data workers last: they are forked with the run folder's lock descriptor, and
+    # only the ``finally`` below shuts them down.
+    loaders = [_loader(ds, src, cfg, step) for src, ds in sources]
     try:
         while step < last_step and not _Stop.requested:
             lr = _lr_at(step, cfg)

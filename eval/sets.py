@@ -417,22 +417,21 @@ class SetError(ValueError):
 SCORED_MUSIC_STEMS = ("drums", "bass", "vocals", "guitar", "piano", "other")  # mdx.MDX_STEMS
 
 
-def _checked(item: SetItem, files: dict[str, Path]) -> SetItem:
-    """``item`` after checking that its references can be scored against its mix: each the
-    mix's channels and length (a shorter stem failed the whole benchmark with a shape error
-    naming no file), named as a stem of its layout; a warning where they do not sum to the
-    mix (a missing stem: every score of the item would assume they do)."""
-    folder = Path(next(iter(files.values()))).parent
+def _checked(item: SetItem, folder: Path, paths: dict[str, Path]) -> SetItem:
+    """``item`` (of ``folder``; ``paths``: each reference's file) after checking that its
+    references can be scored against its mix: each the mix's channels and length (a shorter
+    stem failed the whole benchmark with a shape error naming no file); a warning where they
+    do not sum to the mix (a missing stem: every score of the item would assume they do)."""
     for name, x in item.stems.items():
         if x.shape != item.mix.shape:
             raise SetError(
-                f"{files.get(name, folder / name)}: {x.shape[0]} channel(s) × {x.shape[1]} "
+                f"{paths[name]}: {x.shape[0]} channel(s) × {x.shape[1]} "
                 f"samples, its mix {item.mix.shape[0]} × {item.mix.shape[1]} (at "
                 f"{item.sample_rate} Hz): a reference must have the mix's channels and length"
             )
     rest = item.mix.astype(np.float64) - sum(x.astype(np.float64) for x in item.stems.values())
     mix_energy = float(np.sum(np.square(item.mix, dtype=np.float64)))
-    if mix_energy > 0:
+    if mix_energy > 0 and item.stems:  # (a mixture alone: nothing to check it against)
         left_db = 10 * np.log10(max(float(np.sum(rest**2)), 1e-30) / mix_energy)
         if left_db > -20:
             warnings.warn(
@@ -471,19 +470,19 @@ def load_set(path: Path) -> Iterator[SetItem]:
                     f"{files[unknown[0]]}: not a stem name of the MUSDB layout "
                     f"({', '.join(SCORED_MUSIC_STEMS)}): rename it or move it out of the set"
                 )
-            stems = {k: audio.read(f, rate)[0] for k, f in sorted(files.items())}
+            paths = dict(sorted(files.items()))
         elif "mix" in files and "sfx" in files:  # DnR
             mix, rate = audio.read(files["mix"])
-            stems = {DNR_NAMES[k]: audio.read(files[k], rate)[0] for k in DNR_NAMES}
+            paths = {DNR_NAMES[k]: files[k] for k in DNR_NAMES}
         elif "mix" in files and "speech" in files:  # speech in noise
+            if "noise" not in files:
+                raise SetError(f"{folder}: a mix and its speech but no noise.wav")
             mix, rate = audio.read(files["mix"])
-            stems = {
-                "speech": audio.read(files["speech"], rate)[0],
-                "noise": audio.read(files["noise"], rate)[0],
-            }
+            paths = {"speech": files["speech"], "noise": files["noise"]}
         else:
             continue
-        yield _checked(SetItem(folder.name, mix, stems, rate, meta), files)
+        stems = {name: audio.read(path, rate)[0] for name, path in paths.items()}
+        yield _checked(SetItem(folder.name, mix, stems, rate, meta), folder, paths)
 
 
 def main(argv: list[str] | None = None) -> int:

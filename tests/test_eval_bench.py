@@ -397,6 +397,17 @@ def test_a_users_music_set_names_the_item_that_cannot_be_scored(tmp_path, tiny_c
     (tmp_path / "gone" / "a" / "vocals.wav").unlink()
     with pytest.warns(UserWarning, match=r"gone/a: its references \(bass, drums\) do not sum"):
         assert len(list(load_set(tmp_path / "gone"))) == 1
+    (tmp_path / "alone" / "a").mkdir(parents=True)  # a mixture alone: read, nothing to score
+    audio.write(tmp_path / "alone" / "a" / "mixture.wav", np.zeros((2, 100), np.float32), 44100,
+                "wav", "32f")  # fmt: skip
+    assert [item.stems for item in load_set(tmp_path / "alone")] == [{}]
+    dnr = tmp_path / "dnr" / "1"  # DnR: the file is named as it is on disk, not as its stem
+    dnr.mkdir(parents=True)
+    for name, channels in (("mix", 2), ("speech", 1), ("music", 2), ("sfx", 2)):
+        audio.write(dnr / f"{name}.wav", np.zeros((channels, 100), np.float32), 44100, "wav",
+                    "32f")  # fmt: skip
+    with pytest.raises(SetError, match=r"dnr/1/speech\.wav: 1 channel"):
+        list(load_set(dnr.parent))
     argv = ["music", "--model", str(tiny_checkpoint), "--set", str(tmp_path / "short"),
             "--out", str(tmp_path / "out"), "--no-anchors"]  # fmt: skip
     assert main(argv) == 2

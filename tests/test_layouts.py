@@ -351,6 +351,11 @@ def test_a_run_that_cannot_start_as_configured_is_one_line(tmp_path, capsys):
         assert locked
         one_line([both, "--set", "steps=2"], "another demix train is using it")
 
+    other_rate = config("other_rate", [dict(film, config=dict(film["config"], sample_rate=22050))],
+                        init_from=str(tmp_path / "both" / "ema.safetensors"),
+                        model_config={"dim": 16, "layers": 2, "segment_seconds": 0.5,
+                                      "sample_rate": 22050})  # fmt: skip
+    one_line([other_rate], "its weights run at 44100 Hz, this run's model at 22050 Hz")
     tuned = config("tuned", [film], init_from=str(tmp_path / "both" / "ema.safetensors"))
     assert main([tuned]) == 0
     assert "its music head is left out" in capsys.readouterr().err
