@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -30,9 +31,12 @@ import soxr
 MAX_CHANNELS = 16  # up to 9.1.6 immersive beds
 SOUNDFILE_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}
 FFMPEG_EXTENSIONS = {
-    ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".wma", ".m4v", ".mxf",
+    ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".mka", ".webm", ".avi", ".wma", ".m4v", ".mxf",
+    ".wv",
 }  # fmt: skip
-AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+# libsndfile reads most of these, ffmpeg the rest (ALAC in a CAF): tried in that order
+EITHER_EXTENSIONS = {".aifc", ".caf", ".w64"}
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS | EITHER_EXTENSIONS
 
 # soundfile subtype → our bit-depth name; anything else (mp3, vorbis, opus) → "24" (ffmpeg's
 # containers: _ffmpeg_bit_depth). 32-bit integers are written as 24-bit (no 32-bit integer
@@ -342,6 +346,19 @@ def _ffmpeg_blocks(
         proc.stderr.close()
 
 
+# Held while ``_quiet_decoder`` points fd 2 at /dev/null: one thread at a time (two at once
+# could restore each other's /dev/null and silence stderr for good), and ``print_line`` waits
+# for it, so that another thread's line is not thrown away meanwhile.
+_STDERR_SILENCED = threading.RLock()
+
+
+def print_line(text: str) -> None:
+    """Print one line on stderr, whole, never while another thread has it silenced to open
+    an mp3 (``_quiet_decoder``): each error line of a batch of files comes out."""
+    with _STDERR_SILENCED:
+        print(text, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _quiet_decoder(path: Path) -> Iterator[None]:
     """Silence what libmpg123 prints on the process's stderr while an mp3 is opened ("Xing
@@ -350,15 +367,16 @@ def _quiet_decoder(path: Path) -> Iterator[None]:
     if path.suffix.lower() != ".mp3":
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with _STDERR_SILENCED:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def find_inputs(
@@ -670,6 +688,12 @@ def check_mp3(sample_rate: int, channels: int) -> None:
         )
 
 
+def mp3_top_bitrate(sample_rate: int) -> int:
+    """The highest constant bitrate (kb/s) an mp3 at ``sample_rate`` holds: MPEG-1 (32-48
+    kHz) 320, MPEG-2 (16-24 kHz) 160, MPEG-2.5 (below) 64."""
+    return 320 if sample_rate >= 32000 else 160 if sample_rate >= 16000 else 64
+
+
 def mp3_compression_level(bitrate_kbps: int, sample_rate: int) -> float:
     """libsndfile's compression level (0 = best) for a constant ``bitrate_kbps``.
 
@@ -678,9 +702,8 @@ def mp3_compression_level(bitrate_kbps: int, sample_rate: int) -> float:
     MPEG-2.5 below up to 64) and LAME takes the nearest legal bitrate; bitrates above the
     version's maximum are written at its maximum. Checked by file size in the tests.
     """
-    top, bottom = (
-        (320, 32) if sample_rate >= 32000 else (160, 8) if sample_rate >= 16000 else (64, 8)
-    )
+    top = mp3_top_bitrate(sample_rate)
+    bottom = 32 if top == 320 else 8
     level = (top - min(bitrate_kbps, top)) / (top - bottom)
     return float(min(max(level, 0.0), 0.99))  # 1.0 itself is refused by libsndfile
 

@@ -239,7 +239,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
     for i, item in enumerate(planned, 1):
         if item.status == "failed":
             failed.append(item.path)
-            print(f"demix: error: {item.error}", file=sys.stderr)
+            audio.print_line(f"demix: error: {item.error}")
         elif item.status == "skipped":  # a finished input of an interrupted or repeated batch
             skipped.append(item.path)
             print(f"{item.path}: stems already there, skipped (--overwrite separates it again)")
@@ -260,7 +260,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         filename=args.filename,
         bitrate_kbps=args.mp3_bitrate,
-        warn=lambda text: print(f"demix: warning: {text}", file=sys.stderr),
+        warn=lambda text: audio.print_line(f"demix: warning: {text}"),
     )
     try:
         for outcome in outcomes:
@@ -270,11 +270,10 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 failed.append(path)
                 exc = outcome.error
                 if isinstance(exc, (audio.AudioError, SeparationError, OSError)):
-                    print(f"demix: error: {exc}", file=sys.stderr)
+                    audio.print_line(f"demix: error: {exc}")
                 else:
-                    print(
-                        f"demix: error: {path}: unexpected failure ({type(exc).__name__}: {exc})",
-                        file=sys.stderr,
+                    audio.print_line(
+                        f"demix: error: {path}: unexpected failure ({type(exc).__name__}: {exc})"
                     )
                 continue
             ok.append(path)
@@ -688,6 +687,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``demix`` argument parser."""
     parser = argparse.ArgumentParser(prog="demix", description="Cinematic demixer.")
+    from demix import __version__
+
+    parser.add_argument("--version", action="version", version=f"demix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "separate",

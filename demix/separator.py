@@ -413,8 +413,8 @@ class Separator:
         Raises:
             SeparationError: unknown head, or a stem that none of the heads has.
         """
-        if isinstance(stems, str):  # stems="vocals": one stem, not the letters v, o, c...
-            stems = [stems]
+        if isinstance(stems, str):  # "vocals": one stem, not the letters v, o, c...
+            stems = [s.strip() for s in stems.split(",") if s.strip()]  # "vocals,drums" too
         if head is None:
             head = self.head_for(stems)
         if head == BOTH:
@@ -432,9 +432,14 @@ class Separator:
             known = set(by_lower.values())
             unknown = [s for s in wanted if s not in known]
             if unknown:
+                others = "".join(  # the other heads' stems: what a user may have looked for
+                    f"; the {h} head has {', '.join(names)}"
+                    for h, names in self.heads.items()
+                    if h not in heads
+                )
                 raise SeparationError(
                     f"unknown stem(s) {', '.join(unknown)} for head {head} "
-                    f"(choose from {', '.join(s for h in heads for s in self.heads[h])})"
+                    f"(choose from {', '.join(s for h in heads for s in self.heads[h])}{others})"
                 )
         selected, rest_names, outputs = {}, {}, []
         for h in heads:
@@ -727,6 +732,12 @@ class Separator:
                 audio.check_mp3(meta.sample_rate, meta.channels)
             except audio.AudioError as exc:
                 raise SeparationError(f"{path}: {exc}") from exc
+            top = audio.mp3_top_bitrate(meta.sample_rate)
+            if bitrate_kbps > top:
+                say(
+                    f"{path}: an mp3 at {meta.sample_rate} Hz holds at most {top} kb/s: its "
+                    f"stems are {top} kb/s, not {bitrate_kbps}"
+                )
         targets = stem_paths(path, out_dir, plan.outputs, fmt, filename)
         for target in targets.values():
             if target.resolve() == path.resolve():
@@ -769,9 +780,14 @@ class Separator:
                 outcome = "they no longer sum exactly to the input"
             else:  # _write_nulling: the head's last stem took what the others lost
                 outcome = f"{' and '.join(last)} took the difference, so they still sum to it"
+            keep = {  # FLAC and mp3 have no float samples
+                "wav": "use --bit-depth 32f to keep them",
+                "flac": "FLAC has no float samples: write WAV with --bit-depth 32f to keep them",
+                "mp3": "mp3 cannot keep them: write WAV with --bit-depth 32f",
+            }[fmt]
             message = (
                 f"{path}: samples beyond full scale clipped in the {kind} stems ({counts}); "
-                f"{outcome} (use --bit-depth 32f to keep them)"
+                f"{outcome} ({keep}, or turn the input down)"
             )
             say(message)
         return targets

@@ -662,3 +662,33 @@ def test_find_inputs_lists_a_file_once_and_skips_hidden_files(tmp_path: Path) ->
     a = tmp_path / "in" / "a.wav"
     found = audio.find_inputs([str(a), str(a), str(tmp_path / "in")], tmp_path / "out")
     assert found == [(a, Path())]
+
+
+def test_mp3s_opened_in_threads_leave_stderr_and_other_lines_alone(tmp_path, capfd) -> None:
+    """Opening an mp3 points fd 2 at /dev/null for a moment (libmpg123's noise). Two threads
+    doing it at once could restore each other's /dev/null, and a line another thread printed
+    meanwhile was lost: a batch with --files-together dropped some of its error lines."""
+    import threading
+
+    song = tmp_path / "song.mp3"
+    audio.write(song, (0.1 * np.random.default_rng(0).standard_normal((2, RATE))).astype(
+        np.float32), RATE, "mp3")  # fmt: skip
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(song.read_bytes()[: song.stat().st_size // 2])
+
+    def open_many() -> None:
+        for _ in range(40):
+            for path in (song, cut):
+                audio.info(path)
+
+    workers = [threading.Thread(target=open_many) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for i in range(200):
+        audio.print_line(f"line {i}")
+    for worker in workers:
+        worker.join()
+    os.write(2, b"still here\n")
+    err = capfd.readouterr().err
+    assert [f"line {i}" for i in range(200)] == [x for x in err.splitlines() if x[:5] == "line "]
+    assert "still here" in err

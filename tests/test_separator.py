@@ -176,3 +176,45 @@ def test_without_a_head_the_stems_choose_it_as_on_the_command_line(sep):
     assert sep.plan(stems=["dialogue", "vocals"]).heads == ("film", "music")
     with pytest.raises(SeparationError, match="unknown stem"):
         sep.separate(x, 44100, head="film", stems=["vocals"])  # a named head still holds
+
+
+def test_a_producers_surprises_are_said(sep, tmp_path):
+    """A hot master written as FLAC or mp3 was told to "use --bit-depth 32f", which both
+    formats refuse; a 22.05-kHz song's mp3 stems came out at 160 kb/s where 320 was asked,
+    without a word; ``stems="vocals,drums"`` was one unknown stem; ``--stems vox`` named only
+    the film head's stems. Each now says what to do."""
+    from demix import audio
+
+    rng = np.random.default_rng(5)
+    hot = tmp_path / "hot.wav"
+    audio.write(hot, (2.0 * rng.uniform(-1, 1, (2, 22050))).astype(np.float32), 44100, "wav",
+                "32f")  # fmt: skip
+    advice_of = {"flac": "FLAC has no float samples: write WAV with --bit-depth 32f",
+                 "mp3": "mp3 cannot keep them: write WAV with --bit-depth 32f"}  # fmt: skip
+    for fmt, advice in advice_of.items():
+        said: list[str] = []
+        sep.separate_file(hot, tmp_path / fmt, head="film", fmt=fmt, warn=said.append)
+        assert any("clipped" in line and advice in line for line in said), said
+    low = tmp_path / "low.wav"
+    audio.write(low, (0.1 * rng.standard_normal((2, 22050))).astype(np.float32), 22050, "wav",
+                "16")  # fmt: skip
+    said = []
+    sep.separate_file(low, tmp_path / "mp3-low", head="film", fmt="mp3", warn=said.append)
+    assert any("holds at most 160 kb/s: its stems are 160 kb/s, not 320" in x for x in said)
+    x = (0.1 * rng.standard_normal((2, 22050))).astype(np.float32)
+    assert set(sep.separate(x, 44100, stems="vocals, drums")) == {"vocals", "drums", "rest"}
+    with pytest.raises(SeparationError, match=r"the music head has drums, bass, vocals"):
+        sep.plan(stems=["vox"])
+
+
+def test_folders_find_every_format_demix_reads(tmp_path):
+    """A folder's .aifc, .caf, .w64, WavPack and .mka files were left out without a word,
+    though each separates when named."""
+    from demix import audio
+
+    names = ["a.aifc", "b.caf", "c.w64", "d.wv", "e.mka", "f.wav", "notes.txt"]
+    for name in names:
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")
+    found = sorted(p.name for p, _ in audio.find_inputs([str(tmp_path / "in")]))
+    assert found == names[:-1]
