@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdx import CDX_STEMS
-from demix.layouts import MultitrackDataset, Track, audio_files, usable_tracks
+from demix.layouts import MultitrackDataset, Track, audio_files, usable_tracks, visible_entries
 from demix.registry import register_dataset
 
 DNR_FILES = {"dialogue": "speech", "music": "music", "effects": "sfx"}
@@ -28,9 +28,7 @@ def dnr_tracks(root: Path, split: str = "tr") -> list[Track]:
     base = root / split if split and (root / split).is_dir() else root
 
     def items():
-        for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
-            if folder.name.startswith("."):  # .ipynb_checkpoints, .DS_Store folders...
-                continue
+        for folder in [p for p in visible_entries(base) if p.is_dir()] if base.is_dir() else []:
             files = {stem: audio_files(folder, name) for stem, name in DNR_FILES.items()}
             lacking = [f"{DNR_FILES[stem]}.wav" for stem, found in files.items() if not found]
             yield folder.name, f"no {' or '.join(lacking)}" if lacking else files

@@ -32,6 +32,12 @@ from demix import audio, data
 AUDIO_SUFFIXES = (".wav", ".flac")  # what the layout readers look for
 
 
+def visible_entries(folder: Path) -> list[Path]:
+    """``folder``'s files and folders, sorted, without hidden ones (macOS's "._x.wav" resource
+    forks, ``.ipynb_checkpoints``): what a layout reader looks at."""
+    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+
+
 def audio_files(folder: Path, name: str) -> list[Path]:
     """``folder/<name>.wav`` and/or ``.flac`` where they exist (a stem file of a layout)."""
     return [folder / f"{name}{s}" for s in AUDIO_SUFFIXES if (folder / f"{name}{s}").is_file()]

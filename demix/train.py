@@ -156,6 +156,11 @@ def build_sources(
     return out
 
 
+def _brief(exc: BaseException) -> str:
+    """``exc`` on one line, cut to 300 characters (load_state_dict lists every tensor)."""
+    return " ".join(str(exc).split())[:300]
+
+
 def check_sample_rates(model: torch.nn.Module, sources) -> None:
     """Every source must make its examples at the model's rate (a 16-kHz model trained on
     44.1-kHz examples learns the wrong frequencies and says nothing).
@@ -211,8 +216,7 @@ def load_initial_weights(model: torch.nn.Module, path: Path, device: str) -> lis
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # a size mismatch
         raise TrainSetupError(
-            f"init_from {path}: its weights do not fit model_config "
-            f"({' '.join(str(exc).split())[:300]})"
+            f"init_from {path}: its weights do not fit model_config ({_brief(exc)})"
         ) from exc
     fresh = {f"mask_heads.{h}." for h in ours - theirs}
     missing = [k for k in missing if not k.startswith(tuple(fresh))]
@@ -414,7 +418,7 @@ def _train_in(run, cfg, sources, model, device, rank, world, on_checkpoint) -> P
         except (ValueError, RuntimeError) as exc:  # CheckpointError is a ValueError
             raise TrainSetupError(
                 f"run_dir {run}: its checkpoints do not fit this config's model or sources "
-                f"({' '.join(str(exc).split())[:300]}); resume with the run's own "
+                f"({_brief(exc)}); resume with the run's own "
                 f"{run / 'config.yaml'} or choose another run_dir"
             ) from exc
         state = torch.load(run / "state.pt", map_location=device, weights_only=True)

@@ -414,9 +414,6 @@ class SetError(ValueError):
     """An item of an evaluation set that cannot be scored; the message names it and why."""
 
 
-SCORED_MUSIC_STEMS = ("drums", "bass", "vocals", "guitar", "piano", "other")  # mdx.MDX_STEMS
-
-
 def _checked(item: SetItem, folder: Path, paths: dict[str, Path]) -> SetItem:
     """``item`` (of ``folder``; ``paths``: each reference's file) after checking that its
     references can be scored against its mix: each the mix's channels and length (a shorter
@@ -463,12 +460,14 @@ def load_set(path: Path) -> Iterator[SetItem]:
             if f.suffix.lower() in (".wav", ".flac") and not f.name.startswith(".")
         }
         if "mixture" in files:  # MUSDB
+            from mdx import MDX_STEMS
+
             mix, rate = audio.read(files.pop("mixture"))
-            unknown = sorted(set(files) - set(SCORED_MUSIC_STEMS))
+            unknown = sorted(set(files) - set(MDX_STEMS))
             if unknown:
                 raise SetError(
                     f"{files[unknown[0]]}: not a stem name of the MUSDB layout "
-                    f"({', '.join(SCORED_MUSIC_STEMS)}): rename it or move it out of the set"
+                    f"({', '.join(MDX_STEMS)}): rename it or move it out of the set"
                 )
             paths = dict(sorted(files.items()))
         elif "mix" in files and "sfx" in files:  # DnR

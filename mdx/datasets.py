@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demix import audio
-from demix.layouts import AUDIO_SUFFIXES, MultitrackDataset, Track, audio_files, usable_tracks
+from demix.layouts import (
+    AUDIO_SUFFIXES,
+    MultitrackDataset,
+    Track,
+    audio_files,
+    usable_tracks,
+    visible_entries,
+)
 from demix.registry import register_dataset
 from mdx import MDX_STEMS
 
@@ -61,9 +68,7 @@ def musdb_tracks(root: Path, split: str = "train", cache_dir: Path | None = None
     base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
 
     def items():
-        for entry in sorted(base.iterdir()) if base.is_dir() else []:
-            if entry.name.startswith("."):
-                continue
+        for entry in visible_entries(base) if base.is_dir() else []:
             if entry.name.endswith(".stem.mp4"):
                 entry = decode_stem_mp4(entry, cache_dir or Path("runs/cache/musdb"))
             if not entry.is_dir():
@@ -87,15 +92,12 @@ def moisesdb_tracks(root: Path) -> list[Track]:
     """
     base = Path(root)
 
-    def visible(folder: Path) -> list[Path]:  # not macOS's "._x.wav" or other hidden files
-        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-
     def items():
-        for song in [p for p in visible(base) if p.is_dir()] if base.is_dir() else []:
+        for song in [p for p in visible_entries(base) if p.is_dir()] if base.is_dir() else []:
             files: dict[str, list[Path]] = {stem: [] for stem in MDX_STEMS}
-            for folder in (p for p in visible(song) if p.is_dir()):
+            for folder in (p for p in visible_entries(song) if p.is_dir()):
                 stem = MOISESDB_STEMS.get(folder.name, "other")
-                files[stem] += [p for p in visible(folder) if p.suffix in AUDIO_SUFFIXES]
+                files[stem] += [p for p in visible_entries(folder) if p.suffix in AUDIO_SUFFIXES]
             yield song.name, files if any(files.values()) else "no stem folders with audio"
 
     return usable_tracks(items(), base, "MoisesDB songs (<song>/<stem>/<track>.wav)")
