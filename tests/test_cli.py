@@ -819,3 +819,12 @@ def test_filename_template(tiny_checkpoint: Path, tmp_path: Path) -> None:
         refused = run_cli(tiny_checkpoint, a, "-o", tmp_path / "bad", "--filename", template)
         assert refused.returncode == 2 and message in refused.stderr, (template, refused.stderr)
         assert not (tmp_path / "bad").exists()
+
+
+def test_demix_version_answers(capsys) -> None:
+    from demix import __version__
+    from demix.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"demix {__version__}"
